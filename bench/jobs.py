@@ -1,0 +1,136 @@
+#!/usr/bin/python3
+"""Per-job overhead of runplane: N sequential trivial Python jobs through the REST API, against
+N bare runs of /usr/bin/python3 doing the same work the runner must do (import the handler's
+module, call it, json.dumps the result into a file). Both measured in this one run, on this
+machine. Also reports the server's RSS when idle (after start, and after the jobs).
+
+Usage: bench/jobs.py BINARY [N]
+"""
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+PYTHON = "/usr/bin/python3"
+CODE = "def handler(x=1):\n    return {'y': x + 1}\n"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def bare_runs(n, work):
+    module_dir = os.path.join(work, "src")
+    os.makedirs(module_dir, exist_ok=True)
+    with open(os.path.join(module_dir, "main.py"), "w") as f:
+        f.write(CODE)
+    script = os.path.join(work, "bare.py")
+    with open(script, "w") as f:
+        f.write(
+            "import sys, json\n"
+            f"sys.path.insert(0, {module_dir!r})\n"
+            "import main\n"
+            "result = main.handler(x=1)\n"
+            f"open({os.path.join(work, 'results.json')!r}, 'w').write(json.dumps(result))\n"
+        )
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        subprocess.run([PYTHON, script], check=True)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 200
+    home = tempfile.mkdtemp(prefix="runplane-bench-")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}/api/v1/projects/bench"
+    server = subprocess.Popen(
+        [binary, "server", "--listen", f"127.0.0.1:{port}", "--home", home],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUNPLANE_LOG="warn"),
+    )
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.5)
+        idle_rss_start = rss_kib(server.pid)
+        call("POST", f"{base}/functions", {
+            "kind": "python", "metadata": {"name": "trivial"},
+            "spec": {"handler": "handler", "source": {"code": CODE}},
+        })
+        # Warm-up (page cache, first connections), not measured.
+        for _ in range(5):
+            run = call("POST", f"{base}/runs", {"function": "trivial", "parameters": {"x": 1}})
+            call("GET", f"{base}/runs/{run['metadata']['id']}?wait=60")
+        job_times = []
+        for _ in range(n):
+            start = time.perf_counter()
+            run = call("POST", f"{base}/runs", {"function": "trivial", "parameters": {"x": 1}})
+            done = call("GET", f"{base}/runs/{run['metadata']['id']}?wait=60")
+            job_times.append(time.perf_counter() - start)
+            assert done["status"]["state"] == "COMPLETED", done["status"]
+            assert done["status"]["results"] == {"y": 2}, done["status"]
+        time.sleep(1.0)
+        idle_rss_end = rss_kib(server.pid)
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(home, ignore_errors=True)
+
+    work = tempfile.mkdtemp(prefix="runplane-bare-")
+    try:
+        bare_runs(5, work)
+        bare_times = bare_runs(n, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ms = lambda s: s * 1000.0
+    job_median, job_p95 = statistics.median(job_times), percentile(job_times, 0.95)
+    bare_median, bare_p95 = statistics.median(bare_times), percentile(bare_times, 0.95)
+    report = {
+        "jobs": n,
+        "runplane_job_ms": {"median": round(ms(job_median), 2), "p95": round(ms(job_p95), 2)},
+        "bare_python_ms": {"median": round(ms(bare_median), 2), "p95": round(ms(bare_p95), 2)},
+        "overhead_ms": {"median": round(ms(job_median - bare_median), 2), "p95": round(ms(job_p95 - bare_p95), 2)},
+        "ratio_median": round(job_median / bare_median, 2),
+        "server_idle_rss_mib": {"after_start": round(idle_rss_start / 1024, 1), "after_jobs": round(idle_rss_end / 1024, 1)},
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+//! `runplane get KIND [NAME]` and `runplane describe KIND NAME`.
+
+use crate::client::Client;
+use crate::exit::CliError;
+use crate::output::{self, run_duration, text, time, Column, Format};
+use clap::{Args, ValueEnum};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Kind {
+    #[value(alias = "project")]
+    Projects,
+    #[value(alias = "function", alias = "fn")]
+    Functions,
+    #[value(alias = "workflow")]
+    Workflows,
+    #[value(alias = "task")]
+    Tasks,
+    #[value(alias = "run")]
+    Runs,
+    #[value(alias = "service", alias = "svc")]
+    Services,
+    #[value(alias = "trigger")]
+    Triggers,
+    #[value(alias = "artifact")]
+    Artifacts,
+    #[value(alias = "secret")]
+    Secrets,
+}
+
+impl Kind {
+    /// Kinds of DESIGN.md §4 that later issues build.
+    pub fn not_yet(self) -> Option<CliError> {
+        let name = match self {
+            Kind::Workflows => "workflows",
+            Kind::Services => "services",
+            Kind::Triggers => "triggers",
+            Kind::Artifacts => "artifacts",
+            Kind::Secrets => "secrets",
+            _ => return None,
+        };
+        Some(CliError::invalid(format!(
+            "{name} are not available in this version of runplane yet"
+        )))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    pub kind: Kind,
+    pub name: Option<String>,
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: Format,
+    /// Runs: only of this function.
+    #[arg(long)]
+    pub function: Option<String>,
+    /// Runs: only in these states (comma-separated).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Runs: only with these labels (key=value, comma-separated).
+    #[arg(short = 'l', long)]
+    pub label: Option<String>,
+    /// Runs: at most this many (newest first).
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DescribeArgs {
+    pub kind: Kind,
+    pub name: String,
+    #[arg(short = 'o', long, value_enum, default_value = "yaml")]
+    pub output: Format,
+}
+
+pub async fn get(client: &Client, args: GetArgs) -> Result<(), CliError> {
+    if let Some(error) = args.kind.not_yet() {
+        return Err(error);
+    }
+    let value: Value = match (args.kind, &args.name) {
+        (Kind::Projects, None) => client.get_json(&client.url("/api/v1/projects")).await?,
+        (Kind::Projects, Some(name)) => {
+            client
+                .get_json(&client.url(&format!("/api/v1/projects/{name}")))
+                .await?
+        }
+        (Kind::Functions, None) => client.get_json(&client.project_url("/functions")).await?,
+        (Kind::Functions, Some(name)) => {
+            client
+                .get_json(&client.project_url(&format!("/functions/{name}/versions")))
+                .await?
+        }
+        (Kind::Tasks, None) => client.get_json(&client.project_url("/tasks")).await?,
+        (Kind::Tasks, Some(name)) => {
+            client
+                .get_json(&client.project_url(&format!("/tasks/{name}")))
+                .await?
+        }
+        (Kind::Runs, Some(id)) => {
+            client
+                .get_json(&client.project_url(&format!("/runs/{id}")))
+                .await?
+        }
+        (Kind::Runs, None) => {
+            let mut query = vec![("limit".to_string(), args.limit.to_string())];
+            for (key, value) in [
+                ("function", &args.function),
+                ("state", &args.state),
+                ("label", &args.label),
+            ] {
+                if let Some(value) = value {
+                    query.push((key.to_string(), value.clone()));
+                }
+            }
+            let request = client
+                .request(reqwest::Method::GET, &client.project_url("/runs"))
+                .query(&query);
+            let page: Value = client.send_json(request).await?;
+            page["items"].clone()
+        }
+        _ => unreachable!("kinds that are not yet available returned above"),
+    };
+    output::print(&value, args.output, columns(args.kind))
+}
+
+pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliError> {
+    if let Some(error) = args.kind.not_yet() {
+        return Err(error);
+    }
+    let path = match args.kind {
+        Kind::Projects => {
+            return output::print(
+                &client
+                    .get_json(&client.url(&format!("/api/v1/projects/{}", args.name)))
+                    .await?,
+                args.output,
+                columns(args.kind),
+            )
+        }
+        Kind::Functions => format!("/functions/{}", args.name),
+        Kind::Tasks => format!("/tasks/{}", args.name),
+        Kind::Runs => format!("/runs/{}", args.name),
+        _ => unreachable!("kinds that are not yet available returned above"),
+    };
+    let value: Value = client.get_json(&client.project_url(&path)).await?;
+    let format = if args.output == Format::Table {
+        Format::Yaml
+    } else {
+        args.output
+    };
+    output::print(&value, format, columns(args.kind))
+}
+
+fn columns(kind: Kind) -> &'static [Column] {
+    match kind {
+        Kind::Projects => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/name"),
+            },
+            Column {
+                header: "CREATED",
+                cell: |v| time(v, "/created"),
+            },
+        ],
+        Kind::Functions => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/metadata/name"),
+            },
+            Column {
+                header: "KIND",
+                cell: |v| text(v, "/kind"),
+            },
+            Column {
+                header: "VERSION",
+                cell: |v| text(v, "/metadata/version"),
+            },
+            Column {
+                header: "CREATED",
+                cell: |v| time(v, "/metadata/created"),
+            },
+        ],
+        Kind::Tasks => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/metadata/name"),
+            },
+            Column {
+                header: "KIND",
+                cell: |v| text(v, "/kind"),
+            },
+            Column {
+                header: "FUNCTION",
+                cell: |v| text(v, "/spec/function"),
+            },
+            Column {
+                header: "FRAMEWORK",
+                cell: |v| text(v, "/spec/framework"),
+            },
+            Column {
+                header: "MAX CONCURRENCY",
+                cell: |v| text(v, "/spec/max_concurrency"),
+            },
+        ],
+        _ => &[
+            Column {
+                header: "ID",
+                cell: |v| text(v, "/metadata/id"),
+            },
+            Column {
+                header: "KIND",
+                cell: |v| text(v, "/kind"),
+            },
+            Column {
+                header: "FUNCTION",
+                cell: |v| {
+                    format!(
+                        "{}:{}",
+                        text(v, "/spec/function_name"),
+                        text(v, "/spec/function_version")
+                    )
+                },
+            },
+            Column {
+                header: "STATE",
+                cell: |v| text(v, "/status/state"),
+            },
+            Column {
+                header: "REASON",
+                cell: |v| text(v, "/status/reason"),
+            },
+            Column {
+                header: "ATTEMPT",
+                cell: |v| text(v, "/status/attempt"),
+            },
+            Column {
+                header: "CREATED",
+                cell: |v| time(v, "/metadata/created"),
+            },
+            Column {
+                header: "DURATION",
+                cell: run_duration,
+            },
+        ],
+    }
+}

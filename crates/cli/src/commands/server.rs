@@ -1,0 +1,90 @@
+//! `runplane server`.
+
+use clap::Args;
+use runplane_server::options::{DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_PYTHON};
+use runplane_server::{Server, ServerOptions};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RUNPLANE_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub home: HomeArgs,
+    /// Listen on a non-loopback address without authentication (only behind a network policy).
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+}
+
+/// Settings shared by `server` and `quickstart`.
+#[derive(Debug, Args)]
+pub struct HomeArgs {
+    /// State, logs and run folders (default ~/.runplane).
+    #[arg(long, env = "RUNPLANE_HOME")]
+    pub home: Option<PathBuf>,
+    /// The Python interpreter of runs.
+    #[arg(long, env = "RUNPLANE_PYTHON", default_value = DEFAULT_PYTHON)]
+    pub python: String,
+    /// At most this many runs execute at once.
+    #[arg(long, env = "RUNPLANE_MAX_CONCURRENT_RUNS", default_value_t = DEFAULT_MAX_CONCURRENT_RUNS)]
+    pub max_concurrent_runs: u32,
+}
+
+impl HomeArgs {
+    pub fn options(
+        &self,
+        listen: SocketAddr,
+        insecure_no_auth: bool,
+    ) -> anyhow::Result<ServerOptions> {
+        let home = match &self.home {
+            Some(home) => home.clone(),
+            None => std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".runplane"))
+                .ok_or_else(|| anyhow::anyhow!("neither --home, RUNPLANE_HOME nor HOME is set"))?,
+        };
+        let exe = std::env::current_exe()?;
+        Ok(ServerOptions {
+            listen,
+            home,
+            python: self.python.clone(),
+            max_concurrent_runs: self.max_concurrent_runs,
+            supervisor: vec![exe.display().to_string(), "supervise".to_string()],
+            insecure_no_auth,
+        })
+    }
+}
+
+pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
+    let options = args.home.options(args.listen, args.insecure_no_auth)?;
+    let home = options.home.clone();
+    let server = Server::bind(options).await?;
+    eprintln!(
+        "runplane server listening on http://{} (home {})",
+        server
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        home.display()
+    );
+    server.serve(shutdown_signal()).await?;
+    eprintln!("runplane server stopped; runs still executing keep running");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}

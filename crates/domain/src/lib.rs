@@ -1,0 +1,20 @@
+//! runplane's vocabulary: the entities of DESIGN.md §2 (projects, functions, tasks, runs,
+//! attempts), their names and `store://` keys, the run lifecycle table, content hashing, and the
+//! `Runnable` that runtimes hand to frameworks.
+//!
+//! This crate does no IO (no files, no network, no clock reads outside `now()` helpers passed
+//! in by callers) and depends on no other runplane crate. Everything else depends on it.
+
+pub mod entity;
+pub mod hash;
+pub mod invalid;
+pub mod key;
+pub mod lifecycle;
+pub mod names;
+pub mod reason;
+pub mod runnable;
+
+pub use entity::*;
+pub use invalid::{FieldError, Invalid};
+pub use lifecycle::RunState;
+pub use runnable::{ExitOutcome, FileEntry, Job, OutputFile, Runnable};

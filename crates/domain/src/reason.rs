@@ -1,0 +1,29 @@
+//! Machine-readable reasons carried by run transitions and by READY runs that wait.
+//! They are plain strings on the wire (new frameworks may add their own), named here once.
+
+pub const SUBMITTED: &str = "submitted";
+pub const DISPATCHED: &str = "dispatched";
+pub const STARTED: &str = "started";
+pub const SUCCEEDED: &str = "succeeded";
+/// The handler raised, or the process exited non-zero.
+pub const FAILED: &str = "failed";
+/// The framework could not start the run (missing interpreter, bad working directory...).
+pub const START_FAILED: &str = "start_failed";
+/// The run's process can no longer be found.
+pub const LOST: &str = "lost";
+pub const TIMEOUT: &str = "timeout";
+pub const OOM_KILLED: &str = "oom_killed";
+/// Killed by a signal nobody in runplane sent.
+pub const KILLED: &str = "killed";
+pub const BUILD_FAILED: &str = "build_failed";
+/// The run's outputs broke a rule (results too large, not JSON...).
+pub const INVALID_OUTPUT: &str = "invalid_output";
+/// A person (or API client) asked to stop the run.
+pub const USER: &str = "user";
+pub const REPLACED: &str = "replaced";
+pub const RESUMED: &str = "resumed";
+pub const DELETED: &str = "deleted";
+/// READY runs waiting for a slot: the global concurrency limit is reached.
+pub const GLOBAL_CONCURRENCY_LIMIT: &str = "global_concurrency_limit";
+/// READY runs waiting for a slot: their task's concurrency limit is reached.
+pub const TASK_CONCURRENCY_LIMIT: &str = "task_concurrency_limit";

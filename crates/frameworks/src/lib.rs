@@ -1,0 +1,68 @@
+//! Frameworks (DESIGN.md §3) execute [`Runnable`]s on one kind of infrastructure — `local`
+//! OS processes first — and report what happens to them as [`FrameworkEvent`]s on a channel
+//! the controller reads.
+//!
+//! Frameworks know nothing about functions, runtimes, the store or run states: they start,
+//! stop and clean up executions identified by (run id, attempt), capture logs into the log
+//! store, and collect the outputs folder when a process ends.
+
+pub mod local;
+
+use async_trait::async_trait;
+use runplane_domain::{ExitOutcome, Runnable};
+use tokio::sync::mpsc;
+
+/// One attempt of one run, as a framework sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExecutionId {
+    pub run_id: String,
+    pub attempt: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FrameworkEvent {
+    pub execution: ExecutionId,
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    /// The process is running.
+    Started,
+    /// New log records were appended; the log now ends at `end_offset`.
+    LogAppended { end_offset: u64 },
+    /// The execution ended (on its own, or after a stop).
+    Exited(ExitOutcome),
+    /// The execution can no longer be found or followed.
+    Lost { message: String },
+}
+
+pub type EventSender = mpsc::UnboundedSender<FrameworkEvent>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameworkError {
+    #[error("cannot start {execution:?}: {message}")]
+    StartFailed {
+        execution: ExecutionId,
+        message: String,
+    },
+    #[error("{0:?} is not known to this framework")]
+    UnknownExecution(ExecutionId),
+    #[error("framework io error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[async_trait]
+pub trait Framework: Send + Sync {
+    /// The name tasks and runs choose it by (`local`, `engine`, `kubernetes`...).
+    fn name(&self) -> &'static str;
+    /// Starts an execution and returns once it is handed over; `Started`, `LogAppended` and
+    /// finally `Exited` (or `Lost`) follow on the event channel, in that order.
+    async fn start(&self, execution: ExecutionId, runnable: Runnable)
+        -> Result<(), FrameworkError>;
+    /// Asks an execution to stop: SIGTERM-like first, forceful after the runnable's grace
+    /// period, its whole process tree included. Idempotent; `Exited` follows.
+    async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError>;
+    /// Removes what an ended execution left behind (working folders), keeping its logs.
+    async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError>;
+}

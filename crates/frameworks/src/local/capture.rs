@@ -1,0 +1,266 @@
+//! The supervisor's output capture: splitting the job's stdout/stderr into line records,
+//! appending them to the log, and telling the server (the control channel) how far the log
+//! goes. Plain threads and blocking IO: the supervisor runs no async runtime.
+
+use super::protocol::ControlMessage;
+use chrono::Utc;
+use runplane_logstore::file::FileLogWriter;
+use runplane_logstore::{LogWriter, Stream};
+use std::io::{self, Read};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The longest record: a line longer than this is cut into several records, so a job writing
+/// gigabytes without a newline cannot make the supervisor buffer it all.
+pub(crate) const MAX_LINE: usize = 64 * 1024;
+
+/// Takes the complete records off the front of `pending`: each line *with* its `\n` (so the
+/// records concatenate back to the exact output), cutting lines at [`MAX_LINE`]; at the end of
+/// the stream the partial last line too.
+pub(crate) fn split_records(pending: &mut Vec<u8>, at_eof: bool) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut start = 0;
+    loop {
+        let rest = &pending[start..];
+        let take = match rest.iter().position(|b| *b == b'\n') {
+            Some(newline) if newline < MAX_LINE => newline + 1,
+            _ if rest.len() >= MAX_LINE => MAX_LINE,
+            _ => break,
+        };
+        records.push(rest[..take].to_vec());
+        start += take;
+    }
+    if at_eof && start < pending.len() {
+        records.push(pending[start..].to_vec());
+        start = pending.len();
+    }
+    pending.drain(..start);
+    records
+}
+
+/// The supervisor's stdout, carrying [`ControlMessage`]s to the framework.
+///
+/// Writing must never hold up the job: when the server has died the pipe is closed (EPIPE,
+/// SIGPIPE being ignored) and messages are dropped; when the server is alive but slow the pipe
+/// is non-blocking and a message that does not fit is dropped (the next one carries the newer
+/// absolute offset anyway). Each message is far below `PIPE_BUF`, so it is written whole or not
+/// at all.
+pub(crate) struct ControlChannel {
+    broken: AtomicBool,
+}
+
+impl ControlChannel {
+    pub(crate) fn new() -> Self {
+        // Only a pipe is made non-blocking: flipping O_NONBLOCK on a terminal (someone running
+        // `runplane supervise` by hand) would leak into the shell sharing it.
+        // SAFETY: fstat/fcntl on fd 1 with a valid, zeroed stat buffer.
+        unsafe {
+            let mut stat: libc::stat = std::mem::zeroed();
+            if libc::fstat(1, &mut stat) == 0 && (stat.st_mode & libc::S_IFMT) == libc::S_IFIFO {
+                let flags = libc::fcntl(1, libc::F_GETFL);
+                if flags >= 0 {
+                    libc::fcntl(1, libc::F_SETFL, flags | libc::O_NONBLOCK);
+                }
+            }
+        }
+        ControlChannel {
+            broken: AtomicBool::new(false),
+        }
+    }
+
+    /// Sends a message if the pipe takes it now; returns whether it did.
+    pub(crate) fn send(&self, message: &ControlMessage) -> bool {
+        if self.broken.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok(mut line) = serde_json::to_vec(message) else {
+            return false;
+        };
+        line.push(b'\n');
+        loop {
+            // SAFETY: writes from a live buffer of the given length to fd 1.
+            let written = unsafe { libc::write(1, line.as_ptr().cast(), line.len()) };
+            if written >= 0 {
+                return written as usize == line.len();
+            }
+            let err = io::Error::last_os_error();
+            match err.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return false,
+                _ => {
+                    // EPIPE (the server is gone) or worse: stop trying, the job goes on.
+                    self.broken.store(true, Ordering::Relaxed);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Sends a message that matters (the last offset), retrying briefly while the pipe is full.
+    pub(crate) fn send_patiently(&self, message: &ControlMessage, patience: Duration) {
+        let deadline = Instant::now() + patience;
+        while !self.send(message)
+            && !self.broken.load(Ordering::Relaxed)
+            && Instant::now() < deadline
+        {
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+struct SinkState {
+    writer: FileLogWriter,
+    /// The first append error is reported; later ones would only repeat it.
+    failed: bool,
+}
+
+/// The log writer shared by the stdout and stderr reader threads and the supervisor itself.
+pub(crate) struct LogSink {
+    state: Mutex<SinkState>,
+    control: ControlChannel,
+}
+
+impl LogSink {
+    pub(crate) fn new(writer: FileLogWriter, control: ControlChannel) -> Self {
+        LogSink {
+            state: Mutex::new(SinkState {
+                writer,
+                failed: false,
+            }),
+            control,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SinkState> {
+        // A panicking reader thread must not take the log down with it.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn control(&self) -> &ControlChannel {
+        &self.control
+    }
+
+    /// Appends records, then tells the server where the log ends now.
+    pub(crate) fn append(&self, stream: Stream, records: &[Vec<u8>]) {
+        if records.is_empty() {
+            return;
+        }
+        let mut state = self.lock();
+        let time = Utc::now();
+        for record in records {
+            if let Err(e) = state.writer.append(stream, time, record) {
+                if !state.failed {
+                    state.failed = true;
+                    eprintln!("runplane supervise: cannot append to the log: {e}; output is being dropped");
+                }
+            }
+        }
+        let end_offset = state.writer.end_offset();
+        // Sent under the lock so offsets reach the server in increasing order.
+        self.control.send(&ControlMessage::Log { end_offset });
+    }
+
+    /// A line written by runplane itself (stream `system`).
+    pub(crate) fn system(&self, text: &str) {
+        self.append(
+            Stream::System,
+            &[format!("runplane: {text}\n").into_bytes()],
+        );
+    }
+
+    /// Makes the log durable and sends its final offset.
+    pub(crate) fn finish(&self) {
+        let mut state = self.lock();
+        if let Err(e) = state.writer.sync() {
+            eprintln!("runplane supervise: cannot sync the log: {e}");
+        }
+        let end_offset = state.writer.end_offset();
+        drop(state);
+        self.control
+            .send_patiently(&ControlMessage::Log { end_offset }, Duration::from_secs(2));
+    }
+}
+
+/// Starts a thread that copies one of the job's output pipes into the log until every holder
+/// of its write end is gone, then reports on `done`.
+pub(crate) fn spawn_reader(
+    mut pipe: impl Read + Send + 'static,
+    stream: Stream,
+    sink: Arc<LogSink>,
+    done: mpsc::Sender<Stream>,
+) -> io::Result<()> {
+    thread::Builder::new()
+        .name(format!("capture-{}", stream.as_str()))
+        .spawn(move || {
+            let mut buf = vec![0u8; MAX_LINE];
+            let mut pending = Vec::new();
+            loop {
+                match pipe.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        pending.extend_from_slice(&buf[..n]);
+                        sink.append(stream, &split_records(&mut pending, false));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        eprintln!(
+                            "runplane supervise: reading the job's {}: {e}",
+                            stream.as_str()
+                        );
+                        break;
+                    }
+                }
+            }
+            sink.append(stream, &split_records(&mut pending, true));
+            let _ = done.send(stream);
+        })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_keep_their_newline_and_partial_lines_wait() {
+        let mut pending = b"a\nbc\n\npartial".to_vec();
+        assert_eq!(
+            split_records(&mut pending, false),
+            vec![b"a\n".to_vec(), b"bc\n".to_vec(), b"\n".to_vec()]
+        );
+        assert_eq!(pending, b"partial");
+        pending.extend_from_slice(b" line\nnext");
+        assert_eq!(
+            split_records(&mut pending, false),
+            vec![b"partial line\n".to_vec()]
+        );
+        assert_eq!(split_records(&mut pending, true), vec![b"next".to_vec()]);
+        assert!(pending.is_empty());
+        assert!(split_records(&mut pending, true).is_empty());
+    }
+
+    #[test]
+    fn long_lines_are_cut_at_the_limit() {
+        let mut pending = vec![b'x'; MAX_LINE * 2 + 10];
+        pending.push(b'\n');
+        pending.extend_from_slice(b"tail");
+        let records = split_records(&mut pending, false);
+        assert_eq!(
+            records.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![MAX_LINE, MAX_LINE, 11]
+        );
+        assert_eq!(pending, b"tail");
+
+        let mut pending = vec![b'y'; MAX_LINE - 1];
+        pending.push(b'\n');
+        assert_eq!(
+            split_records(&mut pending, false).len(),
+            1,
+            "a line of exactly MAX_LINE bytes is one record"
+        );
+    }
+}

@@ -1,0 +1,302 @@
+//! The `local` framework: each execution is an OS process on this machine, owned by a
+//! `runplane supervise` process (see [`supervise_main`]) that the framework starts in its own
+//! session and follows through a control pipe.
+//!
+//! Division of labour:
+//! - the framework ([`LocalFramework`], in the server) prepares the attempt folder, spawns the
+//!   supervisor, turns its control messages into [`EventKind`]s, and collects the outcome;
+//! - the supervisor runs the job, captures its output into the [`FileLogStore`], kills its
+//!   whole process tree on stop or when it ends, and writes `exit.json`.
+//!
+//! Everything the two share is on disk ([`protocol`] describes the folder), so a supervisor and
+//! its job keep going when the server stops, and a later server can find out what happened.
+//!
+//! [`FileLogStore`]: runplane_logstore::file::FileLogStore
+
+mod capture;
+mod monitor;
+mod prepare;
+mod procs;
+pub mod protocol;
+mod supervise;
+
+pub use monitor::OUTPUT_CAP;
+pub use supervise::supervise_main;
+
+use crate::{EventSender, ExecutionId, Framework, FrameworkError};
+use async_trait::async_trait;
+use protocol::{
+    describe, write_atomically, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
+    SUPERVISOR_PID_FILE, WORK_DIR,
+};
+use runplane_domain::Runnable;
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::mpsc;
+
+/// Where the local framework keeps its state and how it starts supervisors.
+#[derive(Debug, Clone)]
+pub struct LocalOptions {
+    /// Per-attempt state folders: `<runs_dir>/<run_id>/<attempt>/`.
+    pub runs_dir: PathBuf,
+    /// The [`FileLogStore`](runplane_logstore::file::FileLogStore) root the supervisors write
+    /// logs to (the server must read logs from a store with the same root).
+    pub logs_dir: PathBuf,
+    /// The argv prefix that runs a supervisor, e.g. `[current_exe, "supervise"]`; the attempt
+    /// folder's absolute path is appended.
+    pub supervisor: Vec<String>,
+}
+
+/// Runs jobs as local processes; see the module documentation.
+pub struct LocalFramework {
+    options: LocalOptions,
+    events: EventSender,
+    executions: Executions,
+}
+
+/// What the framework remembers about an execution it started.
+struct Tracked {
+    /// Stop requests for the execution's follower task (queued while it is starting).
+    stops: mpsc::UnboundedSender<()>,
+    ended: bool,
+}
+
+/// The executions this framework instance started, shared with their follower tasks.
+#[derive(Clone, Default)]
+pub(crate) struct Executions(Arc<Mutex<HashMap<ExecutionId, Tracked>>>);
+
+impl Executions {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Tracked>> {
+        // The map stays consistent across a panicking holder: every update is one statement.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(crate) fn mark_ended(&self, execution: &ExecutionId) {
+        if let Some(tracked) = self.lock().get_mut(execution) {
+            tracked.ended = true;
+        }
+    }
+}
+
+fn busy(execution: &ExecutionId) -> FrameworkError {
+    FrameworkError::Io(io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        format!(
+            "execution {}/{} is still running; stop it first",
+            execution.run_id, execution.attempt
+        ),
+    ))
+}
+
+impl LocalFramework {
+    pub fn new(options: LocalOptions, events: EventSender) -> Self {
+        LocalFramework {
+            options,
+            events,
+            executions: Executions::default(),
+        }
+    }
+
+    /// The folder holding an attempt's state (`job.json`, `exit.json`, `work/`, ...).
+    pub fn attempt_dir(&self, execution: &ExecutionId) -> Result<PathBuf, FrameworkError> {
+        prepare::attempt_dir(&self.options.runs_dir, execution).map_err(|message| {
+            FrameworkError::Io(io::Error::new(io::ErrorKind::InvalidInput, message))
+        })
+    }
+
+    /// Everything after the execution was registered as starting; on error the caller
+    /// unregisters it.
+    async fn launch(
+        &self,
+        execution: &ExecutionId,
+        job: runplane_domain::Job,
+        stops: mpsc::UnboundedReceiver<()>,
+    ) -> Result<(), String> {
+        let attempt_dir = prepare::attempt_dir(&self.options.runs_dir, execution)?;
+        let (dir, logs_dir, exec) = (
+            attempt_dir.clone(),
+            self.options.logs_dir.clone(),
+            execution.clone(),
+        );
+        tokio::task::spawn_blocking(move || prepare::prepare(&dir, &logs_dir, &exec, &job))
+            .await
+            .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
+
+        let child = match self.spawn_supervisor(&attempt_dir) {
+            Ok(child) => child,
+            Err(message) => {
+                let _ = std::fs::remove_dir_all(&attempt_dir);
+                return Err(message);
+            }
+        };
+        if let Some(pid) = child.id() {
+            let dir = attempt_dir.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                write_atomically(
+                    &dir,
+                    SUPERVISOR_PID_FILE,
+                    format!("{pid}\n").as_bytes(),
+                    0o644,
+                )
+            })
+            .await;
+            if !matches!(written, Ok(Ok(()))) {
+                tracing::warn!(
+                    ?execution,
+                    "cannot record the supervisor pid; a restarted server will not find it"
+                );
+            }
+            tracing::info!(?execution, supervisor_pid = pid, attempt_dir = %attempt_dir.display(), "started a local execution");
+        }
+        let follow = monitor::Follow {
+            execution: execution.clone(),
+            child,
+            attempt_dir,
+            events: self.events.clone(),
+            stops,
+            executions: self.executions.clone(),
+        };
+        tokio::spawn(follow.run());
+        Ok(())
+    }
+
+    fn spawn_supervisor(&self, attempt_dir: &Path) -> Result<tokio::process::Child, String> {
+        let Some((program, prefix)) = self.options.supervisor.split_first() else {
+            return Err("no supervisor command is configured".into());
+        };
+        let err_path = attempt_dir.join(SUPERVISOR_ERR_FILE);
+        let err_file = std::fs::File::create(&err_path)
+            .map_err(|e| format!("cannot create {}: {}", err_path.display(), describe(&e)))?;
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(prefix)
+            .arg(attempt_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(err_file))
+            // The supervisor must outlive this server process (and its runtime).
+            .kill_on_drop(false);
+        // SAFETY: the closure runs between fork and exec and only calls setsid, which is
+        // async-signal-safe. Its own session: a Ctrl-C on the server's terminal goes to the
+        // server's foreground process group and never reaches runs.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command
+            .spawn()
+            .map_err(|e| format!("cannot start the supervisor {program}: {}", describe(&e)))
+    }
+}
+
+#[async_trait]
+impl Framework for LocalFramework {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn start(
+        &self,
+        execution: ExecutionId,
+        runnable: Runnable,
+    ) -> Result<(), FrameworkError> {
+        let Runnable::Job(job) = runnable;
+        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        {
+            let mut executions = self.executions.lock();
+            if executions
+                .get(&execution)
+                .is_some_and(|tracked| !tracked.ended)
+            {
+                return Err(FrameworkError::StartFailed {
+                    execution,
+                    message: "it is already running".into(),
+                });
+            }
+            executions.insert(
+                execution.clone(),
+                Tracked {
+                    stops: stop_tx,
+                    ended: false,
+                },
+            );
+        }
+        match self.launch(&execution, job, stop_rx).await {
+            Ok(()) => Ok(()),
+            Err(message) => {
+                self.executions.lock().remove(&execution);
+                tracing::warn!(?execution, %message, "cannot start a local execution");
+                Err(FrameworkError::StartFailed { execution, message })
+            }
+        }
+    }
+
+    async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
+        {
+            let executions = self.executions.lock();
+            if let Some(tracked) = executions.get(execution) {
+                if !tracked.ended {
+                    // The follower signals the supervisor; if it already finished, the
+                    // execution has ended and there is nothing to stop.
+                    let _ = tracked.stops.send(());
+                }
+                return Ok(());
+            }
+        }
+        // Not started by this instance: fine if it is known to have ended.
+        if self.attempt_dir(execution)?.join(EXIT_FILE).exists() {
+            return Ok(());
+        }
+        Err(FrameworkError::UnknownExecution(execution.clone()))
+    }
+
+    async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
+        let attempt_dir = self.attempt_dir(execution)?;
+        {
+            let mut executions = self.executions.lock();
+            match executions.get(execution) {
+                Some(tracked) if !tracked.ended => return Err(busy(execution)),
+                Some(_) => {
+                    executions.remove(execution);
+                }
+                None => {
+                    if !attempt_dir.exists() {
+                        return Err(FrameworkError::UnknownExecution(execution.clone()));
+                    }
+                    if prepare::live_supervisor(&attempt_dir).is_some() {
+                        return Err(busy(execution));
+                    }
+                }
+            }
+        }
+        // job.json goes too: it holds the job's environment, secrets included.
+        tokio::task::spawn_blocking(move || remove_working_state(&attempt_dir))
+            .await
+            .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))??;
+        Ok(())
+    }
+}
+
+/// Removes what a finished attempt no longer needs, keeping `exit.json`, the pid files and
+/// `supervisor.err` for post-mortems. Missing pieces are fine: cleanup is idempotent.
+fn remove_working_state(attempt_dir: &Path) -> io::Result<()> {
+    for dir in [WORK_DIR, OUTPUTS_DIR] {
+        match std::fs::remove_dir_all(attempt_dir.join(dir)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    match std::fs::remove_file(attempt_dir.join(JOB_FILE)) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,311 @@
+//! Following one execution from the server: a tokio task reads the supervisor's control
+//! channel into events, and when the supervisor is gone, turns `exit.json` and the outputs
+//! folder into the final event.
+
+use super::protocol::{
+    describe, ControlMessage, ExitFile, EXIT_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
+};
+use super::Executions;
+use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use runplane_domain::{ExitOutcome, OutputFile};
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tokio::sync::mpsc;
+
+/// The most of one output file handed back in [`ExitOutcome::outputs`]; `size` tells the rest.
+pub const OUTPUT_CAP: u64 = 4 << 20;
+/// How much of `supervisor.err` goes into a `Lost` message.
+const ERR_TAIL: u64 = 2000;
+
+/// Everything the task needs; the task owns the supervisor's [`Child`].
+pub(crate) struct Follow {
+    pub execution: ExecutionId,
+    pub child: Child,
+    pub attempt_dir: PathBuf,
+    pub events: EventSender,
+    pub stops: mpsc::UnboundedReceiver<()>,
+    pub executions: Executions,
+}
+
+impl Follow {
+    fn emit(&self, kind: EventKind) {
+        let event = FrameworkEvent {
+            execution: self.execution.clone(),
+            kind,
+        };
+        if self.events.send(event).is_err() {
+            tracing::debug!(execution = ?self.execution, "event receiver gone; dropping event");
+        }
+    }
+
+    pub(crate) async fn run(mut self) {
+        let pid = self.child.id();
+        let mut started = false;
+        // Log offsets are held back until Started, to keep the promised event order.
+        let mut unsent_offset: Option<u64> = None;
+        let mut sent_offset: Option<u64> = None;
+        // Whether the supervisor has said anything yet (its signal handler is installed), and
+        // whether a stop waits for that.
+        let mut heard_from = false;
+        let mut stop_pending = false;
+
+        if let Some(stdout) = self.child.stdout.take() {
+            let mut control = BufReader::new(stdout);
+            let mut line = Vec::new();
+            loop {
+                tokio::select! {
+                    read = control.read_until(b'\n', &mut line) => {
+                        match read {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(execution = ?self.execution, error = %e, "reading the control channel failed");
+                                break;
+                            }
+                        }
+                        if !heard_from {
+                            heard_from = true;
+                            if stop_pending {
+                                signal_supervisor(&self.execution, pid);
+                            }
+                        }
+                        match serde_json::from_slice::<ControlMessage>(line.trim_ascii()) {
+                            Ok(ControlMessage::Started { .. }) => {
+                                if !started {
+                                    started = true;
+                                    self.emit(EventKind::Started);
+                                }
+                            }
+                            Ok(ControlMessage::Log { end_offset }) => {
+                                if sent_offset.is_none_or(|sent| end_offset > sent) {
+                                    unsent_offset = Some(end_offset);
+                                }
+                            }
+                            Err(e) => tracing::warn!(
+                                execution = ?self.execution,
+                                line = %String::from_utf8_lossy(&line),
+                                error = %e,
+                                "ignoring an unknown control message"
+                            ),
+                        }
+                        line.clear();
+                        if let (true, Some(end_offset)) = (started, unsent_offset.take()) {
+                            sent_offset = Some(end_offset);
+                            self.emit(EventKind::LogAppended { end_offset });
+                        }
+                    }
+                    Some(()) = self.stops.recv() => {
+                        // The control pipe is open, so the supervisor has not exited and its pid
+                        // cannot have been reused. It takes a repeated SIGTERM as a no-op. Before
+                        // its first message it may not have installed its handler yet (SIGTERM
+                        // would kill it outright), so the stop waits for that message.
+                        if heard_from {
+                            signal_supervisor(&self.execution, pid);
+                        } else {
+                            stop_pending = true;
+                        }
+                    }
+                }
+            }
+        }
+
+        let status = self.child.wait().await;
+        let attempt_dir = self.attempt_dir.clone();
+        let ended = tokio::task::spawn_blocking(move || read_ending(&attempt_dir)).await;
+        let ending = match ended {
+            Ok(ending) => ending,
+            Err(e) => Ending::Lost(format!("reading the outcome failed: {e}")),
+        };
+        self.executions.mark_ended(&self.execution);
+
+        match ending {
+            Ending::Exited(outcome) => {
+                if !started {
+                    self.emit(EventKind::Started);
+                }
+                if let Some(end_offset) = unsent_offset {
+                    self.emit(EventKind::LogAppended { end_offset });
+                }
+                tracing::debug!(execution = ?self.execution, ?outcome.exit_code, ?outcome.signal, "execution exited");
+                self.emit(EventKind::Exited(outcome));
+            }
+            Ending::Lost(mut message) => {
+                if let Some(tail) = err_tail(&self.attempt_dir.join(SUPERVISOR_ERR_FILE)) {
+                    message.push_str(&format!(" (supervisor: {tail})"));
+                }
+                if let Ok(status) = status {
+                    if !status.success() {
+                        message.push_str(&format!(" [supervisor {status}]"));
+                    }
+                }
+                tracing::warn!(execution = ?self.execution, %message, "execution lost");
+                self.emit(EventKind::Lost { message });
+            }
+        }
+    }
+}
+
+fn signal_supervisor(execution: &ExecutionId, pid: Option<u32>) {
+    let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
+        return;
+    };
+    match nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    ) {
+        Ok(()) => tracing::info!(
+            ?execution,
+            pid,
+            "asked the supervisor to stop the execution"
+        ),
+        Err(e) => tracing::warn!(?execution, pid, error = %e, "cannot signal the supervisor"),
+    }
+}
+
+enum Ending {
+    Exited(ExitOutcome),
+    Lost(String),
+}
+
+/// Reads how an execution ended from its attempt folder.
+fn read_ending(attempt_dir: &Path) -> Ending {
+    let path = attempt_dir.join(EXIT_FILE);
+    let text = match fs::read(&path) {
+        Ok(text) => text,
+        Err(e) => {
+            return Ending::Lost(format!(
+                "the supervisor ended without a readable {EXIT_FILE}: {}",
+                describe(&e)
+            ))
+        }
+    };
+    let exit: ExitFile = match serde_json::from_slice(&text) {
+        Ok(exit) => exit,
+        Err(e) => return Ending::Lost(format!("{EXIT_FILE} is corrupt: {e}")),
+    };
+    if let Some(error) = exit.error {
+        return Ending::Lost(error);
+    }
+    Ending::Exited(ExitOutcome {
+        exit_code: exit.exit_code,
+        signal: exit.signal,
+        outputs: collect_outputs(&attempt_dir.join(OUTPUTS_DIR)),
+    })
+}
+
+/// The top-level regular files of the outputs folder, each read up to [`OUTPUT_CAP`]. Symlinks
+/// and folders are skipped: a job must not make the server read files outside its folder.
+pub(crate) fn collect_outputs(dir: &Path) -> BTreeMap<String, OutputFile> {
+    let mut outputs = BTreeMap::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot list the outputs folder");
+            return outputs;
+        }
+    };
+    for entry in entries.flatten() {
+        let Ok(file_type) = entry.file_type() else {
+            continue;
+        };
+        if !file_type.is_file() {
+            continue;
+        }
+        let Ok(name) = entry.file_name().into_string() else {
+            tracing::warn!(file = ?entry.file_name(), "skipping an output whose name is not UTF-8");
+            continue;
+        };
+        match read_capped(&entry.path()) {
+            Ok(file) => {
+                outputs.insert(name, file);
+            }
+            Err(e) => {
+                tracing::warn!(file = %entry.path().display(), error = %e, "cannot read an output file")
+            }
+        }
+    }
+    outputs
+}
+
+fn read_capped(path: &Path) -> std::io::Result<OutputFile> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NOFOLLOW: the file was a regular file when listed; refuse it if swapped for a link.
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let size = file.metadata()?.len();
+    let mut contents = Vec::new();
+    file.take(OUTPUT_CAP).read_to_end(&mut contents)?;
+    Ok(OutputFile {
+        size: size.max(contents.len() as u64),
+        contents,
+    })
+}
+
+/// The end of `supervisor.err`, when it says anything.
+fn err_tail(path: &Path) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(len.saturating_sub(ERR_TAIL)))
+        .ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_are_top_level_regular_files_capped() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("small.json"), b"{}").unwrap();
+        fs::write(
+            dir.path().join("big.bin"),
+            vec![7u8; OUTPUT_CAP as usize + 10],
+        )
+        .unwrap();
+        fs::create_dir(dir.path().join("folder")).unwrap();
+        fs::write(dir.path().join("folder").join("inner"), b"x").unwrap();
+        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).unwrap();
+        let outputs = collect_outputs(dir.path());
+        assert_eq!(
+            outputs.keys().collect::<Vec<_>>(),
+            vec!["big.bin", "small.json"]
+        );
+        assert_eq!(outputs["small.json"].contents, b"{}");
+        assert!(!outputs["small.json"].is_truncated());
+        assert_eq!(outputs["big.bin"].contents.len() as u64, OUTPUT_CAP);
+        assert_eq!(outputs["big.bin"].size, OUTPUT_CAP + 10);
+        assert!(collect_outputs(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn endings_come_from_exit_json() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(read_ending(dir.path()), Ending::Lost(m) if m.contains("exit.json")));
+        fs::write(dir.path().join(EXIT_FILE), b"{not json").unwrap();
+        assert!(matches!(read_ending(dir.path()), Ending::Lost(m) if m.contains("corrupt")));
+        fs::write(dir.path().join(EXIT_FILE), br#"{"exit_code":null,"signal":null,"stopped":false,"error":"cannot start /x: No such file or directory"}"#).unwrap();
+        assert!(
+            matches!(read_ending(dir.path()), Ending::Lost(m) if m == "cannot start /x: No such file or directory")
+        );
+        fs::write(
+            dir.path().join(EXIT_FILE),
+            br#"{"exit_code":3,"signal":null,"stopped":false}"#,
+        )
+        .unwrap();
+        match read_ending(dir.path()) {
+            Ending::Exited(outcome) => assert_eq!(outcome.exit_code, Some(3)),
+            Ending::Lost(m) => panic!("{m}"),
+        }
+    }
+}

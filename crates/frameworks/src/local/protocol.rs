@@ -1,0 +1,124 @@
+//! What the local framework and its `runplane supervise` processes exchange: the files of an
+//! attempt folder and the control messages on the supervisor's stdout.
+//!
+//! The attempt folder is the whole contract between the two processes, so that a supervisor
+//! keeps running, and its results stay readable, when the server that started it is gone:
+//!
+//! ```text
+//! <runs_dir>/<run_id>/<attempt>/
+//!   job.json        JobFile: what to run (written by the framework, mode 0600: env may hold secrets)
+//!   work/           the job's working directory, with the job's files
+//!   outputs/        RUNPLANE_OUTPUTS: files the job leaves for the framework to collect
+//!   supervisor.pid  the supervisor's pid (written by the framework after spawning it)
+//!   supervisor.err  the supervisor's stderr: its own diagnostics, never the job's output
+//!   child.pid       the job's main process (also its process group id), once started
+//!   exit.json       ExitFile: how it ended (written atomically by the supervisor, last)
+//! ```
+//!
+//! The log itself lives in the FileLogStore at `log_root/<run_id>/<attempt>.log`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+pub const JOB_FILE: &str = "job.json";
+pub const EXIT_FILE: &str = "exit.json";
+pub const CHILD_PID_FILE: &str = "child.pid";
+pub const SUPERVISOR_PID_FILE: &str = "supervisor.pid";
+pub const SUPERVISOR_ERR_FILE: &str = "supervisor.err";
+pub const WORK_DIR: &str = "work";
+pub const OUTPUTS_DIR: &str = "outputs";
+
+/// `job.json`: everything the supervisor needs, fully resolved by the framework (absolute
+/// paths, the program found in `PATH`, the complete environment) so the supervisor makes no
+/// decisions of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFile {
+    pub run_id: String,
+    pub attempt: u32,
+    /// The absolute path of the program to execute (`command[0]` resolved).
+    pub program: PathBuf,
+    /// The full argv; `argv[0]` is `command[0]` as the job gave it.
+    pub argv: Vec<String>,
+    /// The job's complete environment, `RUNPLANE_OUTPUTS` included.
+    pub env: BTreeMap<String, String>,
+    pub stop_grace_seconds: u64,
+    pub workdir: PathBuf,
+    pub outputs_dir: PathBuf,
+    /// The FileLogStore root the supervisor appends `(run_id, attempt)`'s log to.
+    pub log_root: PathBuf,
+}
+
+/// `exit.json`: how the execution ended.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExitFile {
+    /// The main process's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// The signal that killed the main process, when one did.
+    pub signal: Option<i32>,
+    /// Whether a stop (SIGTERM to the supervisor) was requested before it ended.
+    pub stopped: bool,
+    /// Set when the job never ran (its program could not be executed, the log could not be
+    /// opened...): what went wrong, for a person to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One line of the control channel (the supervisor's stdout), newline-delimited JSON:
+/// `{"started":{"pid":123}}`, then any number of `{"log":{"end_offset":456}}`.
+///
+/// Control messages are hints for a live server: losing them (the server died, the pipe was
+/// full) loses nothing, because the log file and `exit.json` hold the facts. `end_offset` is
+/// absolute, so any message may be dropped and the next one still says everything.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlMessage {
+    /// The job's main process is running with this pid (its process group id too).
+    Started { pid: u32 },
+    /// The log now ends at this offset.
+    Log { end_offset: u64 },
+}
+
+/// Replaces `dir/name` with `contents` so that readers see the old file or the new one, never
+/// a part, even across a crash: temp file, fsync, rename, fsync the folder.
+pub(crate) fn write_atomically(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> io::Result<()> {
+    let temp = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, dir.join(name))?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Reads a small pid file; `None` when it is missing or does not hold a pid.
+pub(crate) fn read_pid_file(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// An io error's text without Rust's " (os error N)" suffix, for messages people read.
+pub(crate) fn describe(error: &io::Error) -> String {
+    let text = error.to_string();
+    match text.find(" (os error ") {
+        Some(at) => text[..at].to_string(),
+        None => text,
+    }
+}

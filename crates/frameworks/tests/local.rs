@@ -1,0 +1,976 @@
+//! End-to-end tests of the local framework: real supervisors, real processes.
+//!
+//! This binary has its own `main` (`harness = false`) because it is also the supervisor: the
+//! framework under test starts `<this binary> supervise <attempt dir>`, exactly as the server
+//! starts `runplane supervise <attempt dir>`. It understands enough of libtest's command line
+//! (`--list`, a name filter, `--exact`) for `cargo test` and `cargo nextest`.
+
+use runplane_domain::{FileEntry, Job, Runnable};
+use runplane_frameworks::local::protocol::{ExitFile, JobFile};
+use runplane_frameworks::local::{supervise_main, LocalFramework, LocalOptions};
+use runplane_frameworks::{EventKind, ExecutionId, Framework, FrameworkError, FrameworkEvent};
+use runplane_logstore::file::FileLogStore;
+use runplane_logstore::{LogRecord, LogStore, Stream};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+type TestResult = Result<(), String>;
+type TestFn = fn() -> TestResult;
+
+/// Generous: CI machines have two cores and other work.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("supervise") {
+        let code = match args.get(2) {
+            Some(dir) => supervise_main(Path::new(dir)),
+            None => 2,
+        };
+        std::process::exit(code);
+    }
+    // Something a job must not inherit from the server (see the env test). Set before any
+    // thread exists.
+    // SAFETY: single-threaded at this point.
+    unsafe { std::env::set_var("RUNPLANE_TEST_SERVER_SECRET", "leaked") };
+
+    let tests: &[(&str, TestFn)] = &[
+        (
+            "job_reports_started_logs_and_outputs_in_order",
+            job_reports_started_logs_and_outputs_in_order,
+        ),
+        (
+            "exit_codes_and_signals_are_reported",
+            exit_codes_and_signals_are_reported,
+        ),
+        (
+            "missing_programs_fail_to_start",
+            missing_programs_fail_to_start,
+        ),
+        ("stop_kills_the_whole_tree", stop_kills_the_whole_tree),
+        (
+            "stop_right_after_start_still_exits_cleanly",
+            stop_right_after_start_still_exits_cleanly,
+        ),
+        (
+            "jobs_ignoring_sigterm_are_killed_after_the_grace",
+            jobs_ignoring_sigterm_are_killed_after_the_grace,
+        ),
+        (
+            "leftover_background_processes_are_killed",
+            leftover_background_processes_are_killed,
+        ),
+        (
+            "cleanup_removes_working_state_of_ended_executions",
+            cleanup_removes_working_state_of_ended_executions,
+        ),
+        (
+            "supervisors_run_in_their_own_session",
+            supervisors_run_in_their_own_session,
+        ),
+        (
+            "supervisor_keeps_going_without_a_server",
+            supervisor_keeps_going_without_a_server,
+        ),
+        (
+            "supervisor_reports_exec_failures_in_exit_json",
+            supervisor_reports_exec_failures_in_exit_json,
+        ),
+    ];
+
+    let list = args.iter().any(|a| a == "--list");
+    let exact = args.iter().any(|a| a == "--exact");
+    let ignored_only = args.iter().any(|a| a == "--ignored");
+    let mut filter = None;
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--format" | "--test-threads" | "--color" | "--logfile" | "--skip" => {
+                rest.next();
+            }
+            a if a.starts_with('-') => {}
+            a => filter = Some(a.to_string()),
+        }
+    }
+    let selected: Vec<_> = tests
+        .iter()
+        .filter(|_| !ignored_only)
+        .filter(|(name, _)| match &filter {
+            None => true,
+            Some(f) if exact => name == f,
+            Some(f) => name.contains(f.as_str()),
+        })
+        .collect();
+    if list {
+        for (name, _) in &selected {
+            println!("{name}: test");
+        }
+        return;
+    }
+
+    let (mut passed, mut failed) = (0, 0);
+    for (name, test) in selected {
+        let result = std::panic::catch_unwind(test).unwrap_or_else(|panic| {
+            Err(panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into()))
+        });
+        match result {
+            Ok(()) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Err(message) => {
+                failed += 1;
+                println!("test {name} ... FAILED\n    {message}");
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
+
+/// Runs an async test body on a fresh multi-thread runtime.
+fn run<F: Future<Output = TestResult>>(body: impl FnOnce() -> F) -> TestResult {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    runtime.block_on(body())
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!("{}:{}: {}", file!(), line!(), format!($($msg)+)));
+        }
+    };
+}
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    framework: LocalFramework,
+    events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    logs: FileLogStore,
+    runs_dir: PathBuf,
+}
+
+fn harness() -> Result<Harness, String> {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let runs_dir = tmp.path().join("runs");
+    let logs_dir = tmp.path().join("logs");
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (tx, events) = mpsc::unbounded_channel();
+    let options = LocalOptions {
+        runs_dir: runs_dir.clone(),
+        logs_dir: logs_dir.clone(),
+        supervisor: vec![exe.to_string_lossy().into_owned(), "supervise".into()],
+    };
+    Ok(Harness {
+        _tmp: tmp,
+        framework: LocalFramework::new(options, tx),
+        events,
+        logs: FileLogStore::new(logs_dir),
+        runs_dir,
+    })
+}
+
+fn exec(run_id: &str) -> ExecutionId {
+    ExecutionId {
+        run_id: run_id.into(),
+        attempt: 1,
+    }
+}
+
+fn job(command: &[&str]) -> Job {
+    Job {
+        command: command.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::new(),
+        files: Vec::new(),
+        stop_grace_seconds: 5,
+    }
+}
+
+/// A job carrying a unique marker in its environment, which every process it starts inherits.
+fn marked_job(command: &[&str], marker: &str) -> Job {
+    let mut job = job(command);
+    job.env.insert("RUNPLANE_TEST_MARKER".into(), marker.into());
+    job
+}
+
+fn unique_marker(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// Live processes whose environment carries `marker`.
+fn marked_processes(marker: &str) -> Vec<i32> {
+    let needle = format!("RUNPLANE_TEST_MARKER={marker}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == needle.as_bytes())
+                .then_some(pid)
+        })
+        .collect()
+}
+
+async fn wait_for<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> Result<T, String> {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Some(value) = probe() {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Harness {
+    async fn next_event(&mut self) -> Result<FrameworkEvent, String> {
+        match tokio::time::timeout(PATIENCE, self.events.recv()).await {
+            Ok(Some(event)) => Ok(event),
+            Ok(None) => Err("event channel closed".into()),
+            Err(_) => Err("timed out waiting for an event".into()),
+        }
+    }
+
+    /// Events of `execution` up to and including its Exited/Lost.
+    async fn events_until_end(
+        &mut self,
+        execution: &ExecutionId,
+    ) -> Result<Vec<EventKind>, String> {
+        let mut kinds = Vec::new();
+        loop {
+            let event = self.next_event().await?;
+            if &event.execution != execution {
+                return Err(format!("event for another execution: {event:?}"));
+            }
+            let end = matches!(event.kind, EventKind::Exited(_) | EventKind::Lost { .. });
+            kinds.push(event.kind);
+            if end {
+                return Ok(kinds);
+            }
+        }
+    }
+
+    async fn wait_started(&mut self, execution: &ExecutionId) -> Result<(), String> {
+        let event = self.next_event().await?;
+        ensure!(
+            &event.execution == execution && event.kind == EventKind::Started,
+            "expected Started, got {event:?}"
+        );
+        Ok(())
+    }
+
+    fn log(&self, execution: &ExecutionId) -> Result<Vec<LogRecord>, String> {
+        let mut records = Vec::new();
+        let mut offset = 0;
+        loop {
+            let chunk = self
+                .logs
+                .read(&execution.run_id, execution.attempt, offset, 1 << 20)
+                .map_err(|e| format!("reading the log: {e}"))?;
+            if chunk.records.is_empty() {
+                return Ok(records);
+            }
+            offset = chunk.next_offset;
+            records.extend(chunk.records);
+        }
+    }
+
+    fn lines(&self, execution: &ExecutionId, stream: Stream) -> Result<Vec<String>, String> {
+        Ok(self
+            .log(execution)?
+            .into_iter()
+            .filter(|r| r.stream == stream)
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect())
+    }
+
+    fn attempt_dir(&self, execution: &ExecutionId) -> PathBuf {
+        self.runs_dir
+            .join(&execution.run_id)
+            .join(execution.attempt.to_string())
+    }
+}
+
+fn exited(kinds: &[EventKind]) -> Result<&runplane_domain::ExitOutcome, String> {
+    match kinds.last() {
+        Some(EventKind::Exited(outcome)) => Ok(outcome),
+        other => Err(format!(
+            "expected Exited last, got {other:?} (all: {kinds:?})"
+        )),
+    }
+}
+
+fn job_reports_started_logs_and_outputs_in_order() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let script = "#!/bin/sh\n\
+            echo 'out 1'\n\
+            echo 'err 1' >&2\n\
+            echo 'out 2'\n\
+            echo 'err 2' >&2\n\
+            cat data/input.txt\n\
+            echo \"$GREETING\"\n\
+            echo \"${RUNPLANE_TEST_SERVER_SECRET:-absent}\"\n\
+            printf '{\"ok\":true}' > \"$RUNPLANE_OUTPUTS/result.json\"\n\
+            printf 'partial'\n";
+        let mut job = job(&["./main.sh", "arg"]);
+        job.env.insert("GREETING".into(), "hello".into());
+        job.files = vec![
+            FileEntry {
+                path: "main.sh".into(),
+                mode: 0o755,
+                contents: script.as_bytes().to_vec(),
+            },
+            FileEntry {
+                path: "data/input.txt".into(),
+                mode: 0o644,
+                contents: b"input data\n".to_vec(),
+            },
+        ];
+        let execution = exec("happy");
+        h.framework
+            .start(execution.clone(), Runnable::Job(job))
+            .await
+            .map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&execution).await?;
+
+        ensure!(
+            kinds.first() == Some(&EventKind::Started),
+            "Started first: {kinds:?}"
+        );
+        let offsets: Vec<u64> = kinds
+            .iter()
+            .filter_map(|k| match k {
+                EventKind::LogAppended { end_offset } => Some(*end_offset),
+                _ => None,
+            })
+            .collect();
+        ensure!(!offsets.is_empty(), "no LogAppended: {kinds:?}");
+        ensure!(
+            offsets.windows(2).all(|w| w[0] < w[1]),
+            "offsets increase: {offsets:?}"
+        );
+        ensure!(
+            kinds[1..kinds.len() - 1]
+                .iter()
+                .all(|k| matches!(k, EventKind::LogAppended { .. })),
+            "only LogAppended between Started and Exited: {kinds:?}"
+        );
+        let outcome = exited(&kinds)?;
+        ensure!(
+            outcome.exit_code == Some(0) && outcome.signal.is_none(),
+            "{outcome:?}"
+        );
+        let result = outcome
+            .outputs
+            .get("result.json")
+            .ok_or("no result.json output")?;
+        ensure!(
+            result.contents == br#"{"ok":true}"# && result.size == 11,
+            "{result:?}"
+        );
+
+        let stdout = h.lines(&execution, Stream::Stdout)?;
+        ensure!(
+            stdout
+                == [
+                    "out 1\n",
+                    "out 2\n",
+                    "input data\n",
+                    "hello\n",
+                    "absent\n",
+                    "partial"
+                ],
+            "stdout records: {stdout:?}"
+        );
+        let stderr = h.lines(&execution, Stream::Stderr)?;
+        ensure!(
+            stderr == ["err 1\n", "err 2\n"],
+            "stderr records: {stderr:?}"
+        );
+        let system = h.lines(&execution, Stream::System)?;
+        ensure!(
+            system.is_empty(),
+            "no system records for a plain run: {system:?}"
+        );
+        let end = h
+            .logs
+            .read(&execution.run_id, 1, 0, usize::MAX)
+            .map_err(|e| e.to_string())?
+            .next_offset;
+        ensure!(
+            offsets.last() == Some(&end),
+            "last LogAppended {offsets:?} is the log end {end}"
+        );
+
+        let exit: ExitFile = serde_json::from_slice(
+            &std::fs::read(h.attempt_dir(&execution).join("exit.json"))
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        ensure!(
+            exit == ExitFile {
+                exit_code: Some(0),
+                signal: None,
+                stopped: false,
+                error: None
+            },
+            "{exit:?}"
+        );
+        Ok(())
+    })
+}
+
+fn exit_codes_and_signals_are_reported() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let code = exec("code");
+        h.framework
+            .start(code.clone(), Runnable::Job(job(&["sh", "-c", "exit 3"])))
+            .await
+            .map_err(|e| e.to_string())?;
+        let outcome = exited(&h.events_until_end(&code).await?)?.clone();
+        ensure!(
+            outcome.exit_code == Some(3) && outcome.signal.is_none(),
+            "{outcome:?}"
+        );
+
+        let killed = exec("killed");
+        h.framework
+            .start(
+                killed.clone(),
+                Runnable::Job(job(&["sh", "-c", "kill -KILL $$"])),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let outcome = exited(&h.events_until_end(&killed).await?)?.clone();
+        ensure!(
+            outcome.exit_code.is_none() && outcome.signal == Some(9),
+            "{outcome:?}"
+        );
+        Ok(())
+    })
+}
+
+fn missing_programs_fail_to_start() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let cases: Vec<(Job, &str)> = vec![
+            (job(&["/usr/bin/python9", "-c", "pass"]), "cannot start /usr/bin/python9: No such file or directory"),
+            (job(&["python9-nowhere"]), "cannot start python9-nowhere: not found in PATH"),
+            (
+                Job {
+                    files: vec![FileEntry { path: "run.py".into(), mode: 0o755, contents: b"#!/usr/bin/python9\n".to_vec() }],
+                    ..job(&["./run.py"])
+                },
+                "cannot start ./run.py: interpreter /usr/bin/python9 (from its #! line): No such file or directory",
+            ),
+            (
+                Job {
+                    files: vec![FileEntry { path: "../escape".into(), mode: 0o644, contents: Vec::new() }],
+                    ..job(&["true"])
+                },
+                "job file path \"../escape\" must be relative",
+            ),
+            (
+                Job {
+                    files: vec![FileEntry { path: "/etc/evil".into(), mode: 0o644, contents: Vec::new() }],
+                    ..job(&["true"])
+                },
+                "must be relative",
+            ),
+            (job(&[]), "empty command"),
+        ];
+        for (i, (job, expected)) in cases.into_iter().enumerate() {
+            let execution = exec(&format!("missing-{i}"));
+            match h
+                .framework
+                .start(execution.clone(), Runnable::Job(job))
+                .await
+            {
+                Err(FrameworkError::StartFailed {
+                    execution: failed,
+                    message,
+                }) => {
+                    ensure!(failed == execution, "{failed:?}");
+                    ensure!(
+                        message.contains(expected),
+                        "message {message:?} should contain {expected:?}"
+                    );
+                }
+                other => return Err(format!("case {i}: expected StartFailed, got {other:?}")),
+            }
+            ensure!(
+                !h.attempt_dir(&execution).exists(),
+                "case {i}: a failed start leaves no folder"
+            );
+            ensure!(
+                matches!(
+                    h.framework.stop(&execution).await,
+                    Err(FrameworkError::UnknownExecution(_))
+                ),
+                "case {i}: a failed start is not an execution"
+            );
+        }
+        ensure!(
+            h.events.try_recv().is_err(),
+            "no events after failed starts"
+        );
+        Ok(())
+    })
+}
+
+fn stop_kills_the_whole_tree() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let marker = unique_marker("stop");
+        let grace = 5;
+        let mut job = marked_job(
+            &[
+                "sh",
+                "-c",
+                r#"sleep 1000 & setsid sh -c "sleep 1000 &" ; sleep 1000"#,
+            ],
+            &marker,
+        );
+        job.stop_grace_seconds = grace;
+        let execution = exec("stop");
+        h.framework
+            .start(execution.clone(), Runnable::Job(job))
+            .await
+            .map_err(|e| e.to_string())?;
+        h.wait_started(&execution).await?;
+        // sh, its background sleep, the daemon's sleep (re-parented), the foreground sleep.
+        wait_for("the job's four processes", || {
+            (marked_processes(&marker).len() >= 4).then_some(())
+        })
+        .await?;
+
+        let stopped_at = Instant::now();
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| e.to_string())?;
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| format!("stop is idempotent: {e}"))?;
+        let kinds = h.events_until_end(&execution).await?;
+        let took = stopped_at.elapsed();
+        let outcome = exited(&kinds)?;
+        ensure!(
+            took < Duration::from_secs(grace + 1),
+            "Exited {took:?} after stop"
+        );
+        ensure!(
+            outcome.signal == Some(15),
+            "the main process died of SIGTERM: {outcome:?}"
+        );
+        let survivors = marked_processes(&marker);
+        ensure!(
+            survivors.is_empty(),
+            "processes survived the stop: {survivors:?}"
+        );
+
+        let system = h.lines(&execution, Stream::System)?;
+        ensure!(
+            system.iter().any(|l| l.contains("stop requested")),
+            "system records: {system:?}"
+        );
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| format!("stop after exit is fine: {e}"))?;
+        let exit = std::fs::read_to_string(h.attempt_dir(&execution).join("exit.json"))
+            .map_err(|e| e.to_string())?;
+        ensure!(exit.contains("\"stopped\": true"), "{exit}");
+        Ok(())
+    })
+}
+
+fn stop_right_after_start_still_exits_cleanly() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        for i in 0..5 {
+            let marker = unique_marker("early-stop");
+            let execution = exec(&format!("early-{i}"));
+            let job = marked_job(&["sh", "-c", "sleep 1000 & sleep 1000"], &marker);
+            h.framework
+                .start(execution.clone(), Runnable::Job(job))
+                .await
+                .map_err(|e| e.to_string())?;
+            h.framework
+                .stop(&execution)
+                .await
+                .map_err(|e| e.to_string())?;
+            let kinds = h.events_until_end(&execution).await?;
+            ensure!(kinds.first() == Some(&EventKind::Started), "{kinds:?}");
+            exited(&kinds)?;
+            let survivors = marked_processes(&marker);
+            ensure!(survivors.is_empty(), "processes survived: {survivors:?}");
+        }
+        Ok(())
+    })
+}
+
+fn jobs_ignoring_sigterm_are_killed_after_the_grace() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let marker = unique_marker("stubborn");
+        let grace = 1;
+        let mut job = marked_job(
+            &[
+                "sh",
+                "-c",
+                "trap '' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
+            &marker,
+        );
+        job.stop_grace_seconds = grace;
+        let execution = exec("stubborn");
+        h.framework
+            .start(execution.clone(), Runnable::Job(job))
+            .await
+            .map_err(|e| e.to_string())?;
+        h.wait_started(&execution).await?;
+        // The trap is in place once "ready" is in the log.
+        let logs = &h;
+        wait_for("the ready line", || {
+            logs.lines(&execution, Stream::Stdout)
+                .ok()
+                .filter(|lines| lines.iter().any(|l| l == "ready\n"))
+        })
+        .await?;
+
+        let stopped_at = Instant::now();
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&execution).await?;
+        let took = stopped_at.elapsed();
+        let outcome = exited(&kinds)?;
+        ensure!(outcome.signal == Some(9), "SIGKILLed: {outcome:?}");
+        ensure!(
+            took >= Duration::from_millis(900),
+            "killed only after the grace: {took:?}"
+        );
+        ensure!(
+            took < Duration::from_secs(grace + 10),
+            "killed soon after the grace: {took:?}"
+        );
+        let survivors = marked_processes(&marker);
+        ensure!(survivors.is_empty(), "processes survived: {survivors:?}");
+        let system = h.lines(&execution, Stream::System)?;
+        ensure!(
+            system.iter().any(|l| l.contains("SIGKILL")),
+            "system records: {system:?}"
+        );
+        Ok(())
+    })
+}
+
+fn leftover_background_processes_are_killed() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let marker = unique_marker("leftover");
+        // The background sleep keeps the job's stdout open: capture can only finish once it is
+        // killed.
+        let job = marked_job(
+            &["sh", "-c", "sleep 1000 & setsid sleep 1000 & echo done"],
+            &marker,
+        );
+        let execution = exec("leftover");
+        h.framework
+            .start(execution.clone(), Runnable::Job(job))
+            .await
+            .map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&execution).await?;
+        let outcome = exited(&kinds)?;
+        ensure!(outcome.exit_code == Some(0), "{outcome:?}");
+        let survivors = marked_processes(&marker);
+        ensure!(survivors.is_empty(), "processes survived: {survivors:?}");
+        ensure!(h.lines(&execution, Stream::Stdout)? == ["done\n"], "stdout");
+        let system = h.lines(&execution, Stream::System)?;
+        ensure!(
+            system.iter().any(|l| l.contains("left behind")),
+            "system records: {system:?}"
+        );
+        Ok(())
+    })
+}
+
+fn cleanup_removes_working_state_of_ended_executions() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let execution = exec("cleanup");
+        let mut job = job(&["sh", "-c", "echo kept; sleep 1000"]);
+        job.files = vec![FileEntry {
+            path: "a/b.txt".into(),
+            mode: 0o600,
+            contents: b"x".to_vec(),
+        }];
+        job.stop_grace_seconds = 1;
+        h.framework
+            .start(execution.clone(), Runnable::Job(job))
+            .await
+            .map_err(|e| e.to_string())?;
+        h.wait_started(&execution).await?;
+        let dir = h.attempt_dir(&execution);
+        ensure!(dir.join("work/a/b.txt").is_file(), "job files are written");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir.join("work/a/b.txt"))
+                .map_err(|e| e.to_string())?
+                .permissions(),
+        );
+        ensure!(mode & 0o777 == 0o600, "file mode {mode:o}");
+        let logs = &h;
+        wait_for("the kept line", || {
+            logs.lines(&execution, Stream::Stdout)
+                .ok()
+                .filter(|l| l.len() == 1)
+        })
+        .await?;
+        ensure!(
+            h.framework.cleanup(&execution).await.is_err(),
+            "no cleanup while running"
+        );
+        ensure!(
+            matches!(
+                h.framework
+                    .start(execution.clone(), Runnable::Job(self::job(&["true"])))
+                    .await,
+                Err(FrameworkError::StartFailed { .. })
+            ),
+            "no second start while running"
+        );
+
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| e.to_string())?;
+        exited(&h.events_until_end(&execution).await?)?;
+        h.framework
+            .cleanup(&execution)
+            .await
+            .map_err(|e| e.to_string())?;
+        for gone in ["work", "outputs", "job.json"] {
+            ensure!(!dir.join(gone).exists(), "{gone} is removed");
+        }
+        for kept in ["exit.json", "supervisor.err", "supervisor.pid", "child.pid"] {
+            ensure!(dir.join(kept).exists(), "{kept} is kept");
+        }
+        ensure!(
+            h.lines(&execution, Stream::Stdout)? == ["kept\n"],
+            "logs are kept"
+        );
+        h.framework
+            .cleanup(&execution)
+            .await
+            .map_err(|e| format!("cleanup is idempotent: {e}"))?;
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| format!("stop after cleanup: {e}"))?;
+        ensure!(
+            matches!(
+                h.framework.cleanup(&exec("never-started")).await,
+                Err(FrameworkError::UnknownExecution(_))
+            ),
+            "unknown executions are reported"
+        );
+        Ok(())
+    })
+}
+
+fn supervisors_run_in_their_own_session() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let execution = exec("session");
+        let mut job = job(&["sleep", "1000"]);
+        job.stop_grace_seconds = 1;
+        h.framework
+            .start(execution.clone(), Runnable::Job(job))
+            .await
+            .map_err(|e| e.to_string())?;
+        h.wait_started(&execution).await?;
+        let pid_text = std::fs::read_to_string(h.attempt_dir(&execution).join("supervisor.pid"))
+            .map_err(|e| e.to_string())?;
+        let pid: i32 = pid_text
+            .trim()
+            .parse()
+            .map_err(|e| format!("supervisor.pid: {e}"))?;
+        let session = |pid: i32| -> Option<String> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after "(comm)": state ppid pgrp session ...
+            stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .nth(3)
+                .map(str::to_string)
+        };
+        let theirs = session(pid).ok_or("supervisor stat")?;
+        let ours = session(std::process::id() as i32).ok_or("own stat")?;
+        ensure!(
+            theirs == pid.to_string(),
+            "the supervisor leads its own session ({theirs})"
+        );
+        ensure!(theirs != ours, "not the server's session");
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| e.to_string())?;
+        exited(&h.events_until_end(&execution).await?)?;
+        Ok(())
+    })
+}
+
+/// The supervisor's own fallback, for programs that vanish between `start`'s check and exec.
+fn supervisor_reports_exec_failures_in_exit_json() -> TestResult {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tmp.path().join("attempt");
+    for sub in ["", "work", "outputs"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+    }
+    let spec = JobFile {
+        run_id: "gone".into(),
+        attempt: 2,
+        program: "/usr/bin/python9".into(),
+        argv: vec!["python9".into()],
+        env: BTreeMap::new(),
+        stop_grace_seconds: 1,
+        workdir: dir.join("work"),
+        outputs_dir: dir.join("outputs"),
+        log_root: tmp.path().join("logs"),
+    };
+    std::fs::write(
+        dir.join("job.json"),
+        serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let output = std::process::Command::new(exe)
+        .arg("supervise")
+        .arg(&dir)
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        output.status.success(),
+        "supervisor exit status {:?}",
+        output.status
+    );
+    let control = String::from_utf8_lossy(&output.stdout);
+    ensure!(
+        !control.contains("started"),
+        "no started message: {control}"
+    );
+    let exit: ExitFile =
+        serde_json::from_slice(&std::fs::read(dir.join("exit.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    ensure!(
+        exit.error.as_deref() == Some("cannot start /usr/bin/python9: No such file or directory")
+            && exit.exit_code.is_none(),
+        "{exit:?}"
+    );
+    let logs = FileLogStore::new(tmp.path().join("logs"));
+    let chunk = logs
+        .read("gone", 2, 0, 1 << 20)
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        chunk.records.len() == 1
+            && chunk.records[0].stream == Stream::System
+            && String::from_utf8_lossy(&chunk.records[0].data)
+                .contains("No such file or directory"),
+        "{:?}",
+        chunk.records
+    );
+    Ok(())
+}
+
+/// The server dies (its end of the control pipe closes) while the job runs: the job goes on,
+/// its whole output is logged and `exit.json` is written.
+fn supervisor_keeps_going_without_a_server() -> TestResult {
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = tmp.path().join("attempt");
+    for sub in ["", "work", "outputs"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+    }
+    let spec = JobFile {
+        run_id: "orphan".into(),
+        attempt: 1,
+        program: "/bin/sh".into(),
+        argv: vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 0.3; i=0; while [ $i -lt 500 ]; do echo line $i; i=$((i+1)); done".into(),
+        ],
+        env: BTreeMap::new(),
+        stop_grace_seconds: 1,
+        workdir: dir.join("work"),
+        outputs_dir: dir.join("outputs"),
+        log_root: tmp.path().join("logs"),
+    };
+    std::fs::write(
+        dir.join("job.json"),
+        serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut supervisor = std::process::Command::new(exe)
+        .arg("supervise")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    // The "server" goes away at once.
+    drop(supervisor.stdout.take());
+    let status = supervisor.wait().map_err(|e| e.to_string())?;
+    ensure!(status.success(), "supervisor exit status {status:?}");
+    let exit: ExitFile =
+        serde_json::from_slice(&std::fs::read(dir.join("exit.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    ensure!(exit.exit_code == Some(0), "{exit:?}");
+    let logs = FileLogStore::new(tmp.path().join("logs"));
+    let mut lines = Vec::new();
+    let mut offset = 0;
+    loop {
+        let chunk = logs
+            .read("orphan", 1, offset, 1 << 20)
+            .map_err(|e| e.to_string())?;
+        if chunk.records.is_empty() {
+            break;
+        }
+        offset = chunk.next_offset;
+        lines.extend(
+            chunk
+                .records
+                .into_iter()
+                .map(|r| String::from_utf8_lossy(&r.data).into_owned()),
+        );
+    }
+    let expected: Vec<String> = (0..500).map(|i| format!("line {i}\n")).collect();
+    ensure!(lines == expected, "{} lines logged", lines.len());
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! The `python` runtime (DESIGN.md §2 and §4, "Python handlers"): a handler function in inline
+//! code or in a packed file/directory, called by name with the run's parameters.
+//!
+//! At apply time the code is parsed, never imported or executed (`source.rs`, `signature.rs`), so
+//! that a missing handler, a syntax error or a parameter the handler does not take is reported
+//! before anything runs. A run becomes a [`Job`] that starts `runner.py` (embedded here) with
+//! the function's files; the runner leaves `results.json` / `error.json` in the outputs folder
+//! and `outcome.rs` reads them back.
+//!
+//! Only the `job` action exists so far; `serve` and `build` come later.
+//!
+//! [`Job`]: runplane_domain::Job
+
+mod archive;
+mod handler;
+mod nesting;
+mod outcome;
+mod params;
+mod runnable;
+mod signature;
+mod source;
+mod spec;
+
+pub use signature::{Parameter, ParameterKind, Signature};
+pub use spec::{PythonSpec, Source};
+
+use crate::{Interpretation, Runtime, RuntimeError};
+use runplane_domain::{ExitOutcome, Invalid, Run, Runnable};
+use serde_json::{Map, Value};
+
+/// The runtime's `kind`.
+pub const KIND: &str = "python";
+/// The one action so far.
+pub const JOB: &str = "job";
+const ACTIONS: &[&str] = &[JOB];
+
+/// Settings of the python runtime, fixed when the server starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonConfig {
+    /// Absolute path of the interpreter runs use. Never looked up in `PATH`, so that what a run
+    /// executes does not depend on the environment of whoever starts it.
+    pub interpreter: String,
+    /// Largest `results.json` accepted (a handler's return value is stored with the run).
+    pub max_results_bytes: usize,
+    /// Largest source accepted: inline code, or the total unpacked size of a packed source.
+    pub max_source_bytes: usize,
+}
+
+impl Default for PythonConfig {
+    fn default() -> Self {
+        Self {
+            interpreter: "/usr/bin/python3".to_string(),
+            max_results_bytes: 1024 * 1024,
+            max_source_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+/// Functions of kind `python`. See the module documentation.
+#[derive(Debug, Clone, Default)]
+pub struct PythonRuntime {
+    config: PythonConfig,
+}
+
+impl PythonRuntime {
+    pub fn new(config: PythonConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &PythonConfig {
+        &self.config
+    }
+}
+
+/// The error for an action other than `job`, shared by `validate_run` and `to_runnable`.
+fn unknown_action(action: &str) -> RuntimeError {
+    RuntimeError::UnknownAction {
+        kind: KIND.to_string(),
+        action: action.to_string(),
+        available: ACTIONS.join(", "),
+    }
+}
+
+impl Runtime for PythonRuntime {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn actions(&self) -> &'static [&'static str] {
+        ACTIONS
+    }
+
+    fn normalize_function(&self, spec: &Value) -> Result<Value, Invalid> {
+        spec::normalize(spec, &self.config)
+    }
+
+    fn hash_input(&self, normalized: &Value) -> Value {
+        spec::hash_input(normalized)
+    }
+
+    fn validate_run(
+        &self,
+        function_spec: &Value,
+        action: &str,
+        parameters: &Map<String, Value>,
+    ) -> Result<(), Invalid> {
+        if action != JOB {
+            return Err(Invalid::field(
+                "action",
+                format!(
+                    "{}; serve and build are not available yet",
+                    unknown_action(action)
+                ),
+            ));
+        }
+        let spec = PythonSpec::from_value(function_spec).map_err(|error| {
+            Invalid::field(
+                "function",
+                format!("the function's stored spec is unusable: {error}"),
+            )
+        })?;
+        params::check_run(&spec, parameters)
+    }
+
+    fn to_runnable(&self, run: &Run) -> Result<Runnable, RuntimeError> {
+        if run.spec.action != JOB {
+            return Err(unknown_action(&run.spec.action));
+        }
+        runnable::job(run, &self.config).map(Runnable::Job)
+    }
+
+    fn interpret(&self, run: &Run, outcome: &ExitOutcome) -> Interpretation {
+        outcome::interpret(run, outcome, &self.config)
+    }
+}

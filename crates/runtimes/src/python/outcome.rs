@@ -1,0 +1,350 @@
+//! How a run of a `python` function ended, from its exit status and the files the runner left
+//! in its outputs folder (never from its stdout, which belongs to the user's code).
+//!
+//! | outcome | state | reason |
+//! | --- | --- | --- |
+//! | exit 0, `results.json` valid and within `max_results_bytes` | COMPLETED | `succeeded`, results = the JSON (absent when the handler returned None) |
+//! | exit 0 without `results.json` (the handler called `sys.exit(0)`) | COMPLETED | `succeeded`, no results |
+//! | exit 0, `results.json` too large or not JSON | ERROR | `invalid_output` |
+//! | exit ≠ 0 with `error.json` `ResultNotSerializable` / `ResultTooLarge` | ERROR | `invalid_output` |
+//! | exit ≠ 0 with another `error.json` | ERROR | `failed`, `<type>: <message>` |
+//! | exit N ≠ 0 without `error.json` | ERROR | `failed`, `the process exited with code N` |
+//! | a signal while the run was in STOP | ERROR | the stop's reason (`user`, `timeout`, ...) |
+//! | SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL | ERROR | `failed` (the process crashed) |
+//! | any other signal | ERROR | `killed` |
+//! | neither an exit code nor a signal | ERROR | `lost` |
+
+use super::PythonConfig;
+use crate::Interpretation;
+use runplane_domain::{reason, ExitOutcome, Run, RunState};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub(crate) const RESULTS_FILE: &str = "results.json";
+pub(crate) const ERROR_FILE: &str = "error.json";
+/// Longest message kept from `error.json`.
+const MAX_MESSAGE_CHARS: usize = 4096;
+/// `error.json` types that mean the handler ran but its return value could not be kept.
+const OUTPUT_ERRORS: &[&str] = &["ResultNotSerializable", "ResultTooLarge"];
+
+/// What the runner writes on failure.
+#[derive(Deserialize)]
+struct ErrorFile {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    message: String,
+}
+
+fn error(reason: &str, message: String) -> Interpretation {
+    Interpretation {
+        state: RunState::Error,
+        reason: reason.to_string(),
+        message: Some(message),
+        results: None,
+    }
+}
+
+/// See the module documentation.
+pub(crate) fn interpret(run: &Run, outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
+    let stopping = run.status.state == RunState::Stop;
+    match (outcome.exit_code, outcome.signal) {
+        (Some(0), _) => succeeded(outcome, config),
+        (Some(code), _) if stopping => stopped(
+            run,
+            format!("the process exited with code {code} while stopping"),
+        ),
+        (Some(code), _) => failed(outcome, code),
+        (None, Some(signal)) if stopping => {
+            stopped(run, format!("ended by {}", describe_signal(signal)))
+        }
+        (None, Some(signal)) if is_crash(signal) => error(
+            reason::FAILED,
+            format!("the process crashed with {}", describe_signal(signal)),
+        ),
+        (None, Some(signal)) => error(
+            reason::KILLED,
+            format!("killed by {}", describe_signal(signal)),
+        ),
+        (None, None) => error(
+            reason::LOST,
+            "the process ended without an exit code or a signal".to_string(),
+        ),
+    }
+}
+
+fn succeeded(outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
+    let results = match outcome.outputs.get(RESULTS_FILE) {
+        None => None,
+        Some(file) if file.is_truncated() || file.size > config.max_results_bytes as u64 => {
+            return error(
+                reason::INVALID_OUTPUT,
+                format!(
+                    "{RESULTS_FILE} is {} bytes, more than the {} allowed for a run's results",
+                    file.size, config.max_results_bytes
+                ),
+            );
+        }
+        Some(file) => match serde_json::from_slice::<Value>(&file.contents) {
+            Ok(Value::Null) => None,
+            Ok(value) => Some(value),
+            Err(parse_error) => {
+                return error(
+                    reason::INVALID_OUTPUT,
+                    format!("{RESULTS_FILE} is not valid JSON: {parse_error}"),
+                );
+            }
+        },
+    };
+    Interpretation {
+        state: RunState::Completed,
+        reason: reason::SUCCEEDED.to_string(),
+        message: None,
+        results,
+    }
+}
+
+fn failed(outcome: &ExitOutcome, code: i32) -> Interpretation {
+    let recorded = outcome
+        .outputs
+        .get(ERROR_FILE)
+        .filter(|file| !file.is_truncated())
+        .and_then(|file| serde_json::from_slice::<ErrorFile>(&file.contents).ok());
+    match recorded {
+        Some(recorded) => {
+            let reason = if OUTPUT_ERRORS.contains(&recorded.kind.as_str()) {
+                reason::INVALID_OUTPUT
+            } else {
+                reason::FAILED
+            };
+            let message = truncate(&format!("{}: {}", recorded.kind, recorded.message));
+            error(reason, message)
+        }
+        None => error(
+            reason::FAILED,
+            format!("the process exited with code {code}"),
+        ),
+    }
+}
+
+/// The run was being stopped: it ends with the stop's own reason (`user`, `timeout`, ...),
+/// which the controller turns into STOPPED or ERROR.
+fn stopped(run: &Run, message: String) -> Interpretation {
+    let stop_reason = run
+        .status
+        .transitions
+        .iter()
+        .rev()
+        .find(|t| t.to == RunState::Stop)
+        .and_then(|t| t.reason.clone())
+        .unwrap_or_else(|| reason::USER.to_string());
+    Interpretation {
+        state: RunState::Error,
+        reason: stop_reason,
+        message: Some(message),
+        results: None,
+    }
+}
+
+fn truncate(text: &str) -> String {
+    match text.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
+/// Signals that mean the process crashed on its own rather than being killed.
+fn is_crash(signal: i32) -> bool {
+    matches!(signal, 4 | 6 | 7 | 8 | 11)
+}
+
+/// `signal 9 (SIGKILL)`; numbers are Linux's.
+fn describe_signal(signal: i32) -> String {
+    let name = match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        24 => "SIGXCPU",
+        25 => "SIGXFSZ",
+        _ => return format!("signal {signal}"),
+    };
+    format!("signal {signal} ({name})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::runnable::tests::run_of;
+    use super::super::PythonRuntime;
+    use super::*;
+    use crate::Runtime;
+    use runplane_domain::{OutputFile, Transition};
+    use serde_json::json;
+    use std::collections::BTreeMap;
+
+    fn run() -> Run {
+        run_of(
+            json!({"source": {"code": "def handler():\n    pass\n"}, "handler": "handler"}),
+            json!({}),
+        )
+    }
+
+    fn outcome(
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        files: &[(&str, &[u8])],
+    ) -> ExitOutcome {
+        ExitOutcome {
+            exit_code,
+            signal,
+            outputs: files
+                .iter()
+                .map(|(name, contents)| {
+                    let file = OutputFile {
+                        contents: contents.to_vec(),
+                        size: contents.len() as u64,
+                    };
+                    (name.to_string(), file)
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn interpret(outcome: &ExitOutcome) -> Interpretation {
+        PythonRuntime::default().interpret(&run(), outcome)
+    }
+
+    #[test]
+    fn success_carries_the_results() {
+        let got = interpret(&outcome(
+            Some(0),
+            None,
+            &[
+                ("results.json", br#"{"a": [1, 2]}"#),
+                ("metrics.jsonl", b""),
+            ],
+        ));
+        assert_eq!(got.state, RunState::Completed);
+        assert_eq!(got.reason, "succeeded");
+        assert_eq!(got.results, Some(json!({"a": [1, 2]})));
+        assert_eq!(got.message, None);
+        for files in [&[("results.json", &b"null"[..])][..], &[]] {
+            let got = interpret(&outcome(Some(0), None, files));
+            assert_eq!((got.state, got.results), (RunState::Completed, None));
+        }
+    }
+
+    #[test]
+    fn bad_results_are_invalid_output() {
+        let got = interpret(&outcome(Some(0), None, &[("results.json", b"{not json")]));
+        assert_eq!(
+            (got.state, got.reason.as_str()),
+            (RunState::Error, "invalid_output")
+        );
+        let big = vec![b'1'; 2 * 1024 * 1024];
+        let got = interpret(&outcome(Some(0), None, &[("results.json", &big)]));
+        assert_eq!(got.reason, "invalid_output");
+        assert!(got
+            .message
+            .unwrap()
+            .contains("2097152 bytes, more than the 1048576 allowed"));
+        let mut cut = outcome(Some(0), None, &[("results.json", b"[1,")]);
+        cut.outputs.get_mut("results.json").unwrap().size = 10 * 1024 * 1024;
+        assert_eq!(interpret(&cut).reason, "invalid_output");
+        let got = interpret(&outcome(
+            Some(1),
+            None,
+            &[(
+                "error.json",
+                br#"{"type": "ResultNotSerializable", "message": "set", "where": null}"#,
+            )],
+        ));
+        assert_eq!(
+            (got.reason.as_str(), got.message.as_deref()),
+            ("invalid_output", Some("ResultNotSerializable: set"))
+        );
+    }
+
+    #[test]
+    fn failures_carry_the_exception() {
+        let got = interpret(&outcome(
+            Some(1),
+            None,
+            &[(
+                "error.json",
+                br#"{"type": "ValueError", "message": "bad n", "where": "main.py:3"}"#,
+            )],
+        ));
+        assert_eq!(got.state, RunState::Error);
+        assert_eq!(got.reason, "failed");
+        assert_eq!(got.message.as_deref(), Some("ValueError: bad n"));
+        let got = interpret(&outcome(Some(3), None, &[]));
+        assert_eq!(
+            (got.reason.as_str(), got.message.as_deref()),
+            ("failed", Some("the process exited with code 3"))
+        );
+        let got = interpret(&outcome(Some(1), None, &[("error.json", b"{\"type\": ")]));
+        assert_eq!(
+            got.message.as_deref(),
+            Some("the process exited with code 1")
+        );
+        let long = format!(r#"{{"type": "E", "message": "{}"}}"#, "x".repeat(10_000));
+        let got = interpret(&outcome(Some(1), None, &[("error.json", long.as_bytes())]));
+        assert!(got.message.unwrap().chars().count() < 4200);
+    }
+
+    #[test]
+    fn signals_are_kills_crashes_or_stops() {
+        let got = interpret(&outcome(None, Some(9), &[]));
+        assert_eq!(
+            (got.state, got.reason.as_str()),
+            (RunState::Error, "killed")
+        );
+        assert_eq!(got.message.as_deref(), Some("killed by signal 9 (SIGKILL)"));
+        let got = interpret(&outcome(None, Some(11), &[]));
+        assert_eq!(
+            (got.reason.as_str(), got.message.as_deref()),
+            (
+                "failed",
+                Some("the process crashed with signal 11 (SIGSEGV)")
+            )
+        );
+        assert_eq!(
+            interpret(&outcome(None, Some(64), &[])).message.as_deref(),
+            Some("killed by signal 64")
+        );
+        assert_eq!(interpret(&outcome(None, None, &[])).reason, "lost");
+
+        let mut stopping = run();
+        stopping.status.state = RunState::Stop;
+        let got = PythonRuntime::default().interpret(&stopping, &outcome(None, Some(15), &[]));
+        assert_eq!((got.state, got.reason.as_str()), (RunState::Error, "user"));
+        stopping.status.transitions.push(Transition {
+            from: Some(RunState::Running),
+            to: RunState::Stop,
+            at: stopping.metadata.created,
+            attempt: 1,
+            reason: Some("timeout".into()),
+            message: None,
+        });
+        let got = PythonRuntime::default().interpret(&stopping, &outcome(None, Some(9), &[]));
+        assert_eq!(got.reason, "timeout");
+        // A handler that finished before the stop landed still succeeded.
+        let got = PythonRuntime::default().interpret(
+            &stopping,
+            &outcome(Some(0), None, &[("results.json", b"1")]),
+        );
+        assert_eq!(
+            (got.state, got.results),
+            (RunState::Completed, Some(json!(1)))
+        );
+    }
+}

@@ -1,0 +1,270 @@
+"""runplane's job runner for Python handlers (DESIGN.md section 4, "Python handlers").
+
+The python runtime writes this file next to `run.json` and the function's code (under `src/`).
+The framework starts it with that folder as working directory and `RUNPLANE_OUTPUTS` set to an
+empty folder whose files it collects when the process ends. The runner imports the handler's
+module, calls the handler with the run's parameters by name (plus `context=` when the handler
+declares it) and leaves the outcome in that folder:
+
+- `results.json`: the handler's return value as JSON (`null` for None);
+- `error.json`: `{"type", "message", "where"}` when the import or the handler raised, or when
+  the return value cannot be kept (`ResultNotSerializable`, `ResultTooLarge`); exit code 1;
+- `metrics.jsonl`: one JSON object per `context.log_metric(...)` call.
+
+Rules this file keeps, and why:
+- Standard library only, and as little of it as possible: every run pays for these imports, and
+  a hello-world handler should cost about as much as `python3 -c pass`. Up front it uses only
+  `sys` and `os` (already loaded by the interpreter at start-up) and `_json`, the C core of
+  `json`; importing `json` itself drags in `re`, `enum`, `functools` and `collections` (several
+  milliseconds), so it is only the fallback when `_json` is missing or has changed. `traceback`
+  is imported only once something failed and `asyncio` only for an `async def` handler.
+- Nothing is ever printed on stdout, and runplane never parses stdout or stderr: they belong to
+  the user's code, which could print anything. A failure's traceback goes to stderr, as Python
+  would print it.
+- Compatible with Python 3.8 and later.
+"""
+
+import os
+import sys
+
+RESULTS = "results.json"
+ERROR = "error.json"
+METRICS = "metrics.jsonl"
+# Longest exception message kept in error.json; the full text is in the traceback on stderr.
+MESSAGE_LIMIT = 4000
+
+
+class HandlerNotFound(Exception):
+    """The handler's module imported, but it is not the function's own code or has no handler."""
+
+
+def _not_serializable(value):
+    raise TypeError("Object of type %s is not JSON serializable" % type(value).__name__)
+
+
+def _nan_constant(name):
+    raise ValueError("%s is not allowed in run.json" % name)
+
+
+def _codec():
+    """Returns `(loads, dumps)` with the semantics of `json.loads` / `json.dumps(allow_nan=False)`.
+
+    Uses `_json` directly when it has the interface `json` itself relies on (CPython 3.8 to
+    3.13), else falls back on `json`.
+    """
+    try:
+        import _json
+
+        class _Decoding:
+            # The attributes `_json.make_scanner` reads, as `json.JSONDecoder` sets them.
+            strict = True
+            object_hook = None
+            object_pairs_hook = None
+            parse_float = float
+            parse_int = int
+            parse_constant = staticmethod(_nan_constant)
+
+        scan = _json.make_scanner(_Decoding())
+        make_encoder = _json.make_encoder
+        escape = _json.encode_basestring_ascii
+
+        def loads(text):
+            text = text.strip()
+            try:
+                value, end = scan(text, 0)
+            except StopIteration as stop:
+                raise ValueError("not valid JSON at character %s" % stop.value) from None
+            if end != len(text):
+                raise ValueError("extra data after the JSON value at character %d" % end)
+            return value
+
+        def dumps(value):
+            # A fresh `markers` dict per call: it detects circular references, and an encoder
+            # that raised may leave entries behind.
+            encode = make_encoder({}, _not_serializable, escape, None, ":", ",", False, False, False)
+            return "".join(encode(value, 0))
+
+        # Fail here, not on the first real call, if `_json` changed its interface.
+        if loads('{"a":[1,2.5,"\\u00e9",true,null]}') != {"a": [1, 2.5, "\u00e9", True, None]}:
+            raise TypeError("unexpected _json behaviour")
+        if dumps({"a": [1, 2.5, "\u00e9", True, None]}) != '{"a":[1,2.5,"\\u00e9",true,null]}':
+            raise TypeError("unexpected _json behaviour")
+        return loads, dumps
+    except (ImportError, AttributeError, TypeError, ValueError):
+        import json
+
+        def dumps(value):
+            return json.dumps(value, separators=(",", ":"), allow_nan=False, default=_not_serializable)
+
+        return json.loads, dumps
+
+
+def _write_atomically(path, text):
+    """Writes `path` so that a reader (the framework) never sees half a file."""
+    temporary = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
+    with open(temporary, "w", encoding="utf-8") as file:
+        file.write(text)
+    os.replace(temporary, path)
+
+
+class Context:
+    """What a handler that declares a `context` parameter receives."""
+
+    __slots__ = ("run_id", "project", "parameters", "_metrics", "_dumps")
+
+    def __init__(self, run_id, project, parameters, outputs, dumps):
+        self.run_id = run_id
+        self.project = project
+        self.parameters = parameters
+        self._metrics = os.path.join(outputs, METRICS)
+        self._dumps = dumps
+
+    def log_metric(self, name, value, step=None):
+        """Records a numeric metric (one JSON line in `$RUNPLANE_OUTPUTS/metrics.jsonl`)."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("a metric name must be a non-empty string, not %r" % (name,))
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError("metric %s: the value must be an int or a float, not %s" % (name, type(value).__name__))
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("metric %s: the value must be finite, not %r" % (name, value))
+        if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+            raise TypeError("metric %s: the step must be an int, not %s" % (name, type(step).__name__))
+        import time  # built into the interpreter: no file is read
+
+        record = {"name": name, "value": value, "time": time.time()}
+        if step is not None:
+            record["step"] = step
+        line = self._dumps(record) + "\n"
+        with open(self._metrics, "a", encoding="utf-8") as file:
+            file.write(line)
+
+    def log(self, message):
+        """Prints a line to the run's log (stdout), flushed at once."""
+        print(message, flush=True)
+
+    def __repr__(self):
+        return "Context(run_id=%r, project=%r)" % (self.run_id, self.project)
+
+
+def _where(error, src):
+    """`path:line` of the innermost place in the function's own code where `error` passed."""
+    prefix = src + os.sep
+    found = None
+    traceback = error.__traceback__
+    while traceback is not None:
+        filename = traceback.tb_frame.f_code.co_filename
+        if filename.startswith(prefix):
+            found = (filename, traceback.tb_lineno)
+        traceback = traceback.tb_next
+    # A syntax error's own location is more precise than the frame that imported the file.
+    if isinstance(error, SyntaxError) and isinstance(error.filename, str) and error.filename.startswith(prefix):
+        found = (error.filename, error.lineno)
+    if found is None:
+        return None
+    return "%s:%s" % (found[0][len(prefix):], found[1])
+
+
+def _message(error):
+    try:
+        text = str(error)
+    except Exception:  # a broken __str__ must not hide the original failure
+        text = "<the exception's message cannot be shown>"
+    if len(text) > MESSAGE_LIMIT:
+        text = text[:MESSAGE_LIMIT] + "... (cut; the full message is in the log)"
+    return text
+
+
+def _fail(outputs, dumps, kind, message, where):
+    record = {"type": kind, "message": message, "where": where}
+    _write_atomically(os.path.join(outputs, ERROR), dumps(record))
+
+
+def _report(error, outputs, dumps, src):
+    """Prints the traceback to stderr (without the runner's own frames) and writes error.json."""
+    import traceback
+
+    frames = error.__traceback__
+    while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
+        frames = frames.tb_next
+    traceback.print_exception(type(error), error, frames)
+    sys.stderr.flush()
+    _fail(outputs, dumps, type(error).__name__, _message(error), _where(error, src))
+
+
+def _put_source_first(here, src):
+    """Puts `src` first on sys.path, in place of the runner's own folder when Python put it there."""
+    if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == os.path.realpath(here):
+        sys.path[0] = src
+    else:
+        sys.path.insert(0, src)
+
+
+def _call(run, src, outputs, dumps):
+    name = run["module"]
+    __import__(name)
+    module = sys.modules[name]
+    origin = getattr(module, "__file__", None)
+    if not origin or not os.path.abspath(origin).startswith(src + os.sep):
+        raise HandlerNotFound(
+            "module %s is not the function's own code: it resolves to %s; rename the module"
+            % (name, origin or "a module built into Python")
+        )
+    function = getattr(module, run["function"], None)
+    if function is None or not callable(function):
+        raise HandlerNotFound("module %s has no function %s" % (name, run["function"]))
+    arguments = dict(run["parameters"])
+    if run["context"]:
+        arguments["context"] = Context(run["run_id"], run["project"], dict(run["parameters"]), outputs, dumps)
+    result = function(**arguments)
+    if hasattr(result, "cr_code") and hasattr(result, "send"):  # an `async def` handler
+        import asyncio
+
+        result = asyncio.run(result)
+    return result
+
+
+def main():
+    outputs = os.environ.get("RUNPLANE_OUTPUTS")
+    if not outputs:
+        sys.stderr.write("runplane runner: RUNPLANE_OUTPUTS is not set; the framework must set it\n")
+        return 2
+    here = os.path.dirname(os.path.abspath(__file__))
+    src = os.path.join(here, "src")
+    loads, dumps = _codec()
+    try:
+        with open(os.path.join(here, "run.json"), encoding="utf-8") as file:
+            run = loads(file.read())
+    except Exception as error:
+        sys.stderr.write("runplane runner: cannot read run.json: %s\n" % error)
+        _fail(outputs, dumps, "RunnerError", "cannot read run.json: %s" % _message(error), None)
+        return 2
+
+    _put_source_first(here, src)
+    # Relative paths in the handler's code resolve against its own source folder, as they do
+    # when the user runs it from their project's folder.
+    os.chdir(src)
+    try:
+        result = _call(run, src, outputs, dumps)
+    except Exception as error:
+        _report(error, outputs, dumps, src)
+        return 1
+
+    try:
+        text = dumps(result)
+    except (TypeError, ValueError, RecursionError) as error:
+        message = "the handler's return value is not JSON-serializable: %s" % _message(error)
+        sys.stderr.write("runplane runner: %s\n" % message)
+        _fail(outputs, dumps, "ResultNotSerializable", message, None)
+        return 1
+    limit = run.get("max_results_bytes")
+    if isinstance(limit, int) and len(text) > limit:
+        message = "the handler's return value is %d bytes of JSON, more than the %d allowed" % (len(text), limit)
+        sys.stderr.write("runplane runner: %s\n" % message)
+        _fail(outputs, dumps, "ResultTooLarge", message, None)
+        return 1
+    _write_atomically(os.path.join(outputs, RESULTS), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

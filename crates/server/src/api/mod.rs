@@ -1,0 +1,85 @@
+//! The REST API under `/api/v1` (DESIGN.md §4), with its OpenAPI document generated from the
+//! handlers (`/openapi.json`). Handlers are thin: they authorize the [`caller::Caller`], call
+//! the catalog or the controller, and map errors to problem+json.
+
+pub mod caller;
+mod functions;
+mod health;
+pub mod json;
+mod logs;
+pub mod problem;
+mod projects;
+mod runs;
+mod tasks;
+
+use crate::controller::Controller;
+use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
+use axum::Router;
+use problem::Problem;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+/// Largest request body: a packed source folder (16 MiB) in base64 plus its document.
+pub const MAX_BODY_BYTES: usize = 24 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub controller: Controller,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "runplane", description = "The runplane control plane API."),
+    components(schemas(Problem, runplane_domain::FieldError))
+)]
+struct ApiDoc;
+
+/// Answers 413 at once when `Content-Length` announces a body over the limit, before reading
+/// it. (Bodies without a length are cut by `DefaultBodyLimit` while they are read.)
+async fn refuse_oversize_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
+    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        return Problem::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "too-large",
+            format!("the request body is larger than this server accepts ({MAX_BODY_BYTES} bytes)"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+pub fn router(controller: Controller) -> Router {
+    let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(projects::routes())
+        .merge(functions::routes())
+        .merge(tasks::routes())
+        .merge(runs::routes())
+        .merge(logs::routes())
+        .merge(health::routes())
+        .split_for_parts();
+    let openapi_json = openapi.to_pretty_json().unwrap_or_default();
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    openapi_json,
+                )
+            }),
+        )
+        .fallback(|| async { Problem::not_found("no such endpoint") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversize_bodies))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .with_state(AppState { controller })
+}

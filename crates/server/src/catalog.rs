@@ -1,0 +1,236 @@
+//! Applying and reading the versioned and named entities (projects, functions, tasks):
+//! validation through the runtimes, content-hash versioning, and the store. Runs are the
+//! controller's.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use runplane_domain::hash::{content_hash, version_id};
+use runplane_domain::invalid::Problems;
+use runplane_domain::key::Key;
+use runplane_domain::names::{validate_label, validate_name};
+use runplane_domain::{
+    entity::{split_task_kind, task_kind},
+    Document, FunctionStatus, FunctionVersion, Invalid, Labels, Metadata, Task, TaskMetadata,
+    TaskSpec,
+};
+use runplane_runtimes::Runtimes;
+use runplane_store::{Put, Store, StoreError};
+use serde_json::json;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Timestamps are kept at microsecond precision everywhere, so that what is read back from
+/// any store equals what was written.
+pub fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    store: Arc<dyn Store>,
+    runtimes: Runtimes,
+}
+
+impl Catalog {
+    pub fn new(store: Arc<dyn Store>, runtimes: Runtimes) -> Self {
+        Catalog { store, runtimes }
+    }
+
+    pub fn runtimes(&self) -> &Runtimes {
+        &self.runtimes
+    }
+
+    /// Validates a document's metadata against the project of the URL it was posted to.
+    fn check_metadata(document: &Document, project: &str) -> Result<(), Invalid> {
+        let mut problems = Problems::new();
+        problems.check(validate_name("metadata.name", &document.metadata.name));
+        if let Some(doc_project) = &document.metadata.project {
+            if doc_project != project {
+                problems.add(
+                    "metadata.project",
+                    format!(
+                        "{doc_project:?} does not match the project of the request ({project:?})"
+                    ),
+                );
+            }
+        }
+        problems.check(validate_labels(
+            "metadata.labels",
+            &document.metadata.labels,
+        ));
+        problems.finish()
+    }
+
+    /// Applies a function document: a new immutable version unless a version with the same
+    /// content hash exists (then that one is returned with `created: false`).
+    pub async fn apply_function(
+        &self,
+        project: &str,
+        mut document: Document,
+        caller: &str,
+    ) -> Result<Put<FunctionVersion>, CatalogError> {
+        validate_name("project", project)?;
+        let mut problems = Problems::new();
+        problems.check(Self::check_metadata(&document, project));
+        let runtime = self.runtimes.get(&document.kind).ok_or_else(|| {
+            Invalid::field(
+                "kind",
+                format!(
+                    "unknown function kind {:?} (known: {})",
+                    document.kind,
+                    self.runtimes.kinds().join(", ")
+                ),
+            )
+        });
+        let runtime = problems.merge(runtime)?.clone();
+        // Parsing a large source tree takes seconds: keep it off the async workers.
+        let submitted = std::mem::take(&mut document.spec);
+        let normalizing = runtime.clone();
+        let spec = tokio::task::spawn_blocking(move || normalizing.normalize_function(&submitted))
+            .await
+            .map_err(|error| Invalid::field("spec", format!("could not be checked: {error}")))?
+            .map_err(|invalid| invalid.within("spec"))?;
+        let hash = content_hash(&json!({
+            "kind": document.kind,
+            "spec": runtime.hash_input(&spec),
+        }));
+        let version = version_id(&hash);
+        self.store.ensure_project(project, caller).await?;
+        let key = Key::new(
+            project,
+            "function",
+            &document.kind,
+            &document.metadata.name,
+            Some(&version),
+        );
+        let function = FunctionVersion {
+            kind: document.kind,
+            metadata: Metadata {
+                name: document.metadata.name,
+                project: project.to_string(),
+                version,
+                labels: document.metadata.labels,
+                description: document.metadata.description,
+                created: now(),
+                created_by: caller.to_string(),
+            },
+            spec,
+            status: FunctionStatus {
+                hash,
+                key: key.to_string(),
+            },
+        };
+        Ok(self.store.put_function_version(function).await?)
+    }
+
+    /// Applies a task document (`kind: <runtime>+<action>`), replacing the task of that name.
+    pub async fn apply_task(
+        &self,
+        project: &str,
+        document: Document,
+        caller: &str,
+    ) -> Result<Task, CatalogError> {
+        validate_name("project", project)?;
+        let mut problems = Problems::new();
+        problems.check(Self::check_metadata(&document, project));
+        match split_task_kind(&document.kind) {
+            None => problems.add(
+                "kind",
+                format!(
+                    "{:?} is not a task kind: expected <runtime>+<action>, e.g. python+job",
+                    document.kind
+                ),
+            ),
+            Some((runtime_kind, action)) => match self.runtimes.get(runtime_kind) {
+                None => problems.add(
+                    "kind",
+                    format!(
+                        "unknown runtime {runtime_kind:?} (known: {})",
+                        self.runtimes.kinds().join(", ")
+                    ),
+                ),
+                Some(runtime) if !runtime.actions().contains(&action) => problems.add(
+                    "kind",
+                    format!(
+                        "runtime {runtime_kind:?} has no action {action:?} (it has: {})",
+                        runtime.actions().join(", ")
+                    ),
+                ),
+                Some(_) => {}
+            },
+        }
+        let spec: Result<TaskSpec, Invalid> =
+            crate::api::json::from_value_with_path(document.spec.clone())
+                .map_err(|invalid| invalid.within("spec"));
+        if let Ok(spec) = &spec {
+            let (name, _) = runplane_domain::key::split_name_version(&spec.function);
+            problems.check(validate_name("spec.function", name));
+            for key in spec.env.keys() {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    problems.add(
+                        format!("spec.env.{key}"),
+                        "not a valid environment variable name",
+                    );
+                }
+            }
+            if spec.max_concurrency == Some(0) {
+                problems.add("spec.max_concurrency", "must be at least 1");
+            }
+        }
+        let spec = problems.merge(spec)?;
+        self.store.ensure_project(project, caller).await?;
+        let at = now();
+        let task = Task {
+            kind: document.kind,
+            metadata: TaskMetadata {
+                name: document.metadata.name,
+                project: project.to_string(),
+                labels: document.metadata.labels,
+                created: at,
+                updated: at,
+                created_by: caller.to_string(),
+            },
+            spec,
+        };
+        Ok(self.store.put_task(task).await?)
+    }
+
+    /// The function version a reference (`name` or `name:version`) means.
+    pub async fn resolve_function(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<FunctionVersion, CatalogError> {
+        self.store
+            .get_function(project, name, version)
+            .await?
+            .ok_or_else(|| {
+                CatalogError::NotFound(match version {
+                    Some(version) => format!("function {name}:{version} in project {project}"),
+                    None => format!("function {name} in project {project}"),
+                })
+            })
+    }
+
+    /// The task kind a function + action makes.
+    pub fn task_kind_for(function: &FunctionVersion, action: &str) -> String {
+        task_kind(&function.kind, action)
+    }
+}
+
+pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Invalid> {
+    let mut problems = Problems::new();
+    for (key, value) in labels {
+        problems.check(validate_label(field, key, value));
+    }
+    problems.finish()
+}

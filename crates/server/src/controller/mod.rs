@@ -1,0 +1,208 @@
+//! The controller: the only place that moves runs through the lifecycle (DESIGN.md §3).
+//!
+//! - [`submit`]: accepts runs (CREATED → BUILT → READY in one transaction) and reruns.
+//! - [`dispatcher`]: claims READY runs within the concurrency limits and starts them on their
+//!   framework; woken by a `Notify`, never by a timer.
+//! - [`reconciler`]: turns framework events into transitions, idempotently.
+//! - [`actions`]: stop, resume, delete.
+//! - [`bus`]: publishes every change for waiters and followers.
+//!
+//! Every transition is a compare-and-set in the store, persisted before any side effect that
+//! depends on it (the claim before the start, STOP before the signal).
+
+pub mod actions;
+pub mod bus;
+pub mod dispatcher;
+pub mod reconciler;
+pub mod submit;
+
+use crate::catalog::{Catalog, CatalogError};
+use bus::{BusEvent, EventBus};
+use runplane_domain::{Invalid, Run, RunState};
+use runplane_frameworks::{Framework, FrameworkEvent};
+use runplane_logstore::LogStore;
+use runplane_runtimes::Runtimes;
+use runplane_store::{Store, StoreError, TransitionRequest};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The request is valid but the entity's state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("log store: {0}")]
+    Logs(#[from] runplane_logstore::LogError),
+}
+
+impl From<CatalogError> for ControllerError {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::Invalid(invalid) => ControllerError::Invalid(invalid),
+            CatalogError::NotFound(what) => ControllerError::NotFound(what),
+            CatalogError::Store(error) => ControllerError::Store(error),
+        }
+    }
+}
+
+/// The frameworks this server executes on, by name.
+#[derive(Clone, Default)]
+pub struct Frameworks {
+    by_name: BTreeMap<&'static str, Arc<dyn Framework>>,
+}
+
+impl Frameworks {
+    pub fn with(mut self, framework: Arc<dyn Framework>) -> Self {
+        self.by_name.insert(framework.name(), framework);
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Framework>> {
+        self.by_name.get(name)
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        self.by_name.keys().copied().collect()
+    }
+}
+
+pub struct ControllerOptions {
+    pub max_concurrent_runs: u32,
+    pub default_framework: String,
+}
+
+/// A cheap, cloneable handle on the controller.
+#[derive(Clone)]
+pub struct Controller {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    catalog: Catalog,
+    runtimes: Runtimes,
+    frameworks: Frameworks,
+    logs: Arc<dyn LogStore>,
+    bus: EventBus,
+    dispatch_wanted: Notify,
+    options: ControllerOptions,
+}
+
+impl Controller {
+    /// Builds the controller and starts its dispatcher and reconciler tasks. `framework_events`
+    /// is the receiving end of the channel every framework was built with.
+    pub fn start(
+        store: Arc<dyn Store>,
+        runtimes: Runtimes,
+        frameworks: Frameworks,
+        logs: Arc<dyn LogStore>,
+        framework_events: mpsc::UnboundedReceiver<FrameworkEvent>,
+        options: ControllerOptions,
+    ) -> (Controller, Vec<JoinHandle<()>>) {
+        let controller = Controller {
+            inner: Arc::new(Inner {
+                catalog: Catalog::new(store.clone(), runtimes.clone()),
+                store,
+                runtimes,
+                frameworks,
+                logs,
+                bus: EventBus::new(),
+                dispatch_wanted: Notify::new(),
+                options,
+            }),
+        };
+        let dispatcher = tokio::spawn(dispatcher::run(controller.clone()));
+        let reconciler = tokio::spawn(reconciler::run(controller.clone(), framework_events));
+        // Runs may already be READY in the store.
+        controller.wake_dispatcher();
+        (controller, vec![dispatcher, reconciler])
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    pub fn logs(&self) -> &Arc<dyn LogStore> {
+        &self.inner.logs
+    }
+
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    pub fn framework_names(&self) -> Vec<&'static str> {
+        self.inner.frameworks.names()
+    }
+
+    pub(crate) fn wake_dispatcher(&self) {
+        self.inner.dispatch_wanted.notify_one();
+    }
+
+    pub async fn get_run(&self, project: &str, id: &str) -> Result<Run, ControllerError> {
+        self.inner
+            .store
+            .get_run(project, id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("run {id} in project {project}")))
+    }
+
+    /// Applies a transition and publishes it.
+    pub(crate) async fn transition(&self, request: TransitionRequest) -> Result<Run, StoreError> {
+        let run = self.inner.store.transition(request).await?;
+        self.published(&run);
+        Ok(run)
+    }
+
+    pub(crate) fn published(&self, run: &Run) {
+        self.inner.bus.publish(BusEvent::RunChanged {
+            project: run.metadata.project.clone(),
+            run_id: run.metadata.id.clone(),
+            state: run.status.state,
+        });
+        if matches!(run.status.state, RunState::Ready) || run.status.state.is_terminal() {
+            self.wake_dispatcher();
+        }
+    }
+
+    /// Waits until the run reaches a terminal state or `timeout` passes; returns it as it is then.
+    pub async fn wait_for_run(
+        &self,
+        project: &str,
+        id: &str,
+        timeout: std::time::Duration,
+        until: impl Fn(RunState) -> bool,
+    ) -> Result<Run, ControllerError> {
+        let mut events = self.inner.bus.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let run = self.get_run(project, id).await?;
+            if until(run.status.state) {
+                return Ok(run);
+            }
+            loop {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Err(_elapsed) => return self.get_run(project, id).await,
+                    Ok(Ok(BusEvent::RunChanged { run_id, .. })) if run_id == id => break,
+                    Ok(Ok(_)) => continue,
+                    // Lagged: we may have missed our run's change; re-read.
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => {
+                        return self.get_run(project, id).await
+                    }
+                }
+            }
+        }
+    }
+}

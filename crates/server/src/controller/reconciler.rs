@@ -1,0 +1,186 @@
+//! The reconciler turns framework events into transitions. Events may repeat or arrive for a
+//! run that moved on (stopped, deleted, retried): every step is a compare-and-set on the state
+//! and attempt the event is about, so applying an event twice changes nothing.
+
+use super::actions::stop_reason;
+use super::bus::BusEvent;
+use super::Controller;
+use runplane_domain::{reason, ExitOutcome, Run, RunState};
+use runplane_frameworks::{EventKind, ExecutionId, FrameworkEvent};
+use runplane_store::{AttemptUpdate, StoreError, TransitionRequest};
+use tokio::sync::mpsc;
+
+pub(super) async fn run(
+    controller: Controller,
+    mut events: mpsc::UnboundedReceiver<FrameworkEvent>,
+) {
+    while let Some(event) = events.recv().await {
+        if let Err(error) = reconcile(&controller, event).await {
+            tracing::error!(%error, "could not apply a framework event");
+        }
+    }
+}
+
+async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(), StoreError> {
+    let FrameworkEvent { execution, kind } = event;
+    if let EventKind::LogAppended { end_offset } = kind {
+        controller.bus().publish(BusEvent::LogAppended {
+            run_id: execution.run_id,
+            attempt: execution.attempt,
+            end_offset,
+        });
+        return Ok(());
+    }
+    let Some(run) = controller.store().get_run_by_id(&execution.run_id).await? else {
+        tracing::warn!(run = %execution.run_id, "event for an unknown run");
+        return Ok(());
+    };
+    if run.status.attempt != execution.attempt {
+        tracing::debug!(run = %execution.run_id, attempt = execution.attempt, "event for an older attempt");
+        return Ok(());
+    }
+    match kind {
+        EventKind::LogAppended { .. } => Ok(()),
+        EventKind::Started => started(controller, &run).await,
+        EventKind::Exited(outcome) => {
+            exited(controller, &run, &outcome).await?;
+            cleanup(controller, &run, &execution).await;
+            Ok(())
+        }
+        EventKind::Lost { message } => {
+            controller
+                .finish_without_execution(
+                    &run.metadata.project,
+                    &run.metadata.id,
+                    reason::LOST,
+                    &message,
+                )
+                .await;
+            cleanup(controller, &run, &execution).await;
+            Ok(())
+        }
+    }
+}
+
+async fn started(controller: &Controller, run: &Run) -> Result<(), StoreError> {
+    if run.status.state != RunState::Pending {
+        return Ok(());
+    }
+    let request = TransitionRequest {
+        attempt_update: Some(AttemptUpdate::Started),
+        ..TransitionRequest::new(
+            &run.metadata.id,
+            RunState::Pending,
+            run.status.attempt,
+            RunState::Running,
+        )
+        .reason(reason::STARTED)
+    };
+    ignore_conflict(controller.transition(request).await)
+}
+
+/// Ends the attempt. Re-reads and retries when the run moved meanwhile (a stop came in), so
+/// an exit is never dropped on a lost compare-and-set.
+async fn exited(
+    controller: &Controller,
+    run: &Run,
+    outcome: &ExitOutcome,
+) -> Result<(), StoreError> {
+    let mut run = run.clone();
+    for _ in 0..8 {
+        match end_attempt(controller, &run, outcome).await {
+            Err(StoreError::Conflict { .. }) => {}
+            other => return other,
+        }
+        match controller.store().get_run_by_id(&run.metadata.id).await? {
+            Some(current) if current.status.attempt == run.status.attempt => run = current,
+            _ => return Ok(()),
+        }
+    }
+    tracing::error!(run = %run.metadata.id, "run kept changing; its exit was not recorded");
+    Ok(())
+}
+
+async fn end_attempt(
+    controller: &Controller,
+    run: &Run,
+    outcome: &ExitOutcome,
+) -> Result<(), StoreError> {
+    let state = run.status.state;
+    if state == RunState::Deleting {
+        if let Err(error) = controller.purge(run).await {
+            tracing::error!(run = %run.metadata.id, %error, "purge failed");
+        }
+        return Ok(());
+    }
+    if !matches!(
+        state,
+        RunState::Pending | RunState::Running | RunState::Stop
+    ) {
+        return Ok(());
+    }
+    let interpretation = match controller.inner.runtimes.get(&run.spec.runtime) {
+        Some(runtime) => runtime.interpret(run, outcome),
+        None => runplane_runtimes::Interpretation {
+            state: RunState::Error,
+            reason: reason::FAILED.to_string(),
+            message: Some(format!("this server has no runtime {:?}", run.spec.runtime)),
+            results: None,
+        },
+    };
+    let mut from = state;
+    if state == RunState::Pending {
+        // The process ended before its start was reported; record that it ran.
+        let request = TransitionRequest {
+            attempt_update: Some(AttemptUpdate::Started),
+            ..TransitionRequest::new(
+                &run.metadata.id,
+                RunState::Pending,
+                run.status.attempt,
+                RunState::Running,
+            )
+            .reason(reason::STARTED)
+        };
+        controller.transition(request).await?;
+        from = RunState::Running;
+    }
+    let (to, to_reason) = if from == RunState::Stop && interpretation.state != RunState::Completed {
+        let why = stop_reason(run);
+        let to = if why == reason::TIMEOUT {
+            RunState::Error
+        } else {
+            RunState::Stopped
+        };
+        (to, why)
+    } else {
+        (interpretation.state, interpretation.reason.clone())
+    };
+    let request = TransitionRequest {
+        reason: Some(to_reason.clone()),
+        message: interpretation.message.clone(),
+        results: interpretation.results.clone(),
+        attempt_update: Some(AttemptUpdate::Ended {
+            exit_code: outcome.exit_code,
+            signal: outcome.signal,
+            reason: Some(to_reason),
+        }),
+        ..TransitionRequest::new(&run.metadata.id, from, run.status.attempt, to)
+    };
+    controller.transition(request).await.map(|_| ())
+}
+
+async fn cleanup(controller: &Controller, run: &Run, execution: &ExecutionId) {
+    if let Some(framework) = controller.inner.frameworks.get(&run.spec.framework) {
+        if let Err(error) = framework.cleanup(execution).await {
+            tracing::warn!(run = %run.metadata.id, %error, "cleanup failed");
+        }
+    }
+}
+
+/// A lost compare-and-set means someone else already moved the run: nothing to do.
+fn ignore_conflict(result: Result<Run, StoreError>) -> Result<(), StoreError> {
+    match result {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(error) => Err(error),
+    }
+}

@@ -1,0 +1,286 @@
+//! Accepting runs: resolve the function version and task, let the runtime check the
+//! parameters, freeze everything into the run's self-contained spec, and store it READY.
+
+use super::{Controller, ControllerError};
+use crate::catalog::{now, validate_labels};
+use runplane_domain::entity::{run_kind, split_task_kind, DEFAULT_STOP_GRACE_SECONDS};
+use runplane_domain::hash::content_hash;
+use runplane_domain::invalid::Problems;
+use runplane_domain::key::split_name_version;
+use runplane_domain::names::validate_name;
+use runplane_domain::{
+    reason, FunctionVersion, Invalid, Run, RunMetadata, RunRequest, RunSettings, RunSpec, RunState,
+    RunStatus, Task, Transition,
+};
+use runplane_store::{IdempotencyKey, Put};
+
+/// The action a run takes when the request names none.
+pub const DEFAULT_ACTION: &str = "job";
+
+impl Controller {
+    /// Accepts a run request. With an idempotency key, a retried request returns the run the
+    /// first one created (`created: false`).
+    pub async fn submit_run(
+        &self,
+        project: &str,
+        request: RunRequest,
+        caller: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<Put<Run>, ControllerError> {
+        validate_name("project", project)?;
+        let idempotency = idempotency_key.map(|key| IdempotencyKey {
+            key,
+            request_hash: content_hash(&serde_json::to_value(&request).unwrap_or_default()),
+        });
+        let mut problems = Problems::new();
+        problems.check(validate_labels("labels", &request.labels));
+        let (function_name, pinned_version) = split_name_version(&request.function);
+        problems.check(validate_name("function", function_name));
+        problems.finish()?;
+
+        let action = request
+            .action
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ACTION.to_string());
+        let task = self
+            .find_task(project, function_name, request.task.as_deref(), &action)
+            .await?;
+        // A task may pin a version; the request's own pin wins.
+        let task_version = task.as_ref().and_then(|task| {
+            split_name_version(&task.spec.function)
+                .1
+                .map(str::to_string)
+        });
+        let version = pinned_version.map(str::to_string).or(task_version);
+        let function = self
+            .catalog()
+            .resolve_function(project, function_name, version.as_deref())
+            .await
+            .map_err(|error| match error {
+                crate::catalog::CatalogError::NotFound(what) => {
+                    ControllerError::Invalid(Invalid::field("function", format!("no {what}")))
+                }
+                other => other.into(),
+            })?;
+        let spec = self.build_spec(&function, task.as_ref(), &action, &request)?;
+        let run = new_run(project, caller, spec, request.labels, None);
+        self.store_new_run(run, idempotency).await
+    }
+
+    /// Starts a new run with the same self-contained spec as `id` (linked by `rerun_of`).
+    pub async fn rerun(
+        &self,
+        project: &str,
+        id: &str,
+        caller: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<Put<Run>, ControllerError> {
+        let original = self.get_run(project, id).await?;
+        let idempotency = idempotency_key.map(|key| IdempotencyKey {
+            key,
+            request_hash: content_hash(&serde_json::json!({ "rerun_of": id })),
+        });
+        let run = new_run(
+            project,
+            caller,
+            original.spec,
+            original.metadata.labels,
+            Some(original.metadata.id),
+        );
+        self.store_new_run(run, idempotency).await
+    }
+
+    async fn store_new_run(
+        &self,
+        run: Run,
+        idempotency: Option<IdempotencyKey>,
+    ) -> Result<Put<Run>, ControllerError> {
+        let project = run.metadata.project.clone();
+        self.store()
+            .ensure_project(&project, &run.metadata.created_by)
+            .await?;
+        let put = self.store().create_run(run, idempotency).await?;
+        if put.created {
+            tracing::debug!(run = %put.value.metadata.id, "run accepted");
+            self.published(&put.value);
+        }
+        Ok(put)
+    }
+
+    /// The task whose settings a run takes: the named one, else the only task of this function
+    /// and action, else none.
+    async fn find_task(
+        &self,
+        project: &str,
+        function_name: &str,
+        task_name: Option<&str>,
+        action: &str,
+    ) -> Result<Option<Task>, ControllerError> {
+        if let Some(task_name) = task_name {
+            let task = self
+                .store()
+                .get_task(project, task_name)
+                .await?
+                .ok_or_else(|| {
+                    Invalid::field("task", format!("no task {task_name} in project {project}"))
+                })?;
+            let (task_function, _) = split_name_version(&task.spec.function);
+            if task_function != function_name {
+                return Err(Invalid::field(
+                    "task",
+                    format!(
+                        "task {task_name} is for function {task_function}, not {function_name}"
+                    ),
+                )
+                .into());
+            }
+            if split_task_kind(&task.kind).map(|(_, a)| a) != Some(action) {
+                return Err(Invalid::field(
+                    "task",
+                    format!(
+                        "task {task_name} is a {} task, not for action {action}",
+                        task.kind
+                    ),
+                )
+                .into());
+            }
+            return Ok(Some(task));
+        }
+        let mut matching: Vec<Task> = self
+            .store()
+            .list_tasks(project)
+            .await?
+            .into_iter()
+            .filter(|task| {
+                split_name_version(&task.spec.function).0 == function_name
+                    && split_task_kind(&task.kind).map(|(_, a)| a) == Some(action)
+            })
+            .collect();
+        match matching.len() {
+            0 | 1 => Ok(matching.pop()),
+            _ => Err(Invalid::field(
+                "task",
+                format!(
+                    "function {function_name} has several {action} tasks ({}): name one",
+                    matching
+                        .iter()
+                        .map(|t| t.metadata.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+            .into()),
+        }
+    }
+
+    fn build_spec(
+        &self,
+        function: &FunctionVersion,
+        task: Option<&Task>,
+        action: &str,
+        request: &RunRequest,
+    ) -> Result<RunSpec, ControllerError> {
+        let runtime = self.inner.runtimes.get(&function.kind).ok_or_else(|| {
+            Invalid::field(
+                "function",
+                format!(
+                    "function {} has kind {:?}, which this server has no runtime for",
+                    function.metadata.name, function.kind
+                ),
+            )
+        })?;
+        if !runtime.actions().contains(&action) {
+            return Err(Invalid::field(
+                "action",
+                format!(
+                    "runtime {} has no action {action:?} (it has: {})",
+                    function.kind,
+                    runtime.actions().join(", ")
+                ),
+            )
+            .into());
+        }
+        let mut problems = Problems::new();
+        problems.check(runtime.validate_run(&function.spec, action, &request.parameters));
+        let framework = request
+            .framework
+            .clone()
+            .or_else(|| task.and_then(|task| task.spec.framework.clone()))
+            .unwrap_or_else(|| self.inner.options.default_framework.clone());
+        if self.inner.frameworks.get(&framework).is_none() {
+            problems.add(
+                "framework",
+                format!(
+                    "framework {framework:?} is not enabled on this server (enabled: {})",
+                    self.framework_names().join(", ")
+                ),
+            );
+        }
+        problems.finish()?;
+        let settings = RunSettings {
+            max_concurrency: task.and_then(|task| task.spec.max_concurrency),
+            env: task.map(|task| task.spec.env.clone()).unwrap_or_default(),
+            stop_grace_seconds: task
+                .and_then(|task| task.spec.stop_grace_seconds)
+                .unwrap_or(DEFAULT_STOP_GRACE_SECONDS),
+        };
+        Ok(RunSpec {
+            function: function.status.key.clone(),
+            function_name: function.metadata.name.clone(),
+            function_version: function.metadata.version.clone(),
+            runtime: function.kind.clone(),
+            action: action.to_string(),
+            task: task.map(|task| task.metadata.name.clone()),
+            framework,
+            parameters: request.parameters.clone(),
+            settings,
+            function_spec: function.spec.clone(),
+        })
+    }
+}
+
+/// A run record that is CREATED, BUILT (its spec is merged and validated) and READY, with the
+/// three transitions stored in the same transaction.
+fn new_run(
+    project: &str,
+    caller: &str,
+    spec: RunSpec,
+    labels: runplane_domain::Labels,
+    rerun_of: Option<String>,
+) -> Run {
+    let at = now();
+    let step = |from: Option<RunState>, to: RunState, why: &str| Transition {
+        from,
+        to,
+        at,
+        attempt: 1,
+        reason: Some(why.to_string()),
+        message: None,
+    };
+    Run {
+        kind: run_kind(&spec.runtime, &spec.action),
+        metadata: RunMetadata {
+            id: uuid::Uuid::now_v7().to_string(),
+            project: project.to_string(),
+            labels,
+            created: at,
+            updated: at,
+            created_by: caller.to_string(),
+        },
+        spec,
+        status: RunStatus {
+            state: RunState::Ready,
+            attempt: 1,
+            reason: Some(reason::SUBMITTED.to_string()),
+            message: None,
+            results: None,
+            rerun_of,
+            transitions: vec![
+                step(None, RunState::Created, reason::SUBMITTED),
+                step(Some(RunState::Created), RunState::Built, reason::SUBMITTED),
+                step(Some(RunState::Built), RunState::Ready, reason::SUBMITTED),
+            ],
+            attempts: vec![],
+        },
+    }
+}

@@ -1,0 +1,39 @@
+//! Server configuration, with the embedded defaults of DESIGN.md §5.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// Where to listen; loopback unless `insecure_no_auth`.
+    pub listen: SocketAddr,
+    /// `$RUNPLANE_HOME`: the SQLite database, logs and run folders live here.
+    pub home: PathBuf,
+    /// The interpreter of Python runs.
+    pub python: String,
+    /// At most this many runs are PENDING or RUNNING at once, server-wide.
+    pub max_concurrent_runs: u32,
+    /// The command that starts a local run's supervisor (argv prefix; the attempt folder is
+    /// appended). The `runplane` binary passes `[itself, "supervise"]`.
+    pub supervisor: Vec<String>,
+    /// Allow listening on a non-loopback address without authentication.
+    pub insecure_no_auth: bool,
+}
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+pub const DEFAULT_PYTHON: &str = "/usr/bin/python3";
+pub const DEFAULT_MAX_CONCURRENT_RUNS: u32 = 64;
+
+impl ServerOptions {
+    pub fn database_path(&self) -> PathBuf {
+        self.home.join("runplane.db")
+    }
+
+    pub fn logs_dir(&self) -> PathBuf {
+        self.home.join("logs")
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.home.join("runs")
+    }
+}

@@ -1,0 +1,214 @@
+//! runplane's durable state: the [`Store`] trait, its SQLite implementation ([`sqlite`]), and
+//! the [`conformance`] suite that every implementation runs (PostgreSQL joins it later).
+//!
+//! Must not depend on runtimes, frameworks or the server: it stores entities of
+//! `runplane-domain` and enforces the run lifecycle's compare-and-set, nothing more.
+
+pub mod conformance;
+mod cursor;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use runplane_domain::{
+    lifecycle::IllegalTransition, FunctionVersion, Project, Run, RunState, Task,
+};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The compare-and-set lost: the run is no longer in the expected state/attempt.
+    #[error("run {run_id} is {current_state} (attempt {current_attempt}), expected {expected_state} (attempt {expected_attempt})")]
+    Conflict {
+        run_id: String,
+        expected_state: RunState,
+        expected_attempt: u32,
+        current_state: RunState,
+        current_attempt: u32,
+    },
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The same Idempotency-Key was used before with a different request.
+    #[error("idempotency key {key:?} was already used for a different request (run {run_id})")]
+    IdempotencyMismatch { key: String, run_id: String },
+    #[error("invalid cursor")]
+    InvalidCursor,
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The result of an insert that may find the entity already there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Put<T> {
+    pub value: T,
+    /// false when an identical entity existed (same content hash, same idempotency key).
+    pub created: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    /// Hash of the request body: a reuse of the key with another body is refused.
+    pub request_hash: String,
+}
+
+/// Filters for listing runs of one project; results are newest first.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunQuery {
+    pub project: String,
+    pub function: Option<String>,
+    /// Any of these states (all when empty).
+    pub states: Vec<RunState>,
+    /// All of these labels (`key`, `value`).
+    pub labels: Vec<(String, String)>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    /// Page size (the store caps it at 1000; 0 means 100).
+    pub limit: u32,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPage {
+    pub runs: Vec<Run>,
+    pub next_cursor: Option<String>,
+}
+
+/// A compare-and-set on a run's (state, attempt), persisted with its transition record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TransitionRequest {
+    pub run_id: String,
+    pub from: RunState,
+    pub attempt: u32,
+    pub to: RunState,
+    /// The attempt after the transition (retries: attempt + 1). None keeps it.
+    pub next_attempt: Option<u32>,
+    pub reason: Option<String>,
+    pub message: Option<String>,
+    pub at: DateTime<Utc>,
+    /// Sets `status.results` when Some.
+    pub results: Option<Value>,
+    pub attempt_update: Option<AttemptUpdate>,
+}
+
+impl TransitionRequest {
+    pub fn new(run_id: &str, from: RunState, attempt: u32, to: RunState) -> Self {
+        TransitionRequest {
+            run_id: run_id.to_string(),
+            from,
+            attempt,
+            to,
+            next_attempt: None,
+            reason: None,
+            message: None,
+            at: Utc::now(),
+            results: None,
+            attempt_update: None,
+        }
+    }
+
+    pub fn reason(mut self, reason: &str) -> Self {
+        self.reason = Some(reason.to_string());
+        self
+    }
+
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+}
+
+/// Changes to the attempt record (`status.attempts[attempt]`) made with a transition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptUpdate {
+    /// A new attempt record (READY → PENDING).
+    Dispatched { framework: String },
+    /// PENDING → RUNNING.
+    Started,
+    Ended {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        reason: Option<String>,
+    },
+}
+
+/// How many runs hold execution slots (PENDING, RUNNING or STOP).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ActiveCounts {
+    pub total: u64,
+    /// (project, task) → count, for runs that have a task.
+    pub per_task: std::collections::BTreeMap<(String, String), u64>,
+}
+
+/// runplane's durable state. Every method is atomic; `transition` is a compare-and-set.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn ensure_project(&self, name: &str, created_by: &str) -> StoreResult<Project>;
+    async fn get_project(&self, name: &str) -> StoreResult<Option<Project>>;
+    async fn list_projects(&self) -> StoreResult<Vec<Project>>;
+
+    /// Stores a new function version, unless a version of (project, name) with the same
+    /// `status.hash` exists: then returns that one with `created: false`. The project must exist.
+    async fn put_function_version(
+        &self,
+        version: FunctionVersion,
+    ) -> StoreResult<Put<FunctionVersion>>;
+    /// The given version, or the newest (latest) when `version` is None.
+    async fn get_function(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> StoreResult<Option<FunctionVersion>>;
+    /// The latest version of every function of the project, by name.
+    async fn list_functions(&self, project: &str) -> StoreResult<Vec<FunctionVersion>>;
+    /// Every version, newest first.
+    async fn list_function_versions(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Vec<FunctionVersion>>;
+    /// Deletes every version; false when there was none.
+    async fn delete_function(&self, project: &str, name: &str) -> StoreResult<bool>;
+
+    /// Inserts or replaces a task (keeping its `created`).
+    async fn put_task(&self, task: Task) -> StoreResult<Task>;
+    async fn get_task(&self, project: &str, name: &str) -> StoreResult<Option<Task>>;
+    async fn list_tasks(&self, project: &str) -> StoreResult<Vec<Task>>;
+    async fn delete_task(&self, project: &str, name: &str) -> StoreResult<bool>;
+
+    /// Inserts a run with its initial transitions. With an idempotency key already used in the
+    /// project: returns the earlier run (`created: false`) if the request hash matches, else
+    /// `IdempotencyMismatch`.
+    async fn create_run(
+        &self,
+        run: Run,
+        idempotency: Option<IdempotencyKey>,
+    ) -> StoreResult<Put<Run>>;
+    async fn get_run(&self, project: &str, id: &str) -> StoreResult<Option<Run>>;
+    /// A run by id alone (framework events know no project).
+    async fn get_run_by_id(&self, id: &str) -> StoreResult<Option<Run>>;
+    async fn list_runs(&self, query: &RunQuery) -> StoreResult<RunPage>;
+    /// Runs of every project in any of `states`, oldest first (the dispatcher's queue).
+    async fn runs_in_states(&self, states: &[RunState], limit: u32) -> StoreResult<Vec<Run>>;
+    async fn count_active(&self) -> StoreResult<ActiveCounts>;
+    /// The compare-and-set: applies `request` only if the run is in (`from`, `attempt`), and
+    /// only if the lifecycle table allows `from → to`. Returns the updated run.
+    async fn transition(&self, request: TransitionRequest) -> StoreResult<Run>;
+    /// Sets `status.reason` of a run that stays in `state` (why a READY run waits). Returns
+    /// false if the run is no longer in (`state`, `attempt`).
+    async fn set_wait_reason(
+        &self,
+        run_id: &str,
+        state: RunState,
+        attempt: u32,
+        reason: Option<&str>,
+    ) -> StoreResult<bool>;
+    /// Removes the run and its transitions and attempts; false when there was none.
+    async fn delete_run(&self, project: &str, id: &str) -> StoreResult<bool>;
+}

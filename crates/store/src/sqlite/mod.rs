@@ -1,0 +1,247 @@
+//! The embedded default [`Store`]: one SQLite file in WAL mode.
+//!
+//! Writes run in `BEGIN IMMEDIATE` transactions: the write lock is taken up front, so two
+//! writers queue on `busy_timeout` instead of one failing with `SQLITE_BUSY_SNAPSHOT` when it
+//! upgrades a read to a write. Reads that span several statements run in a deferred
+//! transaction, which in WAL mode is a consistent snapshot that never blocks writers.
+
+mod catalog;
+mod codec;
+mod runs;
+mod transition;
+
+use crate::{
+    ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, Store, StoreError, StoreResult,
+    TransitionRequest,
+};
+use async_trait::async_trait;
+use codec::db;
+use runplane_domain::{FunctionVersion, Project, Run, RunState, Task};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Sqlite, SqlitePool, Transaction};
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a writer waits for the write lock before giving up with a database error.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// SQLite has one writer at a time; a few connections let reads proceed beside it.
+const MAX_CONNECTIONS: u32 = 8;
+
+/// A [`Store`] on a SQLite file. Cheap to clone: clones share one connection pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it and its parent directory if needed) the database at `path` and
+    /// migrates it to the current schema.
+    ///
+    /// The connection settings favour durability over write throughput: WAL journal with
+    /// `synchronous=FULL`, so a transaction that returned is on disk even after a power loss.
+    pub async fn open(path: &Path) -> StoreResult<SqliteStore> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(db)?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))?;
+        tracing::debug!(path = %path.display(), "opened SQLite store");
+        Ok(SqliteStore { pool })
+    }
+
+    /// The underlying pool, for diagnostics and tests (e.g. checking `PRAGMA journal_mode`).
+    /// Writing through it bypasses the store's invariants.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Closes every connection (checkpointing the WAL); later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A write transaction holding SQLite's write lock from its first statement.
+    async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)
+    }
+
+    /// A read transaction: one consistent snapshot across several statements.
+    async fn read(&self) -> StoreResult<Transaction<'static, Sqlite>> {
+        self.pool.begin().await.map_err(db)
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ensure_project(&self, name: &str, created_by: &str) -> StoreResult<Project> {
+        let mut tx = self.write().await?;
+        let project = catalog::ensure_project(&mut tx, name, created_by).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(project)
+    }
+
+    async fn get_project(&self, name: &str) -> StoreResult<Option<Project>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        catalog::get_project(&mut conn, name).await
+    }
+
+    async fn list_projects(&self) -> StoreResult<Vec<Project>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        catalog::list_projects(&mut conn).await
+    }
+
+    async fn put_function_version(
+        &self,
+        version: FunctionVersion,
+    ) -> StoreResult<Put<FunctionVersion>> {
+        let mut tx = self.write().await?;
+        let put = catalog::put_function_version(&mut tx, version).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(put)
+    }
+
+    async fn get_function(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> StoreResult<Option<FunctionVersion>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        catalog::get_function(&mut conn, project, name, version).await
+    }
+
+    async fn list_functions(&self, project: &str) -> StoreResult<Vec<FunctionVersion>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        catalog::list_functions(&mut conn, project).await
+    }
+
+    async fn list_function_versions(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Vec<FunctionVersion>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        catalog::list_function_versions(&mut conn, project, name).await
+    }
+
+    async fn delete_function(&self, project: &str, name: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = catalog::delete_function(&mut tx, project, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    async fn put_task(&self, task: Task) -> StoreResult<Task> {
+        let mut tx = self.write().await?;
+        let task = catalog::put_task(&mut tx, task).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(task)
+    }
+
+    async fn get_task(&self, project: &str, name: &str) -> StoreResult<Option<Task>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        catalog::get_task(&mut conn, project, name).await
+    }
+
+    async fn list_tasks(&self, project: &str) -> StoreResult<Vec<Task>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        catalog::list_tasks(&mut conn, project).await
+    }
+
+    async fn delete_task(&self, project: &str, name: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = catalog::delete_task(&mut tx, project, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    async fn create_run(
+        &self,
+        run: Run,
+        idempotency: Option<IdempotencyKey>,
+    ) -> StoreResult<Put<Run>> {
+        let mut tx = self.write().await?;
+        let put = runs::create_run(&mut tx, run, idempotency).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(put)
+    }
+
+    async fn get_run(&self, project: &str, id: &str) -> StoreResult<Option<Run>> {
+        let mut tx = self.read().await?;
+        let run = runs::get_run(&mut tx, Some(project), id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(run)
+    }
+
+    async fn get_run_by_id(&self, id: &str) -> StoreResult<Option<Run>> {
+        let mut tx = self.read().await?;
+        let run = runs::get_run(&mut tx, None, id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(run)
+    }
+
+    async fn list_runs(&self, query: &RunQuery) -> StoreResult<RunPage> {
+        let mut tx = self.read().await?;
+        let page = runs::list_runs(&mut tx, query).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(page)
+    }
+
+    async fn runs_in_states(&self, states: &[RunState], limit: u32) -> StoreResult<Vec<Run>> {
+        let mut tx = self.read().await?;
+        let runs = runs::runs_in_states(&mut tx, states, limit).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(runs)
+    }
+
+    async fn count_active(&self) -> StoreResult<ActiveCounts> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        runs::count_active(&mut conn).await
+    }
+
+    async fn transition(&self, request: TransitionRequest) -> StoreResult<Run> {
+        // Refused before touching the database: an illegal move is a bug in the caller,
+        // whatever the run's current state.
+        runplane_domain::lifecycle::check_transition(request.from, request.to)?;
+        let mut tx = self.write().await?;
+        let run = transition::transition(&mut tx, &request).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(run)
+    }
+
+    async fn set_wait_reason(
+        &self,
+        run_id: &str,
+        state: RunState,
+        attempt: u32,
+        reason: Option<&str>,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let changed = transition::set_wait_reason(&mut tx, run_id, state, attempt, reason).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(changed)
+    }
+
+    async fn delete_run(&self, project: &str, id: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = runs::delete_run(&mut tx, project, id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,480 @@
+//! Runs: creation (with idempotency), reads that assemble a full [`Run`] from its rows,
+//! listings, and the dispatcher's queries.
+
+use super::codec::{
+    db, from_json, is_foreign_key_violation, is_unique_violation, parse_opt_ts, parse_state,
+    parse_ts, to_i32, to_json, to_u32, ts,
+};
+use crate::{
+    cursor, ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, StoreError, StoreResult,
+};
+use runplane_domain::{Attempt, Run, RunMetadata, RunState, RunStatus, Transition};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use std::collections::HashMap;
+
+/// Page size when a query asks for 0.
+const DEFAULT_LIMIT: u32 = 100;
+/// The largest page a query gets, whatever it asks for.
+const MAX_LIMIT: u32 = 1000;
+
+const RUN_COLUMNS: &str = "r.id, r.project, r.kind, r.state, r.attempt, r.reason, r.message, \
+     r.results, r.rerun_of, r.labels, r.spec, r.created, r.updated, r.created_by";
+
+#[derive(sqlx::FromRow)]
+pub(super) struct RunRow {
+    id: String,
+    project: String,
+    kind: String,
+    state: String,
+    attempt: i64,
+    reason: Option<String>,
+    message: Option<String>,
+    results: Option<String>,
+    rerun_of: Option<String>,
+    labels: String,
+    spec: String,
+    created: String,
+    updated: String,
+    created_by: String,
+}
+
+impl RunRow {
+    fn into_run(self, transitions: Vec<Transition>, attempts: Vec<Attempt>) -> StoreResult<Run> {
+        Ok(Run {
+            kind: self.kind,
+            metadata: RunMetadata {
+                labels: from_json("runs.labels", &self.labels)?,
+                created: parse_ts("runs.created", &self.created)?,
+                updated: parse_ts("runs.updated", &self.updated)?,
+                id: self.id,
+                project: self.project,
+                created_by: self.created_by,
+            },
+            spec: from_json("runs.spec", &self.spec)?,
+            status: RunStatus {
+                state: parse_state("runs.state", &self.state)?,
+                attempt: to_u32("runs.attempt", self.attempt)?,
+                reason: self.reason,
+                message: self.message,
+                results: self
+                    .results
+                    .as_deref()
+                    .map(|r| from_json("runs.results", r))
+                    .transpose()?,
+                rerun_of: self.rerun_of,
+                transitions,
+                attempts,
+            },
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TransitionRow {
+    run_id: String,
+    from_state: Option<String>,
+    to_state: String,
+    attempt: i64,
+    reason: Option<String>,
+    message: Option<String>,
+    at: String,
+}
+
+impl TransitionRow {
+    fn into_transition(self) -> StoreResult<Transition> {
+        Ok(Transition {
+            from: self
+                .from_state
+                .as_deref()
+                .map(|s| parse_state("run_transitions.from_state", s))
+                .transpose()?,
+            to: parse_state("run_transitions.to_state", &self.to_state)?,
+            at: parse_ts("run_transitions.at", &self.at)?,
+            attempt: to_u32("run_transitions.attempt", self.attempt)?,
+            reason: self.reason,
+            message: self.message,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    run_id: String,
+    number: i64,
+    framework: String,
+    dispatched: String,
+    started: Option<String>,
+    ended: Option<String>,
+    exit_code: Option<i64>,
+    signal: Option<i64>,
+    reason: Option<String>,
+}
+
+impl AttemptRow {
+    fn into_attempt(self) -> StoreResult<Attempt> {
+        Ok(Attempt {
+            number: to_u32("run_attempts.number", self.number)?,
+            framework: self.framework,
+            dispatched: parse_ts("run_attempts.dispatched", &self.dispatched)?,
+            started: parse_opt_ts("run_attempts.started", self.started.as_deref())?,
+            ended: parse_opt_ts("run_attempts.ended", self.ended.as_deref())?,
+            exit_code: to_i32("run_attempts.exit_code", self.exit_code)?,
+            signal: to_i32("run_attempts.signal", self.signal)?,
+            reason: self.reason,
+        })
+    }
+}
+
+/// Turns run rows into full runs, reading the transitions and attempts of all of them with one
+/// query each (not one per run). Keeps the order of `rows`.
+async fn assemble(conn: &mut SqliteConnection, rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "SELECT run_id, from_state, to_state, attempt, reason, message, at
+         FROM run_transitions WHERE run_id IN (",
+    );
+    push_list(&mut query, &ids);
+    query.push(") ORDER BY run_id, seq");
+    let mut transitions: HashMap<String, Vec<Transition>> = HashMap::new();
+    for row in query
+        .build_query_as::<TransitionRow>()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?
+    {
+        let run_id = row.run_id.clone();
+        transitions
+            .entry(run_id)
+            .or_default()
+            .push(row.into_transition()?);
+    }
+
+    let mut query = QueryBuilder::<Sqlite>::new(
+        "SELECT run_id, number, framework, dispatched, started, ended, exit_code, signal, reason
+         FROM run_attempts WHERE run_id IN (",
+    );
+    push_list(&mut query, &ids);
+    query.push(") ORDER BY run_id, number");
+    let mut attempts: HashMap<String, Vec<Attempt>> = HashMap::new();
+    for row in query
+        .build_query_as::<AttemptRow>()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?
+    {
+        let run_id = row.run_id.clone();
+        attempts
+            .entry(run_id)
+            .or_default()
+            .push(row.into_attempt()?);
+    }
+
+    rows.into_iter()
+        .map(|row| {
+            let t = transitions.remove(&row.id).unwrap_or_default();
+            let a = attempts.remove(&row.id).unwrap_or_default();
+            row.into_run(t, a)
+        })
+        .collect()
+}
+
+/// `?, ?, ...` bound to `values`.
+fn push_list(query: &mut QueryBuilder<'_, Sqlite>, values: &[String]) {
+    let mut list = query.separated(", ");
+    for value in values {
+        list.push_bind(value.clone());
+    }
+}
+
+fn push_states(query: &mut QueryBuilder<'_, Sqlite>, states: &[RunState]) {
+    let mut list = query.separated(", ");
+    for state in states {
+        list.push_bind(state.as_str());
+    }
+}
+
+pub(super) async fn create_run(
+    conn: &mut SqliteConnection,
+    run: Run,
+    idempotency: Option<IdempotencyKey>,
+) -> StoreResult<Put<Run>> {
+    let meta = &run.metadata;
+    // The caller holds the write lock (BEGIN IMMEDIATE): no other request can take the key
+    // between this look-up and the insert. The unique index backs it up regardless.
+    if let Some(key) = &idempotency {
+        let earlier: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT id, request_hash FROM runs WHERE project = ? AND idempotency_key = ?",
+        )
+        .bind(&meta.project)
+        .bind(&key.key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+        if let Some((id, request_hash)) = earlier {
+            if request_hash.as_deref() != Some(key.request_hash.as_str()) {
+                return Err(StoreError::IdempotencyMismatch {
+                    key: key.key.clone(),
+                    run_id: id,
+                });
+            }
+            let earlier = get_run(conn, Some(&meta.project), &id)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Database(format!("run {id} vanished during an idempotent create"))
+                })?;
+            return Ok(Put {
+                value: earlier,
+                created: false,
+            });
+        }
+    }
+
+    let status = &run.status;
+    let inserted = sqlx::query(
+        "INSERT INTO runs (id, project, kind, function_name, task, state, attempt, reason,
+             message, results, rerun_of, labels, spec, created, updated, created_by,
+             idempotency_key, request_hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&meta.id)
+    .bind(&meta.project)
+    .bind(&run.kind)
+    .bind(&run.spec.function_name)
+    .bind(&run.spec.task)
+    .bind(status.state.as_str())
+    .bind(i64::from(status.attempt))
+    .bind(&status.reason)
+    .bind(&status.message)
+    .bind(
+        status
+            .results
+            .as_ref()
+            .map(|r| to_json("results", r))
+            .transpose()?,
+    )
+    .bind(&status.rerun_of)
+    .bind(to_json("labels", &meta.labels)?)
+    .bind(to_json("spec", &run.spec)?)
+    .bind(ts(&meta.created))
+    .bind(ts(&meta.updated))
+    .bind(&meta.created_by)
+    .bind(idempotency.as_ref().map(|k| k.key.as_str()))
+    .bind(idempotency.as_ref().map(|k| k.request_hash.as_str()))
+    .execute(&mut *conn)
+    .await;
+    match inserted {
+        Ok(_) => {}
+        Err(e) if is_foreign_key_violation(&e) => {
+            return Err(StoreError::NotFound(format!("project {}", meta.project)))
+        }
+        // The id is taken (the idempotency key cannot be: it was looked up under the write
+        // lock above).
+        Err(e) if is_unique_violation(&e) => {
+            return Err(StoreError::Database(format!(
+                "run {} already exists",
+                meta.id
+            )))
+        }
+        Err(e) => return Err(db(e)),
+    }
+
+    for (key, value) in &meta.labels {
+        sqlx::query("INSERT INTO run_labels (run_id, key, value) VALUES (?, ?, ?)")
+            .bind(&meta.id)
+            .bind(key)
+            .bind(value)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    for (seq, t) in (1_i64..).zip(&status.transitions) {
+        sqlx::query(
+            "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
+                 message, at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&meta.id)
+        .bind(seq)
+        .bind(t.from.map(RunState::as_str))
+        .bind(t.to.as_str())
+        .bind(i64::from(t.attempt))
+        .bind(&t.reason)
+        .bind(&t.message)
+        .bind(ts(&t.at))
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    for a in &status.attempts {
+        sqlx::query(
+            "INSERT INTO run_attempts (run_id, number, framework, dispatched, started, ended,
+                 exit_code, signal, reason)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&meta.id)
+        .bind(i64::from(a.number))
+        .bind(&a.framework)
+        .bind(ts(&a.dispatched))
+        .bind(a.started.as_ref().map(ts))
+        .bind(a.ended.as_ref().map(ts))
+        .bind(a.exit_code)
+        .bind(a.signal)
+        .bind(&a.reason)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    Ok(Put {
+        value: run,
+        created: true,
+    })
+}
+
+/// The run `id`, restricted to `project` when given (the API always scopes by project; the
+/// controller's compare-and-set addresses runs by id alone).
+pub(super) async fn get_run(
+    conn: &mut SqliteConnection,
+    project: Option<&str>,
+    id: &str,
+) -> StoreResult<Option<Run>> {
+    let mut query =
+        QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = "));
+    query.push_bind(id.to_string());
+    if let Some(project) = project {
+        query
+            .push(" AND r.project = ")
+            .push_bind(project.to_string());
+    }
+    let rows = query
+        .build_query_as::<RunRow>()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(assemble(conn, rows).await?.into_iter().next())
+}
+
+pub(super) async fn list_runs(conn: &mut SqliteConnection, q: &RunQuery) -> StoreResult<RunPage> {
+    let limit = match q.limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_LIMIT),
+    };
+    let after_id = q.cursor.as_deref().map(cursor::decode).transpose()?;
+
+    let mut query = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {RUN_COLUMNS} FROM runs r WHERE r.project = "
+    ));
+    query.push_bind(q.project.clone());
+    if let Some(function) = &q.function {
+        query
+            .push(" AND r.function_name = ")
+            .push_bind(function.clone());
+    }
+    if !q.states.is_empty() {
+        query.push(" AND r.state IN (");
+        push_states(&mut query, &q.states);
+        query.push(")");
+    }
+    for (key, value) in &q.labels {
+        query
+            .push(" AND EXISTS (SELECT 1 FROM run_labels l WHERE l.run_id = r.id AND l.key = ")
+            .push_bind(key.clone())
+            .push(" AND l.value = ")
+            .push_bind(value.clone())
+            .push(")");
+    }
+    if let Some(after) = &q.created_after {
+        query.push(" AND r.created > ").push_bind(ts(after));
+    }
+    if let Some(before) = &q.created_before {
+        query.push(" AND r.created < ").push_bind(ts(before));
+    }
+    if let Some(after_id) = after_id {
+        query.push(" AND r.id < ").push_bind(after_id);
+    }
+    // One more than the page: whether it comes back says whether there is a next page.
+    query
+        .push(" ORDER BY r.id DESC LIMIT ")
+        .push_bind(i64::from(limit) + 1);
+    let mut rows = query
+        .build_query_as::<RunRow>()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let next_cursor = if more {
+        rows.last().map(|row| cursor::encode(&row.id))
+    } else {
+        None
+    };
+    Ok(RunPage {
+        runs: assemble(conn, rows).await?,
+        next_cursor,
+    })
+}
+
+pub(super) async fn runs_in_states(
+    conn: &mut SqliteConnection,
+    states: &[RunState],
+    limit: u32,
+) -> StoreResult<Vec<Run>> {
+    if states.is_empty() {
+        return Ok(Vec::new());
+    }
+    let limit = if limit == 0 { DEFAULT_LIMIT } else { limit };
+    let mut query = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {RUN_COLUMNS} FROM runs r WHERE r.state IN ("
+    ));
+    push_states(&mut query, states);
+    query
+        .push(") ORDER BY r.id ASC LIMIT ")
+        .push_bind(i64::from(limit));
+    let rows = query
+        .build_query_as::<RunRow>()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    assemble(conn, rows).await
+}
+
+pub(super) async fn count_active(conn: &mut SqliteConnection) -> StoreResult<ActiveCounts> {
+    let active: Vec<RunState> = RunState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .collect();
+    let mut query =
+        QueryBuilder::<Sqlite>::new("SELECT project, task, COUNT(*) FROM runs WHERE state IN (");
+    push_states(&mut query, &active);
+    query.push(") GROUP BY project, task");
+    let groups: Vec<(String, Option<String>, i64)> =
+        query.build_query_as().fetch_all(conn).await.map_err(db)?;
+    let mut counts = ActiveCounts::default();
+    for (project, task, count) in groups {
+        let count = u64::try_from(count)
+            .map_err(|e| StoreError::Database(format!("negative count: {e}")))?;
+        counts.total += count;
+        if let Some(task) = task {
+            *counts.per_task.entry((project, task)).or_default() += count;
+        }
+    }
+    Ok(counts)
+}
+
+pub(super) async fn delete_run(
+    conn: &mut SqliteConnection,
+    project: &str,
+    id: &str,
+) -> StoreResult<bool> {
+    // Labels, transitions and attempts go with it (ON DELETE CASCADE).
+    let done = sqlx::query("DELETE FROM runs WHERE project = ? AND id = ?")
+        .bind(project)
+        .bind(id)
+        .execute(conn)
+        .await
+        .map_err(db)?;
+    Ok(done.rows_affected() > 0)
+}

@@ -1,0 +1,199 @@
+//! The compare-and-set on a run's (state, attempt), and the wait reason of a queued run.
+
+use super::codec::{db, parse_state, to_json, to_u32, ts};
+use super::runs::get_run;
+use crate::{AttemptUpdate, StoreError, StoreResult, TransitionRequest};
+use chrono::{SubsecRound, Utc};
+use runplane_domain::{Run, RunState};
+use sqlx::SqliteConnection;
+
+/// Applies `request` inside the caller's write transaction (the lifecycle table has already
+/// been checked). The guarded UPDATE is the first statement, so the outcome of the
+/// compare-and-set is decided under the write lock.
+pub(super) async fn transition(
+    conn: &mut SqliteConnection,
+    request: &TransitionRequest,
+) -> StoreResult<Run> {
+    let next_attempt = request.next_attempt.unwrap_or(request.attempt);
+    let at = ts(&request.at);
+    let results = request
+        .results
+        .as_ref()
+        .map(|r| to_json("results", r))
+        .transpose()?;
+    let updated = sqlx::query(
+        "UPDATE runs SET state = ?, attempt = ?, reason = ?, message = ?,
+             results = COALESCE(?, results), updated = ?
+         WHERE id = ? AND state = ? AND attempt = ?",
+    )
+    .bind(request.to.as_str())
+    .bind(i64::from(next_attempt))
+    .bind(&request.reason)
+    .bind(&request.message)
+    .bind(results)
+    .bind(&at)
+    .bind(&request.run_id)
+    .bind(request.from.as_str())
+    .bind(i64::from(request.attempt))
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+
+    if updated.rows_affected() == 0 {
+        return Err(lost(conn, request).await);
+    }
+
+    sqlx::query(
+        "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
+             message, at)
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_transitions WHERE run_id = ?),
+                 ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&request.run_id)
+    .bind(&request.run_id)
+    .bind(request.from.as_str())
+    .bind(request.to.as_str())
+    .bind(i64::from(next_attempt))
+    .bind(&request.reason)
+    .bind(&request.message)
+    .bind(&at)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+
+    match &request.attempt_update {
+        None => {}
+        // A (re)dispatch of the attempt the run moves into. Dispatching the same attempt number
+        // twice (PENDING → READY without a new attempt, then READY → PENDING) starts its record
+        // over rather than failing the transition.
+        Some(AttemptUpdate::Dispatched { framework }) => {
+            sqlx::query(
+                "INSERT INTO run_attempts (run_id, number, framework, dispatched)
+                 VALUES (?, ?, ?, ?)
+                 ON CONFLICT (run_id, number) DO UPDATE SET
+                     framework = excluded.framework, dispatched = excluded.dispatched,
+                     started = NULL, ended = NULL, exit_code = NULL, signal = NULL, reason = NULL",
+            )
+            .bind(&request.run_id)
+            .bind(i64::from(next_attempt))
+            .bind(framework)
+            .bind(&at)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+        }
+        Some(AttemptUpdate::Started) => {
+            update_attempt(
+                conn,
+                request,
+                next_attempt,
+                sqlx::query("UPDATE run_attempts SET started = ? WHERE run_id = ? AND number = ?")
+                    .bind(&at),
+            )
+            .await?;
+        }
+        // The attempt that ended is the one the run was in: a retry moves the run on to the
+        // next attempt in the same transition.
+        Some(AttemptUpdate::Ended {
+            exit_code,
+            signal,
+            reason,
+        }) => {
+            update_attempt(
+                conn,
+                request,
+                request.attempt,
+                sqlx::query(
+                    "UPDATE run_attempts SET ended = ?, exit_code = ?, signal = ?, reason = ?
+                     WHERE run_id = ? AND number = ?",
+                )
+                .bind(&at)
+                .bind(*exit_code)
+                .bind(*signal)
+                .bind(reason),
+            )
+            .await?;
+        }
+    }
+
+    get_run(conn, None, &request.run_id)
+        .await?
+        .ok_or_else(|| StoreError::Database(format!("run {} vanished", request.run_id)))
+}
+
+/// Runs `query` (whose last two parameters, bound here, are the run id and attempt number).
+/// A missing attempt record is logged, not fatal: the state change matters more than the
+/// bookkeeping of an attempt that was never recorded as dispatched.
+async fn update_attempt<'q>(
+    conn: &mut SqliteConnection,
+    request: &TransitionRequest,
+    number: u32,
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+) -> StoreResult<()> {
+    let done = query
+        .bind(request.run_id.clone())
+        .bind(i64::from(number))
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    if done.rows_affected() == 0 {
+        tracing::warn!(
+            run_id = %request.run_id,
+            attempt = number,
+            to = %request.to,
+            "no attempt record to update"
+        );
+    }
+    Ok(())
+}
+
+/// Why the compare-and-set of `request` matched no row: the run moved on, or it is gone.
+async fn lost(conn: &mut SqliteConnection, request: &TransitionRequest) -> StoreError {
+    let current: Result<Option<(String, i64)>, sqlx::Error> =
+        sqlx::query_as("SELECT state, attempt FROM runs WHERE id = ?")
+            .bind(&request.run_id)
+            .fetch_optional(&mut *conn)
+            .await;
+    let (state, attempt) = match current {
+        Ok(Some(current)) => current,
+        Ok(None) => return StoreError::NotFound(format!("run {}", request.run_id)),
+        Err(e) => return db(e),
+    };
+    let current_state = match parse_state("runs.state", &state) {
+        Ok(state) => state,
+        Err(e) => return e,
+    };
+    let current_attempt = match to_u32("runs.attempt", attempt) {
+        Ok(attempt) => attempt,
+        Err(e) => return e,
+    };
+    StoreError::Conflict {
+        run_id: request.run_id.clone(),
+        expected_state: request.from,
+        expected_attempt: request.attempt,
+        current_state,
+        current_attempt,
+    }
+}
+
+pub(super) async fn set_wait_reason(
+    conn: &mut SqliteConnection,
+    run_id: &str,
+    state: RunState,
+    attempt: u32,
+    reason: Option<&str>,
+) -> StoreResult<bool> {
+    let updated = ts(&Utc::now().trunc_subsecs(6));
+    let done = sqlx::query(
+        "UPDATE runs SET reason = ?, updated = ? WHERE id = ? AND state = ? AND attempt = ?",
+    )
+    .bind(reason)
+    .bind(updated)
+    .bind(run_id)
+    .bind(state.as_str())
+    .bind(i64::from(attempt))
+    .execute(conn)
+    .await
+    .map_err(db)?;
+    Ok(done.rows_affected() > 0)
+}
