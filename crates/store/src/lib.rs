@@ -9,7 +9,7 @@ mod cursor;
 pub mod sqlite;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use runplane_domain::{
     lifecycle::IllegalTransition, FunctionVersion, Project, Run, RunState, Task,
 };
@@ -106,7 +106,7 @@ impl TransitionRequest {
             next_attempt: None,
             reason: None,
             message: None,
-            at: Utc::now(),
+            at: Utc::now().trunc_subsecs(6),
             results: None,
             attempt_update: None,
         }

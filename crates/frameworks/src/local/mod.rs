@@ -26,7 +26,7 @@ pub use supervise::supervise_main;
 use crate::{EventSender, ExecutionId, Framework, FrameworkError};
 use async_trait::async_trait;
 use protocol::{
-    describe, write_atomically, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
+    describe, write_atomically, Durability, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
     SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use runplane_domain::Runnable;
@@ -142,6 +142,7 @@ impl LocalFramework {
                     SUPERVISOR_PID_FILE,
                     format!("{pid}\n").as_bytes(),
                     0o644,
+                    Durability::ProcessCrash,
                 )
             })
             .await;

@@ -4,7 +4,8 @@
 
 use super::procs;
 use super::protocol::{
-    describe, write_atomically, JobFile, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_PID_FILE, WORK_DIR,
+    describe, write_atomically, Durability, JobFile, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_PID_FILE,
+    WORK_DIR,
 };
 use crate::ExecutionId;
 use runplane_domain::Job;
@@ -150,8 +151,14 @@ fn fill(
     };
     let json =
         serde_json::to_vec_pretty(&spec).map_err(|e| format!("cannot encode {JOB_FILE}: {e}"))?;
-    write_atomically(attempt_dir, JOB_FILE, &json, 0o600)
-        .map_err(|e| format!("cannot write {JOB_FILE}: {}", describe(&e)))
+    write_atomically(
+        attempt_dir,
+        JOB_FILE,
+        &json,
+        0o600,
+        Durability::ProcessCrash,
+    )
+    .map_err(|e| format!("cannot write {JOB_FILE}: {}", describe(&e)))
 }
 
 fn write_job_file(workdir: &Path, relative: &Path, mode: u32, contents: &[u8]) -> io::Result<()> {

@@ -14,8 +14,8 @@
 use super::capture::{spawn_reader, ControlChannel, LogSink};
 use super::procs;
 use super::protocol::{
-    describe, write_atomically, ControlMessage, ExitFile, JobFile, CHILD_PID_FILE, EXIT_FILE,
-    JOB_FILE,
+    describe, write_atomically, ControlMessage, Durability, ExitFile, JobFile, CHILD_PID_FILE,
+    EXIT_FILE, JOB_FILE,
 };
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -67,7 +67,14 @@ fn finish(attempt_dir: &Path, outcome: &ExitFile) -> i32 {
     let written = serde_json::to_vec_pretty(outcome)
         .map_err(|e| e.to_string())
         .and_then(|json| {
-            write_atomically(attempt_dir, EXIT_FILE, &json, 0o644).map_err(|e| e.to_string())
+            write_atomically(
+                attempt_dir,
+                EXIT_FILE,
+                &json,
+                0o644,
+                Durability::MachineCrash,
+            )
+            .map_err(|e| e.to_string())
         });
     match written {
         Ok(()) => 0,
@@ -205,6 +212,7 @@ impl Supervisor {
             CHILD_PID_FILE,
             format!("{child_pid}\n").as_bytes(),
             0o644,
+            Durability::ProcessCrash,
         ) {
             eprintln!(
                 "runplane supervise: cannot write {CHILD_PID_FILE}: {}",

@@ -90,6 +90,10 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn ensure_project(&self, name: &str, created_by: &str) -> StoreResult<Project> {
+        // Nearly always there already: a read spares a write transaction (and its fsync).
+        if let Some(project) = self.get_project(name).await? {
+            return Ok(project);
+        }
         let mut tx = self.write().await?;
         let project = catalog::ensure_project(&mut tx, name, created_by).await?;
         tx.commit().await.map_err(db)?;
