@@ -87,16 +87,7 @@ fn sse_logs_resume_from_the_last_event_id_without_loss_or_duplicates() {
         parse_sse(&request.send().unwrap().text().unwrap())
     };
     let all = events(None);
-    let lines: Vec<String> = all
-        .iter()
-        .filter(|(event, _, _)| event == "log")
-        .map(|(_, _, data)| {
-            serde_json::from_str::<Value>(data).unwrap()["line"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let lines = log_lines(&all);
     assert_eq!(
         lines,
         (0..200).map(|i| format!("line {i}")).collect::<Vec<_>>()
@@ -104,16 +95,7 @@ fn sse_logs_resume_from_the_last_event_id_without_loss_or_duplicates() {
     assert_eq!(all.last().unwrap().0, "end");
     // Resume after the 50th line: exactly the other 150 follow.
     let resume_id = &all[49].1;
-    let rest: Vec<String> = events(Some(resume_id))
-        .iter()
-        .filter(|(event, _, _)| event == "log")
-        .map(|(_, _, data)| {
-            serde_json::from_str::<Value>(data).unwrap()["line"]
-                .as_str()
-                .unwrap()
-                .to_string()
-        })
-        .collect();
+    let rest = log_lines(&events(Some(resume_id)));
     assert_eq!(
         rest,
         (50..200).map(|i| format!("line {i}")).collect::<Vec<_>>()
@@ -130,6 +112,18 @@ fn sse_logs_resume_from_the_last_event_id_without_loss_or_duplicates() {
         plain,
         lines.iter().map(|l| format!("{l}\n")).collect::<String>()
     );
+}
+
+/// The text of every `log` event.
+fn log_lines(events: &[(String, String, String)]) -> Vec<String> {
+    events
+        .iter()
+        .filter(|(event, _, _)| event == "log")
+        .map(|(_, _, data)| {
+            let line: Value = serde_json::from_str(data).unwrap();
+            line["line"].as_str().unwrap().to_string()
+        })
+        .collect()
 }
 
 /// (event, id, data) of every event in an SSE body.

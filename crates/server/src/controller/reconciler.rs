@@ -66,6 +66,11 @@ async fn started(controller: &Controller, run: &Run) -> Result<(), StoreError> {
     if run.status.state != RunState::Pending {
         return Ok(());
     }
+    ignore_conflict(record_start(controller, run).await)
+}
+
+/// PENDING → RUNNING, with the attempt's start time.
+async fn record_start(controller: &Controller, run: &Run) -> Result<Run, StoreError> {
     let request = TransitionRequest {
         attempt_update: Some(AttemptUpdate::Started),
         ..TransitionRequest::new(
@@ -76,7 +81,7 @@ async fn started(controller: &Controller, run: &Run) -> Result<(), StoreError> {
         )
         .reason(reason::STARTED)
     };
-    ignore_conflict(controller.transition(request).await)
+    controller.transition(request).await
 }
 
 /// Ends the attempt. Re-reads and retries when the run moved meanwhile (a stop came in), so
@@ -131,17 +136,7 @@ async fn end_attempt(
     let mut from = state;
     if state == RunState::Pending {
         // The process ended before its start was reported; record that it ran.
-        let request = TransitionRequest {
-            attempt_update: Some(AttemptUpdate::Started),
-            ..TransitionRequest::new(
-                &run.metadata.id,
-                RunState::Pending,
-                run.status.attempt,
-                RunState::Running,
-            )
-            .reason(reason::STARTED)
-        };
-        controller.transition(request).await?;
+        record_start(controller, run).await?;
         from = RunState::Running;
     }
     let (to, to_reason) = if from == RunState::Stop && interpretation.state != RunState::Completed {
