@@ -1,6 +1,7 @@
 //! The entities of DESIGN.md §2 as they appear on the wire and in the store:
 //! `kind`, `metadata`, `spec`, `status` everywhere.
 
+use crate::invalid::{Invalid, Problems};
 use crate::lifecycle::RunState;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -116,9 +117,113 @@ pub struct TaskSpec {
     /// Seconds between SIGTERM and SIGKILL when a run is stopped (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_seconds: Option<u64>,
+    /// An attempt PENDING or RUNNING longer than this (from its dispatch) is stopped and the
+    /// run ends in ERROR (`timeout`). No limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    /// Start a new attempt when one fails; a single attempt when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 pub const DEFAULT_STOP_GRACE_SECONDS: u64 = 5;
+
+/// How a run retries an attempt that ended in ERROR. Attempt `n + 1` waits
+/// `backoff_seconds * backoff_factor^(n - 1)` after attempt `n` ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 to 100).
+    pub max_attempts: u32,
+    /// Seconds before the second attempt (default 0).
+    #[serde(default)]
+    pub backoff_seconds: f64,
+    /// Each further delay is the previous one times this (default 2, at least 1).
+    #[serde(default = "default_backoff_factor")]
+    pub backoff_factor: f64,
+    /// The reasons of an ERROR that retry (default `failed`, `lost`, `killed`). Stops — by a
+    /// person (`user`), a replacement or a timeout — are never retried.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<String>,
+}
+
+/// Most attempts a retry policy may ask for: a run is not a loop.
+pub const MAX_ATTEMPTS_LIMIT: u32 = 100;
+/// Longest delay between two attempts; longer computed delays are cut to it, so that a large
+/// factor cannot overflow time arithmetic.
+pub const MAX_RETRY_DELAY_SECONDS: f64 = 86_400.0;
+
+fn default_backoff_factor() -> f64 {
+    2.0
+}
+
+fn default_retry_on() -> Vec<String> {
+    crate::reason::DEFAULT_RETRY_ON
+        .iter()
+        .map(|reason| reason.to_string())
+        .collect()
+}
+
+impl RetryPolicy {
+    /// Field errors relative to the policy (`max_attempts`, `on[1]`...); callers add the prefix.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let mut problems = Problems::new();
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&self.max_attempts) {
+            problems.add(
+                "max_attempts",
+                format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+            );
+        }
+        if !self.backoff_seconds.is_finite()
+            || !(0.0..=MAX_RETRY_DELAY_SECONDS).contains(&self.backoff_seconds)
+        {
+            problems.add(
+                "backoff_seconds",
+                format!("must be a number from 0 to {MAX_RETRY_DELAY_SECONDS}"),
+            );
+        }
+        if !self.backoff_factor.is_finite() || self.backoff_factor < 1.0 {
+            problems.add("backoff_factor", "must be a finite number of at least 1");
+        }
+        for (index, on) in self.on.iter().enumerate() {
+            if !crate::reason::RETRYABLE.contains(&on.as_str()) {
+                problems.add(
+                    format!("on[{index}]"),
+                    format!(
+                        "{on:?} is not a reason that can be retried (one of: {})",
+                        crate::reason::RETRYABLE.join(", ")
+                    ),
+                );
+            }
+        }
+        problems.finish()
+    }
+
+    /// Whether an attempt `attempt` that ended in ERROR with `reason` is followed by another.
+    pub fn retries(&self, reason: &str, attempt: u32) -> bool {
+        attempt < self.max_attempts && self.on.iter().any(|on| on == reason)
+    }
+
+    /// The delay before attempt `next` (2, 3, ...), capped at [`MAX_RETRY_DELAY_SECONDS`].
+    pub fn delay_before(&self, next: u32) -> std::time::Duration {
+        let exponent = i32::try_from(next.saturating_sub(2)).unwrap_or(i32::MAX);
+        let seconds = self.backoff_seconds * self.backoff_factor.powi(exponent);
+        let seconds = if seconds.is_finite() {
+            seconds.clamp(0.0, MAX_RETRY_DELAY_SECONDS)
+        } else {
+            MAX_RETRY_DELAY_SECONDS
+        };
+        std::time::Duration::from_secs_f64(seconds)
+    }
+}
+
+/// Validates a timeout setting (`field` names it in errors).
+pub fn validate_timeout_seconds(field: &str, timeout: Option<u64>) -> Result<(), Invalid> {
+    match timeout {
+        Some(0) => Err(Invalid::field(field, "must be at least 1")),
+        _ => Ok(()),
+    }
+}
 
 /// What a client posts to start a run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -141,6 +246,12 @@ pub struct RunRequest {
     pub framework: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: Labels,
+    /// Overrides the task's `timeout_seconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    /// Overrides the task's `retry` policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 /// One execution of a task.
@@ -194,6 +305,12 @@ pub struct RunSettings {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
     pub stop_grace_seconds: u64,
+    /// See [`TaskSpec::timeout_seconds`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<u64>,
+    /// See [`TaskSpec::retry`]; defaults filled in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -272,4 +389,110 @@ pub fn run_kind(runtime: &str, action: &str) -> String {
 pub fn split_task_kind(kind: &str) -> Option<(&str, &str)> {
     kind.split_once('+')
         .filter(|(runtime, action)| !runtime.is_empty() && !action.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn policy(json: serde_json::Value) -> RetryPolicy {
+        serde_json::from_value(json).expect("a policy")
+    }
+
+    #[test]
+    fn a_policy_fills_its_defaults() {
+        let retry = policy(serde_json::json!({"max_attempts": 3}));
+        assert_eq!(retry.backoff_seconds, 0.0);
+        assert_eq!(retry.backoff_factor, 2.0);
+        assert_eq!(retry.on, ["failed", "lost", "killed"]);
+        assert!(retry.validate().is_ok());
+        assert!(
+            serde_json::from_value::<RetryPolicy>(
+                serde_json::json!({"max_attempts": 3, "tries": 1})
+            )
+            .is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
+    fn delays_grow_by_the_factor_from_the_second_attempt() {
+        let retry = policy(
+            serde_json::json!({"max_attempts": 5, "backoff_seconds": 1.5, "backoff_factor": 2}),
+        );
+        assert_eq!(retry.delay_before(2), Duration::from_millis(1500));
+        assert_eq!(retry.delay_before(3), Duration::from_secs(3));
+        assert_eq!(retry.delay_before(4), Duration::from_secs(6));
+        // Attempt 1 never waits; nonsense input does not panic.
+        assert_eq!(retry.delay_before(1), Duration::from_millis(1500));
+        assert_eq!(retry.delay_before(0), Duration::from_millis(1500));
+        let none = policy(serde_json::json!({"max_attempts": 5}));
+        assert_eq!(none.delay_before(4), Duration::ZERO);
+    }
+
+    #[test]
+    fn huge_delays_are_capped() {
+        let retry = policy(
+            serde_json::json!({"max_attempts": 100, "backoff_seconds": 86400, "backoff_factor": 1e300}),
+        );
+        let cap = Duration::from_secs_f64(MAX_RETRY_DELAY_SECONDS);
+        assert_eq!(retry.delay_before(100), cap);
+        assert_eq!(retry.delay_before(u32::MAX), cap);
+    }
+
+    #[test]
+    fn retries_only_listed_reasons_while_attempts_remain() {
+        let retry = policy(serde_json::json!({"max_attempts": 3}));
+        assert!(retry.retries("failed", 1));
+        assert!(retry.retries("lost", 2));
+        assert!(!retry.retries("failed", 3), "the third attempt is the last");
+        assert!(!retry.retries("user", 1));
+        assert!(!retry.retries("timeout", 1));
+        assert!(!retry.retries("start_failed", 1), "not in the default list");
+    }
+
+    #[test]
+    fn invalid_policies_name_their_fields() {
+        let fields = |retry: RetryPolicy| -> Vec<String> {
+            retry
+                .validate()
+                .err()
+                .map(|invalid| invalid.0.into_iter().map(|e| e.field).collect())
+                .unwrap_or_default()
+        };
+        let mut retry = policy(serde_json::json!({"max_attempts": 0}));
+        assert_eq!(fields(retry.clone()), ["max_attempts"]);
+        retry.max_attempts = 101;
+        assert_eq!(fields(retry.clone()), ["max_attempts"]);
+        retry.max_attempts = 100;
+        assert!(fields(retry.clone()).is_empty());
+        for bad in [-1.0, f64::NAN, f64::INFINITY, MAX_RETRY_DELAY_SECONDS + 1.0] {
+            let retry = RetryPolicy {
+                backoff_seconds: bad,
+                ..retry.clone()
+            };
+            assert_eq!(fields(retry), ["backoff_seconds"], "{bad}");
+        }
+        for bad in [0.5, f64::NAN, f64::INFINITY] {
+            let retry = RetryPolicy {
+                backoff_factor: bad,
+                ..retry.clone()
+            };
+            assert_eq!(fields(retry), ["backoff_factor"], "{bad}");
+        }
+        let retry = RetryPolicy {
+            on: vec![
+                "failed".into(),
+                "user".into(),
+                "timeout".into(),
+                "nope".into(),
+            ],
+            ..retry
+        };
+        assert_eq!(fields(retry), ["on[1]", "on[2]", "on[3]"]);
+        assert!(validate_timeout_seconds("timeout_seconds", Some(0)).is_err());
+        assert!(validate_timeout_seconds("timeout_seconds", Some(1)).is_ok());
+        assert!(validate_timeout_seconds("timeout_seconds", None).is_ok());
+    }
 }

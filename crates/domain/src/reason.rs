@@ -27,3 +27,20 @@ pub const DELETED: &str = "deleted";
 pub const GLOBAL_CONCURRENCY_LIMIT: &str = "global_concurrency_limit";
 /// READY runs waiting for a slot: their task's concurrency limit is reached.
 pub const TASK_CONCURRENCY_LIMIT: &str = "task_concurrency_limit";
+/// An attempt ended in ERROR with retries left: the run went back to READY as the next attempt.
+pub const RETRYING: &str = "retrying";
+/// READY runs waiting for a slot: a retry's backoff delay has not passed yet.
+pub const RETRY_BACKOFF: &str = "retry_backoff";
+
+/// The reasons an attempt may end with in ERROR that a retry policy may list in `on`. Stops
+/// (`user`, `replaced`, `timeout`) end the run for good and are not retried.
+pub const RETRYABLE: &[&str] = &[
+    FAILED,
+    LOST,
+    KILLED,
+    START_FAILED,
+    OOM_KILLED,
+    INVALID_OUTPUT,
+];
+/// What `retry.on` means when a policy does not say.
+pub const DEFAULT_RETRY_ON: &[&str] = &[FAILED, LOST, KILLED];

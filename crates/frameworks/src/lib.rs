@@ -3,8 +3,9 @@
 //! the controller reads.
 //!
 //! Frameworks know nothing about functions, runtimes, the store or run states: they start,
-//! stop and clean up executions identified by (run id, attempt), capture logs into the log
-//! store, and collect the outputs folder when a process ends.
+//! stop and clean up executions identified by (run id, attempt), take over those a previous
+//! server process started, capture logs into the log store, and collect the outputs folder
+//! when a process ends.
 
 pub mod local;
 
@@ -60,6 +61,13 @@ pub trait Framework: Send + Sync {
     /// finally `Exited` (or `Lost`) follow on the event channel, in that order.
     async fn start(&self, execution: ExecutionId, runnable: Runnable)
         -> Result<(), FrameworkError>;
+    /// Takes over the executions a previous process of this server started and believed
+    /// active (after a restart or a crash), so that they are followed as if started here.
+    /// Returns once each of them is either followed (`stop` works on it from then on) or
+    /// reported; then, for each: `Exited` if it ended meanwhile; `Started`, `LogAppended` and
+    /// finally `Exited` if it still runs; `Lost` if it can no longer be found — never a second
+    /// start. Executions this instance already follows are left alone.
+    async fn recover(&self, executions: Vec<ExecutionId>) -> Result<(), FrameworkError>;
     /// Asks an execution to stop: SIGTERM-like first, forceful after the runnable's grace
     /// period, its whole process tree included. Idempotent; `Exited` follows.
     async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError>;

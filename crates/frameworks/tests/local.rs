@@ -79,6 +79,18 @@ fn main() {
             "supervisor_reports_exec_failures_in_exit_json",
             supervisor_reports_exec_failures_in_exit_json,
         ),
+        (
+            "recover_reports_executions_that_ended_or_vanished",
+            recover_reports_executions_that_ended_or_vanished,
+        ),
+        (
+            "recover_reattaches_live_supervisors_and_follows_their_logs",
+            recover_reattaches_live_supervisors_and_follows_their_logs,
+        ),
+        (
+            "stop_reaches_a_reattached_execution",
+            stop_reaches_a_reattached_execution,
+        ),
     ];
 
     let list = args.iter().any(|a| a == "--list");
@@ -973,4 +985,251 @@ fn supervisor_keeps_going_without_a_server() -> TestResult {
     let expected: Vec<String> = (0..500).map(|i| format!("line {i}\n")).collect();
     ensure!(lines == expected, "{} lines logged", lines.len());
     Ok(())
+}
+
+/// Writes the attempt folder of `execution` (job.json for `argv`) the way a previous server
+/// process would have, without any framework.
+fn orphan_attempt(h: &Harness, execution: &ExecutionId, argv: &[&str]) -> Result<PathBuf, String> {
+    let dir = h.attempt_dir(execution);
+    for sub in ["", "work", "outputs"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+    }
+    let spec = JobFile {
+        run_id: execution.run_id.clone(),
+        attempt: execution.attempt,
+        program: argv[0].into(),
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        env: BTreeMap::from([(
+            "RUNPLANE_OUTPUTS".to_string(),
+            dir.join("outputs").display().to_string(),
+        )]),
+        stop_grace_seconds: 1,
+        workdir: dir.join("work"),
+        outputs_dir: dir.join("outputs"),
+        log_root: h.logs.root().to_path_buf(),
+    };
+    std::fs::write(
+        dir.join("job.json"),
+        serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+/// Starts a supervisor for `dir` as a server that then died would have: its control pipe is
+/// closed at once, and `supervisor.pid` records it.
+fn orphan_supervisor(dir: &Path) -> Result<std::process::Child, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut supervisor = std::process::Command::new(exe)
+        .arg("supervise")
+        .arg(dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("supervisor.err")).map_err(|e| e.to_string())?)
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    drop(supervisor.stdout.take());
+    std::fs::write(dir.join("supervisor.pid"), format!("{}\n", supervisor.id()))
+        .map_err(|e| e.to_string())?;
+    Ok(supervisor)
+}
+
+fn recover_reports_executions_that_ended_or_vanished() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        // Ended while no server watched: exit.json and outputs are there.
+        let ended = exec("ended");
+        let dir = orphan_attempt(&h, &ended, &["/bin/true"])?;
+        std::fs::write(dir.join("outputs/results.json"), b"{\"x\": 1}")
+            .map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.join("exit.json"),
+            br#"{"exit_code":0,"signal":null,"stopped":false}"#,
+        )
+        .map_err(|e| e.to_string())?;
+        h.framework
+            .recover(vec![ended.clone()])
+            .await
+            .map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&ended).await?;
+        ensure!(kinds.first() == Some(&EventKind::Started), "{kinds:?}");
+        let outcome = exited(&kinds)?;
+        ensure!(outcome.exit_code == Some(0), "{outcome:?}");
+        ensure!(
+            outcome
+                .outputs
+                .get("results.json")
+                .map(|f| f.contents.as_slice())
+                == Some(b"{\"x\": 1}".as_slice()),
+            "{outcome:?}"
+        );
+
+        // Vanished: a folder whose supervisor is dead without exit.json, and no folder at all.
+        let gone = exec("gone");
+        let dir = orphan_attempt(&h, &gone, &["/bin/true"])?;
+        let mut dead = std::process::Command::new("true")
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        dead.wait().map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("supervisor.pid"), format!("{}\n", dead.id()))
+            .map_err(|e| e.to_string())?;
+        let never = exec("never-started");
+        h.framework
+            .recover(vec![gone.clone(), never.clone()])
+            .await
+            .map_err(|e| e.to_string())?;
+        for (execution, expected) in [
+            (&gone, "gone and left no exit status"),
+            (&never, "no attempt folder"),
+        ] {
+            let event = h.next_event().await?;
+            ensure!(&event.execution == execution, "{event:?}");
+            ensure!(
+                matches!(&event.kind, EventKind::Lost { message } if message.contains(expected)),
+                "{event:?}"
+            );
+        }
+        // A lost execution is not known to stop; an ended one is.
+        ensure!(
+            matches!(
+                h.framework.stop(&never).await,
+                Err(FrameworkError::UnknownExecution(_))
+            ),
+            "unknown"
+        );
+        h.framework.stop(&ended).await.map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+fn recover_reattaches_live_supervisors_and_follows_their_logs() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let execution = exec("live");
+        let gate = h.runs_dir.join("live.gate");
+        let gate2 = h.runs_dir.join("live.gate2");
+        // Bounded waits, so that a failing test leaves nothing running for long.
+        let script = format!(
+            "echo one; i=0; while [ ! -e '{0}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+             echo two; i=0; while [ ! -e '{1}' ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; \
+             echo '{{}}' > \"$RUNPLANE_OUTPUTS/results.json\"",
+            gate.display(),
+            gate2.display()
+        );
+        let dir = orphan_attempt(&h, &execution, &["/bin/sh", "-c", &script])?;
+        let mut supervisor = orphan_supervisor(&dir)?;
+        wait_for("the job's first line", || {
+            let lines = h.lines(&execution, Stream::Stdout).ok()?;
+            (lines == ["one\n"]).then_some(())
+        })
+        .await?;
+
+        h.framework
+            .recover(vec![execution.clone()])
+            .await
+            .map_err(|e| e.to_string())?;
+        h.wait_started(&execution).await?;
+        // What was logged while no server watched is announced first.
+        let event = h.next_event().await?;
+        ensure!(
+            matches!(event.kind, EventKind::LogAppended { end_offset } if end_offset > 0),
+            "{event:?}"
+        );
+        // Recovering again changes nothing: it is already followed.
+        h.framework
+            .recover(vec![execution.clone()])
+            .await
+            .map_err(|e| e.to_string())?;
+
+        // A line written now is announced while the job still runs (the log file is watched).
+        let opened = Instant::now();
+        std::fs::write(&gate, b"").map_err(|e| e.to_string())?;
+        let event = h.next_event().await?;
+        let EventKind::LogAppended {
+            end_offset: announced,
+        } = event.kind
+        else {
+            return Err(format!("expected LogAppended, got {event:?}"));
+        };
+        eprintln!(
+            "    a re-attached execution's new line was announced after {:?}",
+            opened.elapsed()
+        );
+        std::fs::write(&gate2, b"").map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&execution).await?;
+        let outcome = exited(&kinds)?;
+        ensure!(outcome.exit_code == Some(0), "{outcome:?}");
+        ensure!(outcome.outputs.contains_key("results.json"), "{outcome:?}");
+        let log_end = h
+            .logs
+            .read(&execution.run_id, execution.attempt, 0, 1 << 20)
+            .map_err(|e| e.to_string())?
+            .next_offset;
+        ensure!(
+            announced == log_end,
+            "the whole log was announced: {announced} of {log_end}"
+        );
+        ensure!(
+            h.lines(&execution, Stream::Stdout)? == ["one\n", "two\n"],
+            "{:?}",
+            h.lines(&execution, Stream::Stdout)
+        );
+        supervisor.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+fn stop_reaches_a_reattached_execution() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let execution = exec("stopped");
+        let marker = unique_marker("reattached-stop");
+        let dir = orphan_attempt(&h, &execution, &["/bin/sh", "-c", "sleep 60 & wait"])?;
+        // Mark the job's processes so the test can find them.
+        let job_path = dir.join("job.json");
+        let mut spec: JobFile =
+            serde_json::from_slice(&std::fs::read(&job_path).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+        spec.env
+            .insert("RUNPLANE_TEST_MARKER".into(), marker.clone());
+        std::fs::write(
+            &job_path,
+            serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut supervisor = orphan_supervisor(&dir)?;
+        wait_for("the job to run", || {
+            (marked_processes(&marker).len() >= 2 && dir.join("child.pid").exists()).then_some(())
+        })
+        .await?;
+
+        h.framework
+            .recover(vec![execution.clone()])
+            .await
+            .map_err(|e| e.to_string())?;
+        h.wait_started(&execution).await?;
+        h.framework
+            .stop(&execution)
+            .await
+            .map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&execution).await?;
+        let outcome = exited(&kinds)?;
+        ensure!(outcome.signal == Some(libc_sigterm()), "{outcome:?}");
+        let exit: ExitFile = serde_json::from_slice(
+            &std::fs::read(dir.join("exit.json")).map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        ensure!(exit.stopped, "{exit:?}");
+        ensure!(
+            marked_processes(&marker).is_empty(),
+            "left behind: {:?}",
+            marked_processes(&marker)
+        );
+        supervisor.wait().map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+/// SIGTERM's number (15 on Linux), without a libc dependency in the test.
+fn libc_sigterm() -> i32 {
+    15
 }

@@ -62,6 +62,7 @@ fn run_of(spec: Value, parameters: Value) -> Run {
                 max_concurrency: None,
                 env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
                 stop_grace_seconds: 5,
+                ..RunSettings::default()
             },
             function_spec,
         },

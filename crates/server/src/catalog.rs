@@ -8,7 +8,7 @@ use runplane_domain::invalid::Problems;
 use runplane_domain::key::Key;
 use runplane_domain::names::{validate_label, validate_name};
 use runplane_domain::{
-    entity::{split_task_kind, task_kind},
+    entity::{split_task_kind, task_kind, validate_timeout_seconds},
     Document, FunctionStatus, FunctionVersion, Invalid, Labels, Metadata, Task, TaskMetadata,
     TaskSpec,
 };
@@ -183,6 +183,17 @@ impl Catalog {
             }
             if spec.max_concurrency == Some(0) {
                 problems.add("spec.max_concurrency", "must be at least 1");
+            }
+            problems.check(validate_timeout_seconds(
+                "spec.timeout_seconds",
+                spec.timeout_seconds,
+            ));
+            if let Some(retry) = &spec.retry {
+                problems.check(
+                    retry
+                        .validate()
+                        .map_err(|invalid| invalid.within("spec.retry")),
+                );
             }
         }
         let spec = problems.merge(spec)?;

@@ -5,13 +5,15 @@
 use crate::controller::{Controller, ControllerOptions, Frameworks};
 use crate::options::ServerOptions;
 use nix::fcntl::{Flock, FlockArg};
-use runplane_domain::{reason, RunState};
+use runplane_domain::{reason, Run, RunState};
 use runplane_frameworks::local::{LocalFramework, LocalOptions};
+use runplane_frameworks::{ExecutionId, FrameworkError};
 use runplane_logstore::file::FileLogStore;
 use runplane_runtimes::python::{PythonConfig, PythonRuntime};
 use runplane_runtimes::Runtimes;
 use runplane_store::sqlite::SqliteStore;
 use runplane_store::{Store, StoreError};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -73,7 +75,10 @@ impl Server {
             interpreter: options.python.clone(),
             ..PythonConfig::default()
         })));
-        end_runs_of_previous_server(&store).await?;
+        // Before the controller starts: every execution is followed (and stoppable) before any
+        // controller task or request can act on its run. The event channel is unbounded, so
+        // what recovery reports waits for the reconciler.
+        recover_runs_of_previous_server(&store, &frameworks).await?;
         let (controller, tasks) = Controller::start(
             store,
             runtimes,
@@ -143,44 +148,111 @@ fn lock_home(options: &ServerOptions) -> Result<Flock<File>, ServerError> {
         .map_err(|_| ServerError::HomeInUse(options.home.display().to_string()))
 }
 
-/// Runs that were executing under a previous server process cannot be re-attached yet (that is
-/// the durable-runs work): end them as `lost` rather than leave them RUNNING forever.
-async fn end_runs_of_previous_server(store: &Arc<dyn Store>) -> Result<(), StoreError> {
-    let orphans = store
-        .runs_in_states(
-            &[RunState::Pending, RunState::Running, RunState::Stop],
-            u32::MAX,
-        )
-        .await?;
-    for run in orphans {
-        let (to, why) = if run.status.state == RunState::Stop {
-            (
-                RunState::Stopped,
-                crate::controller::actions::stop_reason(&run),
-            )
-        } else {
-            (RunState::Error, reason::LOST.to_string())
-        };
-        let request = runplane_store::TransitionRequest {
-            message: Some("the server restarted while the run was executing".to_string()),
-            attempt_update: Some(runplane_store::AttemptUpdate::Ended {
-                exit_code: None,
-                signal: None,
-                reason: Some(why.clone()),
-            }),
-            ..runplane_store::TransitionRequest::new(
-                &run.metadata.id,
-                run.status.state,
-                run.status.attempt,
-                to,
-            )
-            .reason(&why)
-        };
-        match store.transition(request).await {
-            Ok(_) | Err(StoreError::Conflict { .. }) => {}
-            Err(error) => return Err(error),
-        }
-        tracing::warn!(run = %run.metadata.id, "run from a previous server process marked {to}");
+/// The states in which a run may have an execution a previous server process started.
+/// DELETING is among them: its purge waits for the execution's end.
+const ACTIVE_STATES: [RunState; 4] = [
+    RunState::Pending,
+    RunState::Running,
+    RunState::Stop,
+    RunState::Deleting,
+];
+
+/// Runs keep executing while no server runs (each under its own supervisor). On start-up, each
+/// framework takes over the executions of its runs still active in the store: those that ended
+/// meanwhile report their real outcome, live ones are followed again, vanished ones end as
+/// `lost` (an attempt is never started twice). Stops that a previous process recorded (STOP,
+/// DELETING) are delivered again, since it may have died before sending them.
+async fn recover_runs_of_previous_server(
+    store: &Arc<dyn Store>,
+    frameworks: &Frameworks,
+) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    let runs = store.runs_in_states(&ACTIVE_STATES, u32::MAX).await?;
+    let total = runs.len();
+    let mut by_framework: BTreeMap<String, Vec<Run>> = BTreeMap::new();
+    for run in runs {
+        by_framework
+            .entry(run.spec.framework.clone())
+            .or_default()
+            .push(run);
     }
+    for (name, runs) in by_framework {
+        let Some(framework) = frameworks.get(&name) else {
+            for run in runs {
+                end_run_without_framework(store, &run).await?;
+            }
+            continue;
+        };
+        let execution = |run: &Run| ExecutionId {
+            run_id: run.metadata.id.clone(),
+            attempt: run.status.attempt,
+        };
+        let executions = runs.iter().map(execution).collect();
+        if let Err(error) = framework.recover(executions).await {
+            // Nothing is lost by leaving the runs active: a later start-up tries again, and a
+            // stop meanwhile ends those the framework does not know.
+            tracing::error!(framework = %name, %error, "cannot recover the runs of a previous server");
+            continue;
+        }
+        for run in runs
+            .iter()
+            .filter(|run| matches!(run.status.state, RunState::Stop | RunState::Deleting))
+        {
+            match framework.stop(&execution(run)).await {
+                // Unknown: it was reported lost, which ends the run.
+                Ok(()) | Err(FrameworkError::UnknownExecution(_)) => {}
+                Err(error) => {
+                    tracing::warn!(run = %run.metadata.id, %error, "cannot deliver a recorded stop")
+                }
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(
+            runs = total,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "took over the runs of a previous server"
+        );
+    }
+    Ok(())
+}
+
+/// A run active under a previous server whose framework this server does not enable: nothing
+/// can follow it, so it ends (`lost`, or STOPPED if it was being stopped) rather than stay
+/// active forever.
+async fn end_run_without_framework(store: &Arc<dyn Store>, run: &Run) -> Result<(), StoreError> {
+    let (to, why) = match run.status.state {
+        RunState::Stop => (
+            RunState::Stopped,
+            crate::controller::actions::stop_reason(run),
+        ),
+        RunState::Pending | RunState::Running => (RunState::Error, reason::LOST.to_string()),
+        // A DELETING run is purged by the controller once its execution has ended; with no
+        // framework to tell, it stays until that framework is enabled again.
+        _ => return Ok(()),
+    };
+    let request = runplane_store::TransitionRequest {
+        message: Some(format!(
+            "the server restarted without the {:?} framework this run executes on",
+            run.spec.framework
+        )),
+        attempt_update: Some(runplane_store::AttemptUpdate::Ended {
+            exit_code: None,
+            signal: None,
+            reason: Some(why.clone()),
+        }),
+        ..runplane_store::TransitionRequest::new(
+            &run.metadata.id,
+            run.status.state,
+            run.status.attempt,
+            to,
+        )
+        .reason(&why)
+    };
+    match store.transition(request).await {
+        Ok(_) | Err(StoreError::Conflict { .. }) => {}
+        Err(error) => return Err(error),
+    }
+    tracing::warn!(run = %run.metadata.id, framework = %run.spec.framework, "run of a framework that is not enabled marked {to}");
     Ok(())
 }

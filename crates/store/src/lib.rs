@@ -145,6 +145,24 @@ pub struct ActiveCounts {
     pub per_task: std::collections::BTreeMap<(String, String), u64>,
 }
 
+/// One entry of the durable event log: an entity change, appended in the same transaction as
+/// the change itself, so that the log never tells of a change that was rolled back nor misses
+/// one that was committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Strictly increasing and never reused; clients resume after the last id they saw.
+    pub id: u64,
+    pub at: DateTime<Utc>,
+    pub project: String,
+    /// What changed: `run`, `function` or `task` (also the SSE event name).
+    pub kind: String,
+    /// The change, as JSON (`type` repeats `kind`).
+    pub data: Value,
+}
+
+/// The largest page [`Store::events_after`] returns, whatever it is asked for.
+pub const MAX_EVENTS_PAGE: u32 = 1000;
+
 /// runplane's durable state. Every method is atomic; `transition` is a compare-and-set.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -211,4 +229,21 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Removes the run and its transitions and attempts; false when there was none.
     async fn delete_run(&self, project: &str, id: &str) -> StoreResult<bool>;
+
+    /// Events with an id greater than `after`, oldest first, at most `limit` of them (0 means
+    /// 100, capped at [`MAX_EVENTS_PAGE`]); only those of `project` when given. Every change
+    /// method above appends its events in its own transaction (`transition`, `create_run`, a
+    /// `put_function_version` that creates a version, `put_task`). Implementations must make
+    /// ids visible in increasing order (a reader that saw id N never finds a smaller one
+    /// later): resuming after an id relies on it. SQLite has it for free (one writer at a
+    /// time); a concurrent backend has to serialize its appends.
+    async fn events_after(
+        &self,
+        after: u64,
+        project: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>>;
+    /// The id of the newest event (0 when there is none): where a reader that wants only what
+    /// happens from now on starts.
+    async fn latest_event_id(&self) -> StoreResult<u64>;
 }

@@ -63,6 +63,10 @@ pub struct GetArgs {
     /// Runs: at most this many (newest first).
     #[arg(long, default_value_t = 50)]
     pub limit: u32,
+    /// Runs: after the table, print each run change of the project as it happens (until
+    /// Ctrl-C). `--function` and `--state` filter the changes too.
+    #[arg(short = 'w', long)]
+    pub watch: bool,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +81,38 @@ pub async fn get(client: &Client, args: GetArgs) -> Result<(), CliError> {
     if let Some(error) = args.kind.not_yet() {
         return Err(error);
     }
+    if args.watch {
+        return watch(client, args).await;
+    }
+    list(client, &args).await
+}
+
+/// `get runs --watch`: the table, then the changes (see [`super::watch`]).
+async fn watch(client: &Client, args: GetArgs) -> Result<(), CliError> {
+    if args.kind != Kind::Runs || args.name.is_some() {
+        return Err(CliError::invalid(
+            "--watch works with `get runs` (without a NAME)",
+        ));
+    }
+    // Events carry no labels: a label filter could not be kept on the changes.
+    if args.label.is_some() {
+        return Err(CliError::invalid("--watch cannot be combined with --label"));
+    }
+    let states = args
+        .state
+        .iter()
+        .flat_map(|s| s.split(','))
+        .map(|s| s.trim().to_ascii_uppercase())
+        .filter(|s| !s.is_empty())
+        .collect();
+    let filter = super::watch::RunFilter {
+        function: args.function.clone(),
+        states,
+    };
+    super::watch::watch_runs(client, filter, args.output, list(client, &args)).await
+}
+
+async fn list(client: &Client, args: &GetArgs) -> Result<(), CliError> {
     let value: Value = match (args.kind, &args.name) {
         (Kind::Projects, None) => client.get_json(&client.url("/api/v1/projects")).await?,
         (Kind::Projects, Some(name)) => {

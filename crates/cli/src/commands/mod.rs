@@ -7,6 +7,7 @@ pub mod quickstart;
 pub mod run;
 pub mod server;
 pub mod simple;
+pub mod watch;
 
 use crate::client::Client;
 use crate::{Cli, Command};

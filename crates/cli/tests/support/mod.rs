@@ -190,3 +190,163 @@ fn is_zombie(dir: &Path) -> bool {
         })
         .unwrap_or(false)
 }
+
+impl TestServer {
+    /// GET of a plain-text resource (logs): status and body.
+    pub fn get_text(&self, path: &str) -> (u16, String) {
+        let response = self.http.get(self.api(path)).send().expect("GET");
+        let status = response.status().as_u16();
+        (status, response.text().unwrap_or_default())
+    }
+}
+
+impl TestServer {
+    /// Kills the server with SIGKILL — a crash: no shutdown code runs — and reaps it. Its runs'
+    /// supervisors live on in their own sessions.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new server process on the same home, port and `extra_args` (after
+    /// [`TestServer::kill9`]); its output is appended to the same `server.out`.
+    pub fn restart(&mut self, extra_args: &[&str]) {
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.home.path().join("server.out"))
+            .expect("server log");
+        self.child = Command::new(BIN)
+            .args(["server", "--listen", &listen, "--home"])
+            .arg(self.home.path())
+            .args(extra_args)
+            .env("RUNPLANE_LOG", "info,runplane_server=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart runplane server");
+        self.wait_healthy();
+    }
+}
+
+impl TestServer {
+    /// Kills the server (SIGKILL: nothing is flushed on the way out) and starts a new one on
+    /// the same home, working directory and port (so that clients can reconnect). What the
+    /// store committed must be there after it.
+    pub fn restart_same_home(mut self) -> TestServer {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port: u16 = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .expect("the server's port");
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.home.path().join("server.out"))
+            .expect("server log");
+        self.child = Command::new(BIN)
+            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--home"])
+            .arg(self.home.path())
+            .env("RUNPLANE_LOG", "info,runplane_server=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart runplane server");
+        self.url = format!("http://127.0.0.1:{port}");
+        self.wait_healthy();
+        self
+    }
+
+    /// Opens `GET /api/v1/events{query}` (e.g. `?after=0&project=p`), with `Last-Event-ID`
+    /// when given. Returns once the server has answered: the stream's start is fixed then.
+    pub fn open_events(&self, query: &str, last_event_id: Option<u64>) -> EventStream {
+        let mut request = self.http.get(format!("{}/api/v1/events{query}", self.url));
+        if let Some(id) = last_event_id {
+            request = request.header("Last-Event-ID", id.to_string());
+        }
+        let response = request.send().expect("GET /events");
+        assert_eq!(response.status().as_u16(), 200, "GET /events{query}");
+        EventStream {
+            lines: std::io::BufReader::new(response),
+        }
+    }
+}
+
+/// One Server-Sent Event of `/api/v1/events`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: u64,
+    pub event: String,
+    pub data: Value,
+}
+
+/// A blocking reader of an SSE response. Reads fail after the test client's timeout, so a
+/// missing event fails the test instead of hanging it.
+pub struct EventStream {
+    lines: std::io::BufReader<reqwest::blocking::Response>,
+}
+
+impl EventStream {
+    /// The next event (keep-alive comments skipped).
+    pub fn next_event(&mut self) -> SseEvent {
+        use std::io::BufRead;
+        let (mut id, mut event, mut data) = (None, String::from("message"), String::new());
+        loop {
+            let mut line = String::new();
+            let read = self
+                .lines
+                .read_line(&mut line)
+                .expect("read the event stream");
+            assert!(read > 0, "the event stream ended");
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line.is_empty() {
+                if data.is_empty() && id.is_none() {
+                    continue;
+                }
+                return SseEvent {
+                    id: id.expect("every event has an id"),
+                    event,
+                    data: serde_json::from_str(&data).expect("event data is JSON"),
+                };
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = Some(value.parse().expect("numeric event id")),
+                "event" => event = value.to_string(),
+                "data" => {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Events (not `ready`) up to and including the first for which `last` holds.
+    pub fn until(&mut self, last: impl Fn(&SseEvent) -> bool) -> Vec<SseEvent> {
+        let mut events = vec![];
+        loop {
+            let event = self.next_event();
+            if event.event == "ready" {
+                continue;
+            }
+            let done = last(&event);
+            events.push(event);
+            if done {
+                return events;
+            }
+        }
+    }
+}

@@ -9,7 +9,8 @@
 //!   whole process tree on stop or when it ends, and writes `exit.json`.
 //!
 //! Everything the two share is on disk ([`protocol`] describes the folder), so a supervisor and
-//! its job keep going when the server stops, and a later server can find out what happened.
+//! its job keep going when the server stops, and a later server can find out what happened and
+//! re-attach to what still runs (`recover.rs`, [`Framework::recover`]).
 //!
 //! [`FileLogStore`]: runplane_logstore::file::FileLogStore
 
@@ -18,18 +19,21 @@ mod monitor;
 mod prepare;
 mod procs;
 pub mod protocol;
+mod recover;
 mod supervise;
+mod watch;
 
 pub use monitor::OUTPUT_CAP;
 pub use supervise::supervise_main;
 
-use crate::{EventSender, ExecutionId, Framework, FrameworkError};
+use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError};
 use async_trait::async_trait;
 use protocol::{
     describe, write_atomically, Durability, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
     SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use runplane_domain::Runnable;
+use runplane_logstore::file::FileLogStore;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -55,6 +59,9 @@ pub struct LocalFramework {
     options: LocalOptions,
     events: EventSender,
     executions: Executions,
+    /// Wakes the followers of re-attached executions when their log grows; made on the first
+    /// recovery that needs it (`None` inside when inotify is unavailable: they tick instead).
+    log_watcher: std::sync::OnceLock<Option<watch::LogWatcher>>,
 }
 
 /// What the framework remembers about an execution it started.
@@ -99,6 +106,7 @@ impl LocalFramework {
             options,
             events,
             executions: Executions::default(),
+            log_watcher: std::sync::OnceLock::new(),
         }
     }
 
@@ -155,15 +163,73 @@ impl LocalFramework {
             tracing::info!(?execution, supervisor_pid = pid, attempt_dir = %attempt_dir.display(), "started a local execution");
         }
         let follow = monitor::Follow {
-            execution: execution.clone(),
+            reporter: monitor::Reporter {
+                execution: execution.clone(),
+                attempt_dir,
+                events: self.events.clone(),
+                executions: self.executions.clone(),
+            },
             child,
-            attempt_dir,
-            events: self.events.clone(),
             stops,
-            executions: self.executions.clone(),
         };
         tokio::spawn(follow.run());
         Ok(())
+    }
+
+    fn log_watcher(&self) -> Option<watch::LogWatcher> {
+        self.log_watcher
+            .get_or_init(|| match watch::LogWatcher::new() {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch log files; re-attached executions follow their logs on a tick");
+                    None
+                }
+            })
+            .clone()
+    }
+
+    /// Starts following one recovered execution according to what its folder says.
+    fn take_over(&self, execution: ExecutionId, attempt_dir: PathBuf, found: recover::Found) {
+        let reporter = monitor::Reporter {
+            execution: execution.clone(),
+            attempt_dir,
+            events: self.events.clone(),
+            executions: self.executions.clone(),
+        };
+        match found {
+            recover::Found::Ended => {
+                tokio::spawn(async move { reporter.finish(false, None, None).await });
+            }
+            recover::Found::Gone(message) => {
+                tracing::warn!(?execution, %message, "execution lost");
+                reporter.emit(EventKind::Lost { message });
+            }
+            recover::Found::Live { pid, pidfd } => {
+                let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+                {
+                    let mut executions = self.executions.lock();
+                    if executions.get(&execution).is_some_and(|t| !t.ended) {
+                        return;
+                    }
+                    executions.insert(
+                        execution,
+                        Tracked {
+                            stops: stop_tx,
+                            ended: false,
+                        },
+                    );
+                }
+                let follow = recover::Reattached {
+                    reporter,
+                    pid,
+                    pidfd,
+                    stops: stop_rx,
+                    logs: FileLogStore::new(self.options.logs_dir.clone()),
+                    watcher: self.log_watcher(),
+                };
+                tokio::spawn(follow.run());
+            }
+        }
     }
 
     fn spawn_supervisor(&self, attempt_dir: &Path) -> Result<tokio::process::Child, String> {
@@ -239,6 +305,59 @@ impl Framework for LocalFramework {
                 Err(FrameworkError::StartFailed { execution, message })
             }
         }
+    }
+
+    async fn recover(&self, executions: Vec<ExecutionId>) -> Result<(), FrameworkError> {
+        // Executions this instance already follows need nothing.
+        let todo: Vec<ExecutionId> = {
+            let tracked = self.executions.lock();
+            executions
+                .into_iter()
+                .filter(|execution| !tracked.contains_key(execution))
+                .collect()
+        };
+        let runs_dir = self.options.runs_dir.clone();
+        let inspected = tokio::task::spawn_blocking(move || {
+            todo.into_iter()
+                .map(|execution| {
+                    let found = prepare::attempt_dir(&runs_dir, &execution).map(|dir| {
+                        let found = recover::inspect(&dir);
+                        (dir, found)
+                    });
+                    (execution, found)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))?;
+        let (mut live, mut ended, mut lost) = (0, 0, 0);
+        for (execution, found) in inspected {
+            match found {
+                Ok((dir, found)) => {
+                    match found {
+                        recover::Found::Live { .. } => live += 1,
+                        recover::Found::Ended => ended += 1,
+                        recover::Found::Gone(_) => lost += 1,
+                    }
+                    self.take_over(execution, dir, found);
+                }
+                Err(message) => {
+                    lost += 1;
+                    let event = crate::FrameworkEvent {
+                        execution,
+                        kind: EventKind::Lost { message },
+                    };
+                    let _ = self.events.send(event);
+                }
+            }
+        }
+        tracing::info!(
+            live,
+            ended,
+            lost,
+            "recovered the executions of a previous server"
+        );
+        Ok(())
     }
 
     async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {

@@ -2,8 +2,10 @@
 //! channel into events, and when the supervisor is gone, turns `exit.json` and the outputs
 //! folder into the final event.
 
+use super::procs;
 use super::protocol::{
-    describe, ControlMessage, ExitFile, EXIT_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
+    describe, read_pid_file, ControlMessage, ExitFile, CHILD_PID_FILE, EXIT_FILE, OUTPUTS_DIR,
+    SUPERVISOR_ERR_FILE,
 };
 use super::Executions;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
@@ -21,18 +23,18 @@ pub const OUTPUT_CAP: u64 = 4 << 20;
 /// How much of `supervisor.err` goes into a `Lost` message.
 const ERR_TAIL: u64 = 2000;
 
-/// Everything the task needs; the task owns the supervisor's [`Child`].
-pub(crate) struct Follow {
+/// Where an execution's events go and how its end is read: shared by the follower of an
+/// execution this process started ([`Follow`]) and of one it re-attached after a restart
+/// (`recover.rs`), so both report an ending the same way.
+pub(crate) struct Reporter {
     pub execution: ExecutionId,
-    pub child: Child,
     pub attempt_dir: PathBuf,
     pub events: EventSender,
-    pub stops: mpsc::UnboundedReceiver<()>,
     pub executions: Executions,
 }
 
-impl Follow {
-    fn emit(&self, kind: EventKind) {
+impl Reporter {
+    pub(crate) fn emit(&self, kind: EventKind) {
         let event = FrameworkEvent {
             execution: self.execution.clone(),
             kind,
@@ -42,78 +44,16 @@ impl Follow {
         }
     }
 
-    pub(crate) async fn run(mut self) {
-        let pid = self.child.id();
-        let mut started = false;
-        // Log offsets are held back until Started, to keep the promised event order.
-        let mut unsent_offset: Option<u64> = None;
-        let mut sent_offset: Option<u64> = None;
-        // Whether the supervisor has said anything yet (its signal handler is installed), and
-        // whether a stop waits for that.
-        let mut heard_from = false;
-        let mut stop_pending = false;
-
-        if let Some(stdout) = self.child.stdout.take() {
-            let mut control = BufReader::new(stdout);
-            let mut line = Vec::new();
-            loop {
-                tokio::select! {
-                    read = control.read_until(b'\n', &mut line) => {
-                        match read {
-                            Ok(0) => break,
-                            Ok(_) => {}
-                            Err(e) => {
-                                tracing::warn!(execution = ?self.execution, error = %e, "reading the control channel failed");
-                                break;
-                            }
-                        }
-                        if !heard_from {
-                            heard_from = true;
-                            if stop_pending {
-                                signal_supervisor(&self.execution, pid);
-                            }
-                        }
-                        match serde_json::from_slice::<ControlMessage>(line.trim_ascii()) {
-                            Ok(ControlMessage::Started { .. }) => {
-                                if !started {
-                                    started = true;
-                                    self.emit(EventKind::Started);
-                                }
-                            }
-                            Ok(ControlMessage::Log { end_offset }) => {
-                                if sent_offset.is_none_or(|sent| end_offset > sent) {
-                                    unsent_offset = Some(end_offset);
-                                }
-                            }
-                            Err(e) => tracing::warn!(
-                                execution = ?self.execution,
-                                line = %String::from_utf8_lossy(&line),
-                                error = %e,
-                                "ignoring an unknown control message"
-                            ),
-                        }
-                        line.clear();
-                        if let (true, Some(end_offset)) = (started, unsent_offset.take()) {
-                            sent_offset = Some(end_offset);
-                            self.emit(EventKind::LogAppended { end_offset });
-                        }
-                    }
-                    Some(()) = self.stops.recv() => {
-                        // The control pipe is open, so the supervisor has not exited and its pid
-                        // cannot have been reused. It takes a repeated SIGTERM as a no-op. Before
-                        // its first message it may not have installed its handler yet (SIGTERM
-                        // would kill it outright), so the stop waits for that message.
-                        if heard_from {
-                            signal_supervisor(&self.execution, pid);
-                        } else {
-                            stop_pending = true;
-                        }
-                    }
-                }
-            }
-        }
-
-        let status = self.child.wait().await;
+    /// The supervisor is gone: reads `exit.json` and the outputs, marks the execution ended
+    /// and emits the last events — `Started` if it was never sent, the log offset not sent
+    /// yet, then `Exited` (or `Lost` when there is no usable exit status). `supervisor_status`
+    /// is the supervisor's own exit status, known only to its parent.
+    pub(crate) async fn finish(
+        &self,
+        started: bool,
+        unsent_offset: Option<u64>,
+        supervisor_status: Option<std::process::ExitStatus>,
+    ) {
         let attempt_dir = self.attempt_dir.clone();
         let ended = tokio::task::spawn_blocking(move || read_ending(&attempt_dir)).await;
         let ending = match ended {
@@ -134,10 +74,21 @@ impl Follow {
                 self.emit(EventKind::Exited(outcome));
             }
             Ending::Lost(mut message) => {
+                // A supervisor that died without exit.json (killed, crashed) may have left the
+                // job running with nobody to stop it.
+                let attempt_dir = self.attempt_dir.clone();
+                let killed = tokio::task::spawn_blocking(move || kill_orphans(&attempt_dir))
+                    .await
+                    .unwrap_or_default();
+                if !killed.is_empty() {
+                    message.push_str(&format!(
+                        "; killed processes the job left behind: {killed:?}"
+                    ));
+                }
                 if let Some(tail) = err_tail(&self.attempt_dir.join(SUPERVISOR_ERR_FILE)) {
                     message.push_str(&format!(" (supervisor: {tail})"));
                 }
-                if let Ok(status) = status {
+                if let Some(status) = supervisor_status {
                     if !status.success() {
                         message.push_str(&format!(" [supervisor {status}]"));
                     }
@@ -146,6 +97,95 @@ impl Follow {
                 self.emit(EventKind::Lost { message });
             }
         }
+    }
+}
+
+/// Everything the task needs; the task owns the supervisor's [`Child`].
+pub(crate) struct Follow {
+    pub reporter: Reporter,
+    pub child: Child,
+    pub stops: mpsc::UnboundedReceiver<()>,
+}
+
+impl Follow {
+    fn emit(&self, kind: EventKind) {
+        self.reporter.emit(kind)
+    }
+
+    pub(crate) async fn run(mut self) {
+        let execution = self.reporter.execution.clone();
+        let pid = self.child.id();
+        let mut started = false;
+        // Log offsets are held back until Started, to keep the promised event order.
+        let mut unsent_offset: Option<u64> = None;
+        let mut sent_offset: Option<u64> = None;
+        // Whether the supervisor has said anything yet (its signal handler is installed), and
+        // whether a stop waits for that.
+        let mut heard_from = false;
+        let mut stop_pending = false;
+
+        if let Some(stdout) = self.child.stdout.take() {
+            let mut control = BufReader::new(stdout);
+            let mut line = Vec::new();
+            loop {
+                tokio::select! {
+                    read = control.read_until(b'\n', &mut line) => {
+                        match read {
+                            Ok(0) => break,
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(?execution, error = %e, "reading the control channel failed");
+                                break;
+                            }
+                        }
+                        if !heard_from {
+                            heard_from = true;
+                            if stop_pending {
+                                signal_supervisor(&execution, pid);
+                            }
+                        }
+                        match serde_json::from_slice::<ControlMessage>(line.trim_ascii()) {
+                            Ok(ControlMessage::Started { .. }) => {
+                                if !started {
+                                    started = true;
+                                    self.emit(EventKind::Started);
+                                }
+                            }
+                            Ok(ControlMessage::Log { end_offset }) => {
+                                if sent_offset.is_none_or(|sent| end_offset > sent) {
+                                    unsent_offset = Some(end_offset);
+                                }
+                            }
+                            Err(e) => tracing::warn!(
+                                ?execution,
+                                line = %String::from_utf8_lossy(&line),
+                                error = %e,
+                                "ignoring an unknown control message"
+                            ),
+                        }
+                        line.clear();
+                        if let (true, Some(end_offset)) = (started, unsent_offset.take()) {
+                            sent_offset = Some(end_offset);
+                            self.emit(EventKind::LogAppended { end_offset });
+                        }
+                    }
+                    Some(()) = self.stops.recv() => {
+                        // The control pipe is open, so the supervisor has not exited and its pid
+                        // cannot have been reused. It takes a repeated SIGTERM as a no-op. Before
+                        // its first message it may not have installed its handler yet (SIGTERM
+                        // would kill it outright), so the stop waits for that message.
+                        if heard_from {
+                            signal_supervisor(&execution, pid);
+                        } else {
+                            stop_pending = true;
+                        }
+                    }
+                }
+            }
+        }
+
+        let status = self.child.wait().await.ok();
+        self.reporter.finish(started, unsent_offset, status).await;
     }
 }
 
@@ -164,6 +204,42 @@ fn signal_supervisor(execution: &ExecutionId, pid: Option<u32>) {
         ),
         Err(e) => tracing::warn!(?execution, pid, error = %e, "cannot signal the supervisor"),
     }
+}
+
+/// With its supervisor gone, nobody will kill what the job still runs; the run is about to be
+/// reported lost, so nothing of it may keep going. Every process of the job carries the
+/// attempt's own `RUNPLANE_OUTPUTS` in its environment, which tells it apart from unrelated
+/// processes (a reused pid).
+pub(crate) fn kill_orphans(attempt_dir: &Path) -> Vec<i32> {
+    let marker = format!(
+        "RUNPLANE_OUTPUTS={}",
+        attempt_dir.join(OUTPUTS_DIR).display()
+    );
+    let mut killed = Vec::new();
+    // The job's main process first (it leads the job's process group), then any straggler.
+    if let Some(pid) = read_pid_file(&attempt_dir.join(CHILD_PID_FILE)) {
+        if procs::is_live_with_env(pid, &marker) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed.push(pid);
+        }
+    }
+    for info in procs::process_table() {
+        if !info.zombie && !killed.contains(&info.pid) && procs::is_live_with_env(info.pid, &marker)
+        {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(info.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            killed.push(info.pid);
+        }
+    }
+    if !killed.is_empty() {
+        tracing::warn!(attempt_dir = %attempt_dir.display(), ?killed, "killed the orphaned processes of a lost execution");
+    }
+    killed
 }
 
 enum Ending {
@@ -248,7 +324,7 @@ fn read_capped(path: &Path) -> std::io::Result<OutputFile> {
 }
 
 /// The end of `supervisor.err`, when it says anything.
-fn err_tail(path: &Path) -> Option<String> {
+pub(crate) fn err_tail(path: &Path) -> Option<String> {
     use std::io::{Seek, SeekFrom};
     let mut file = File::open(path).ok()?;
     let len = file.metadata().ok()?.len();

@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 /// One row of the process table.
@@ -88,6 +90,66 @@ pub(crate) fn is_live_with_arg(pid: i32, needle: &Path) -> bool {
     cmdline.split(|b| *b == 0).any(|arg| arg == needle)
 }
 
+/// The first live process whose command line has `needle` as an argument: finds a supervisor
+/// whose `supervisor.pid` was never written (the server died right after spawning it).
+pub(crate) fn find_live_with_arg(needle: &Path) -> Option<i32> {
+    fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| is_live_with_arg(*pid, needle))
+}
+
+/// Whether `pid` is a live process whose environment holds exactly `variable` (`NAME=value`):
+/// how a job's recorded pid is told apart from a reused one (every job carries its own
+/// `RUNPLANE_OUTPUTS`).
+pub(crate) fn is_live_with_env(pid: i32, variable: &str) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    if parse_stat(pid, &stat).is_none_or(|info| info.zombie) {
+        return false;
+    }
+    fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+        environ
+            .split(|b| *b == 0)
+            .any(|var| var == variable.as_bytes())
+    })
+}
+
+/// A pidfd for `pid`: a handle on that very process, which no later process reusing the number
+/// can be mistaken for. It polls readable once the process has exited, which lets a server
+/// wait for a supervisor it is not the parent of.
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1; no pointers.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let fd = RawFd::try_from(fd).map_err(|_| io::Error::other("pidfd_open returned a bad fd"))?;
+    // SAFETY: the kernel just handed us this fd and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends `signal` to the process behind a pidfd (never to a process that reused its pid).
+pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: a valid fd, a signal number, a null siginfo (allowed: kill-like semantics) and no
+    // flags.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if result < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -152,5 +214,23 @@ mod tests {
             me,
             Path::new("/definitely/not/an/argument")
         ));
+    }
+
+    #[test]
+    fn pidfds_signal_the_process_they_were_opened_for() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pidfd = pidfd_open(child.id() as i32).unwrap();
+        use std::os::fd::AsFd;
+        pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL).unwrap();
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        // Reaped: the pidfd now names nothing, and signalling it fails instead of hitting a
+        // process that reused the pid.
+        assert!(pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM).is_err());
+        assert!(pidfd_open(i32::MAX).is_err());
     }
 }

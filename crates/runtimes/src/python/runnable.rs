@@ -143,6 +143,7 @@ pub(crate) mod tests {
                         ("RUNPLANE_RUN_ID".into(), "spoofed".into()),
                     ]),
                     stop_grace_seconds: 7,
+                    ..RunSettings::default()
                 },
                 function_spec,
             },

@@ -3,6 +3,7 @@
 //! the catalog or the controller, and map errors to problem+json.
 
 pub mod caller;
+mod events;
 mod functions;
 mod health;
 pub mod json;
@@ -64,6 +65,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(tasks::routes())
         .merge(runs::routes())
         .merge(logs::routes())
+        .merge(events::routes())
         .merge(health::routes())
         .split_for_parts();
     let openapi_json = openapi.to_pretty_json().unwrap_or_default();

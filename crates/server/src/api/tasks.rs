@@ -37,13 +37,14 @@ async fn apply_task(
     JsonBody(document): JsonBody<Document>,
 ) -> Result<Json<Task>, Problem> {
     caller.authorize(&project)?;
-    Ok(Json(
-        state
-            .controller
-            .catalog()
-            .apply_task(&project, document, &caller.name)
-            .await?,
-    ))
+    let task = state
+        .controller
+        .catalog()
+        .apply_task(&project, document, &caller.name)
+        .await?;
+    // The task's event is committed: wake `/events` readers.
+    state.controller.bus().events_appended();
+    Ok(Json(task))
 }
 
 /// One task.

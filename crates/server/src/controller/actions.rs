@@ -175,7 +175,8 @@ impl Controller {
     }
 
     /// Ends a run whose current attempt has no execution (it failed to start, or it was lost):
-    /// PENDING/RUNNING → ERROR(`why`), STOP → STOPPED, DELETING → purged.
+    /// PENDING/RUNNING → ERROR(`why`) — or READY as the next attempt when its retry policy
+    /// retries `why` —, STOP → STOPPED (ERROR for a timeout's stop), DELETING → purged.
     pub(crate) async fn finish_without_execution(
         &self,
         project: &str,
@@ -192,9 +193,25 @@ impl Controller {
                 }
             };
             let state = run.status.state;
+            let retry =
+                super::reconciler::retry_request(&run, state, why, Some(message), (None, None));
+            if let Some(retry) = retry {
+                match self.transition(retry).await {
+                    Ok(_) => return,
+                    Err(StoreError::Conflict { .. }) => continue,
+                    Err(error) => {
+                        tracing::error!(run = %id, %error, "cannot retry run");
+                        return;
+                    }
+                }
+            }
             let (to, to_reason) = match state {
                 RunState::Pending | RunState::Running => (RunState::Error, why.to_string()),
-                RunState::Stop => (RunState::Stopped, stop_reason(&run)),
+                // A timeout's stop ends in ERROR, as when the process exits (reconciler).
+                RunState::Stop => match stop_reason(&run) {
+                    timeout if timeout == reason::TIMEOUT => (RunState::Error, timeout),
+                    other => (RunState::Stopped, other),
+                },
                 RunState::Deleting => {
                     if let Err(error) = self.purge(&run).await {
                         tracing::error!(run = %id, %error, "purge failed");

@@ -4,7 +4,7 @@
 //! tells the truth.
 
 use runplane_domain::RunState;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum BusEvent {
@@ -31,6 +31,10 @@ impl BusEvent {
 #[derive(Clone)]
 pub struct EventBus {
     sender: broadcast::Sender<BusEvent>,
+    /// Bumped after every commit that appended to the store's event log. A `watch` rather than
+    /// a bus event: readers of `/events` only need "look again", and a watch coalesces
+    /// bursts and never lags.
+    appended: watch::Sender<u64>,
 }
 
 impl Default for EventBus {
@@ -42,7 +46,8 @@ impl Default for EventBus {
 impl EventBus {
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(4096);
-        EventBus { sender }
+        let (appended, _) = watch::channel(0);
+        EventBus { sender, appended }
     }
 
     pub fn publish(&self, event: BusEvent) {
@@ -52,5 +57,18 @@ impl EventBus {
 
     pub fn subscribe(&self) -> broadcast::Receiver<BusEvent> {
         self.sender.subscribe()
+    }
+
+    /// Says that the store's event log has grown (call it after the commit, never before: a
+    /// woken reader must find what woke it).
+    pub fn events_appended(&self) {
+        self.appended
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    /// Wakes on [`EventBus::events_appended`]. Mark it seen (`borrow_and_update`) before
+    /// reading the store, then wait on `changed()`: an append after the read always wakes it.
+    pub fn watch_appended(&self) -> watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 }

@@ -3,9 +3,11 @@
 //! framework. Runs held back stay READY with a reason saying why.
 //!
 //! It sleeps on a `Notify` until something may have changed: a run became READY, or one ended
-//! and freed a slot. No timer, no polling.
+//! and freed a slot, or a retry's backoff ended (one wake-up at the earliest end, armed through
+//! the deadlines task). No polling.
 
 use super::Controller;
+use chrono::{DateTime, Utc};
 use runplane_domain::{reason, Run, RunState};
 use runplane_frameworks::ExecutionId;
 use runplane_store::{AttemptUpdate, StoreError, TransitionRequest};
@@ -33,8 +35,17 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
     }
     let mut active = store.count_active().await?;
     let global_limit = u64::from(controller.inner.options.max_concurrent_runs);
+    let now = Utc::now();
+    // The earliest end of a backoff among the runs held back for one.
+    let mut next_due: Option<DateTime<Utc>> = None;
     for run in queue {
-        let wait_reason = if active.total >= global_limit {
+        let due = retry_due(&run).filter(|due| *due > now);
+        if let Some(due) = due {
+            next_due = Some(next_due.map_or(due, |next| next.min(due)));
+        }
+        let wait_reason = if due.is_some() {
+            Some(reason::RETRY_BACKOFF)
+        } else if active.total >= global_limit {
             Some(reason::GLOBAL_CONCURRENCY_LIMIT)
         } else if let (Some(limit), Some(task)) =
             (run.spec.settings.max_concurrency, &run.spec.task)
@@ -86,9 +97,32 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
                 .entry((claimed.metadata.project.clone(), task.clone()))
                 .or_default() += 1;
         }
+        controller.inner.deadlines.watch_attempt(&claimed);
         start(controller, claimed).await;
     }
+    if let Some(due) = next_due {
+        controller.inner.deadlines.wake_dispatcher_at(due);
+    }
     Ok(())
+}
+
+/// When a READY run that went back to the queue for a retry may start: the time of that
+/// transition (the failed attempt's end) plus the policy's delay before this attempt. Derived
+/// from the stored run alone, so a restarted server holds it back just as long. None when the
+/// run is not waiting for a retry (first attempt, resumed).
+pub(super) fn retry_due(run: &Run) -> Option<DateTime<Utc>> {
+    let retry = run.spec.settings.retry.as_ref()?;
+    let queued = run
+        .status
+        .transitions
+        .iter()
+        .rev()
+        .find(|transition| transition.to == RunState::Ready)?;
+    if queued.reason.as_deref() != Some(reason::RETRYING) || queued.attempt != run.status.attempt {
+        return None;
+    }
+    let delay = chrono::TimeDelta::from_std(retry.delay_before(run.status.attempt)).ok()?;
+    queued.at.checked_add_signed(delay)
 }
 
 /// Hands a claimed (PENDING) run to its framework. A failure to start ends the run in ERROR
@@ -139,5 +173,46 @@ async fn start(controller: &Controller, run: Run) {
                 )
                 .await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_due;
+    use runplane_domain::Run;
+    use serde_json::json;
+
+    fn run(retry: serde_json::Value, attempt: u32, last_ready_reason: &str) -> Run {
+        serde_json::from_value(json!({
+            "kind": "python+job:run",
+            "metadata": {"id": "r", "project": "p", "created": "2026-01-01T00:00:00Z",
+                         "updated": "2026-01-01T00:00:00Z", "created_by": "t"},
+            "spec": {"function": "f", "function_name": "f", "function_version": "v",
+                     "runtime": "python", "action": "job", "framework": "local",
+                     "parameters": {}, "function_spec": {},
+                     "settings": {"stop_grace_seconds": 5, "retry": retry}},
+            "status": {"state": "READY", "attempt": attempt, "attempts": [], "transitions": [
+                {"to": "READY", "at": "2026-01-01T00:00:00Z", "attempt": 1, "reason": "submitted"},
+                {"from": "RUNNING", "to": "READY", "at": "2026-01-01T00:01:00Z",
+                 "attempt": attempt, "reason": last_ready_reason},
+            ]},
+        }))
+        .expect("a run")
+    }
+
+    #[test]
+    fn a_retry_is_due_after_its_backoff_from_the_stored_transition() {
+        let policy = json!({"max_attempts": 5, "backoff_seconds": 10, "backoff_factor": 3});
+        let due = |attempt| {
+            retry_due(&run(policy.clone(), attempt, "retrying")).map(|at| at.to_rfc3339())
+        };
+        assert_eq!(due(2).as_deref(), Some("2026-01-01T00:01:10+00:00"));
+        assert_eq!(due(3).as_deref(), Some("2026-01-01T00:01:30+00:00"));
+        // Resumed runs and runs without a policy do not wait.
+        assert_eq!(retry_due(&run(policy, 2, "resumed")), None);
+        assert_eq!(
+            retry_due(&run(serde_json::Value::Null, 2, "retrying")),
+            None
+        );
     }
 }

@@ -5,6 +5,7 @@
 //!   framework; woken by a `Notify`, never by a timer.
 //! - [`reconciler`]: turns framework events into transitions, idempotently.
 //! - [`actions`]: stop, resume, delete.
+//! - `deadlines`: attempt timeouts and the ends of retry backoffs, one timer task.
 //! - [`bus`]: publishes every change for waiters and followers.
 //!
 //! Every transition is a compare-and-set in the store, persisted before any side effect that
@@ -12,6 +13,7 @@
 
 pub mod actions;
 pub mod bus;
+mod deadlines;
 pub mod dispatcher;
 pub mod reconciler;
 pub mod submit;
@@ -93,6 +95,8 @@ struct Inner {
     logs: Arc<dyn LogStore>,
     bus: EventBus,
     dispatch_wanted: Notify,
+    /// Attempt timeouts and retry backoffs (`deadlines.rs`).
+    deadlines: deadlines::Deadlines,
     options: ControllerOptions,
 }
 
@@ -107,6 +111,7 @@ impl Controller {
         framework_events: mpsc::UnboundedReceiver<FrameworkEvent>,
         options: ControllerOptions,
     ) -> (Controller, Vec<JoinHandle<()>>) {
+        let (deadlines, deadline_receiver) = deadlines::Deadlines::channel();
         let controller = Controller {
             inner: Arc::new(Inner {
                 catalog: Catalog::new(store.clone(), runtimes.clone()),
@@ -116,14 +121,16 @@ impl Controller {
                 logs,
                 bus: EventBus::new(),
                 dispatch_wanted: Notify::new(),
+                deadlines,
                 options,
             }),
         };
         let dispatcher = tokio::spawn(dispatcher::run(controller.clone()));
         let reconciler = tokio::spawn(reconciler::run(controller.clone(), framework_events));
+        let timers = tokio::spawn(deadlines::run(controller.clone(), deadline_receiver));
         // Runs may already be READY in the store.
         controller.wake_dispatcher();
-        (controller, vec![dispatcher, reconciler])
+        (controller, vec![dispatcher, reconciler, timers])
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -166,6 +173,8 @@ impl Controller {
     }
 
     pub(crate) fn published(&self, run: &Run) {
+        // Every stored run change appended to the event log in its transaction.
+        self.inner.bus.events_appended();
         self.inner.bus.publish(BusEvent::RunChanged {
             project: run.metadata.project.clone(),
             run_id: run.metadata.id.clone(),

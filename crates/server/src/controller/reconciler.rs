@@ -150,6 +150,17 @@ async fn end_attempt(
     } else {
         (interpretation.state, interpretation.reason.clone())
     };
+    if to == RunState::Error && from != RunState::Stop {
+        if let Some(retry) = retry_request(
+            run,
+            from,
+            &to_reason,
+            interpretation.message.as_deref(),
+            (outcome.exit_code, outcome.signal),
+        ) {
+            return controller.transition(retry).await.map(|_| ());
+        }
+    }
     let request = TransitionRequest {
         reason: Some(to_reason.clone()),
         message: interpretation.message.clone(),
@@ -162,6 +173,50 @@ async fn end_attempt(
         ..TransitionRequest::new(&run.metadata.id, from, run.status.attempt, to)
     };
     controller.transition(request).await.map(|_| ())
+}
+
+/// When the run's retry policy retries an attempt that ended in ERROR with `why`: the
+/// transition `from` → READY as the next attempt (reason `retrying`), which ends the attempt
+/// record with its real outcome. The dispatcher holds the run back until its backoff passed.
+/// None when the policy does not retry it (or there is none): the run then ends in ERROR.
+pub(super) fn retry_request(
+    run: &Run,
+    from: RunState,
+    why: &str,
+    message: Option<&str>,
+    (exit_code, signal): (Option<i32>, Option<i32>),
+) -> Option<TransitionRequest> {
+    let attempt = run.status.attempt;
+    let retry = run.spec.settings.retry.as_ref()?;
+    if !matches!(from, RunState::Pending | RunState::Running) || !retry.retries(why, attempt) {
+        return None;
+    }
+    let next = attempt.checked_add(1)?;
+    let failure = match message {
+        Some(message) => format!("{why}: {message}"),
+        None => why.to_string(),
+    };
+    let delay = retry.delay_before(next);
+    Some(TransitionRequest {
+        next_attempt: Some(next),
+        attempt_update: Some(AttemptUpdate::Ended {
+            exit_code,
+            signal,
+            reason: Some(why.to_string()),
+        }),
+        ..TransitionRequest::new(&run.metadata.id, from, attempt, RunState::Ready)
+            .reason(reason::RETRYING)
+            .message(format!(
+                "attempt {attempt} failed ({failure}); retrying in {}s",
+                seconds(delay)
+            ))
+    })
+}
+
+/// `1.5`, `2`, `0.001`: seconds for people, to the millisecond.
+fn seconds(delay: std::time::Duration) -> String {
+    let text = format!("{:.3}", delay.as_secs_f64());
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 async fn cleanup(controller: &Controller, run: &Run, execution: &ExecutionId) {
@@ -177,5 +232,20 @@ fn ignore_conflict(result: Result<Run, StoreError>) -> Result<(), StoreError> {
     match result {
         Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
         Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds;
+    use std::time::Duration;
+
+    #[test]
+    fn delays_read_as_short_decimals() {
+        assert_eq!(seconds(Duration::ZERO), "0");
+        assert_eq!(seconds(Duration::from_secs(2)), "2");
+        assert_eq!(seconds(Duration::from_millis(1500)), "1.5");
+        assert_eq!(seconds(Duration::from_secs(10)), "10");
+        assert_eq!(seconds(Duration::from_micros(1200)), "0.001");
     }
 }

@@ -3,7 +3,9 @@
 
 use super::{Controller, ControllerError};
 use crate::catalog::{now, validate_labels};
-use runplane_domain::entity::{run_kind, split_task_kind, DEFAULT_STOP_GRACE_SECONDS};
+use runplane_domain::entity::{
+    run_kind, split_task_kind, validate_timeout_seconds, DEFAULT_STOP_GRACE_SECONDS,
+};
 use runplane_domain::hash::content_hash;
 use runplane_domain::invalid::Problems;
 use runplane_domain::key::split_name_version;
@@ -216,6 +218,13 @@ impl Controller {
                 ),
             );
         }
+        problems.check(validate_timeout_seconds(
+            "timeout_seconds",
+            request.timeout_seconds,
+        ));
+        if let Some(retry) = &request.retry {
+            problems.check(retry.validate().map_err(|invalid| invalid.within("retry")));
+        }
         problems.finish()?;
         let settings = RunSettings {
             max_concurrency: task.and_then(|task| task.spec.max_concurrency),
@@ -223,6 +232,14 @@ impl Controller {
             stop_grace_seconds: task
                 .and_then(|task| task.spec.stop_grace_seconds)
                 .unwrap_or(DEFAULT_STOP_GRACE_SECONDS),
+            // The request's own settings win over the task's.
+            timeout_seconds: request
+                .timeout_seconds
+                .or_else(|| task.and_then(|task| task.spec.timeout_seconds)),
+            retry: request
+                .retry
+                .clone()
+                .or_else(|| task.and_then(|task| task.spec.retry.clone())),
         };
         Ok(RunSpec {
             function: function.status.key.clone(),

@@ -18,11 +18,13 @@
 //! keeps, so that what is read back can be compared with `==` to what was written.
 
 mod catalog;
+mod events;
 mod listing;
 mod runs;
 mod transitions;
 
 pub use catalog::*;
+pub use events::*;
 pub use listing::*;
 pub use runs::*;
 pub use transitions::*;
@@ -63,6 +65,10 @@ macro_rules! store_conformance_tests {
             runs_in_states_is_oldest_first,
             count_active_per_task,
             delete_run_removes_everything,
+            events_follow_a_run_in_order,
+            events_not_appended_by_a_lost_transition,
+            events_of_catalog_changes,
+            events_ids_increase_and_page,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -165,6 +171,7 @@ impl RunBuilder {
                         max_concurrency: None,
                         env: [("MODE".to_string(), "test".to_string())].into(),
                         stop_grace_seconds: 5,
+                        ..RunSettings::default()
                     },
                     function_spec: json!({ "source": { "code": "def handler(): pass" }, "handler": "handler" }),
                 },

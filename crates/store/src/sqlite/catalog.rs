@@ -3,6 +3,7 @@
 use super::codec::{
     db, from_json, is_foreign_key_violation, is_unique_violation, parse_ts, to_json, ts,
 };
+use super::events;
 use crate::{Put, StoreError, StoreResult};
 use chrono::{SubsecRound, Utc};
 use runplane_domain::{FunctionStatus, FunctionVersion, Metadata, Project, Task, TaskMetadata};
@@ -165,10 +166,13 @@ pub(super) async fn put_function_version(
     .execute(&mut *conn)
     .await;
     match inserted {
-        Ok(_) => Ok(Put {
-            value: version,
-            created: true,
-        }),
+        Ok(_) => {
+            events::function_created(conn, &version).await?;
+            Ok(Put {
+                value: version,
+                created: true,
+            })
+        }
         Err(e) if is_foreign_key_violation(&e) => {
             Err(StoreError::NotFound(format!("project {}", meta.project)))
         }
@@ -308,9 +312,11 @@ pub(super) async fn put_task(conn: &mut SqliteConnection, task: Task) -> StoreRe
         }
         Err(e) => return Err(db(e)),
     }
-    get_task(conn, &meta.project, &meta.name)
+    let task = get_task(conn, &meta.project, &meta.name)
         .await?
-        .ok_or_else(|| StoreError::Database(format!("task {} vanished after upsert", meta.name)))
+        .ok_or_else(|| StoreError::Database(format!("task {} vanished after upsert", meta.name)))?;
+    events::task_put(conn, &task).await?;
+    Ok(task)
 }
 
 pub(super) async fn get_task(

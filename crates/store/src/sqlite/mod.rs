@@ -7,12 +7,13 @@
 
 mod catalog;
 mod codec;
+mod events;
 mod runs;
 mod transition;
 
 use crate::{
     ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, Store, StoreError, StoreResult,
-    TransitionRequest,
+    StoredEvent, TransitionRequest,
 };
 use async_trait::async_trait;
 use codec::db;
@@ -247,5 +248,20 @@ impl Store for SqliteStore {
         let deleted = runs::delete_run(&mut tx, project, id).await?;
         tx.commit().await.map_err(db)?;
         Ok(deleted)
+    }
+
+    async fn events_after(
+        &self,
+        after: u64,
+        project: Option<&str>,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        events::events_after(&mut conn, after, project, limit).await
+    }
+
+    async fn latest_event_id(&self) -> StoreResult<u64> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        events::latest_event_id(&mut conn).await
     }
 }

@@ -5,6 +5,7 @@ use super::codec::{
     db, from_json, is_foreign_key_violation, is_unique_violation, parse_opt_ts, parse_state,
     parse_ts, to_i32, to_json, to_u32, ts,
 };
+use super::events;
 use crate::{
     cursor, ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, StoreError, StoreResult,
 };
@@ -327,6 +328,20 @@ pub(super) async fn create_run(
         .execute(&mut *conn)
         .await
         .map_err(db)?;
+    }
+    // One event per initial transition, in the insert's transaction: the log then holds the
+    // run's whole history (CREATED, and BUILT/READY when it is created already built).
+    for t in &status.transitions {
+        events::run_changed(
+            conn,
+            &run,
+            t.from,
+            t.to,
+            t.attempt,
+            t.reason.as_deref(),
+            &t.at,
+        )
+        .await?;
     }
     Ok(Put {
         value: run,

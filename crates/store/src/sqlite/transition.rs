@@ -1,6 +1,7 @@
 //! The compare-and-set on a run's (state, attempt), and the wait reason of a queued run.
 
 use super::codec::{db, parse_state, to_json, to_u32, ts};
+use super::events;
 use super::runs::get_run;
 use crate::{AttemptUpdate, StoreError, StoreResult, TransitionRequest};
 use chrono::{SubsecRound, Utc};
@@ -116,9 +117,21 @@ pub(super) async fn transition(
         }
     }
 
-    get_run(conn, None, &request.run_id)
+    let run = get_run(conn, None, &request.run_id)
         .await?
-        .ok_or_else(|| StoreError::Database(format!("run {} vanished", request.run_id)))
+        .ok_or_else(|| StoreError::Database(format!("run {} vanished", request.run_id)))?;
+    // Same transaction as the change: a lost compare-and-set (returned above) appends nothing.
+    events::run_changed(
+        conn,
+        &run,
+        Some(request.from),
+        request.to,
+        next_attempt,
+        request.reason.as_deref(),
+        &request.at,
+    )
+    .await?;
+    Ok(run)
 }
 
 /// Runs `query` (whose last two parameters, bound here, are the run id and attempt number).

@@ -1,0 +1,287 @@
+//! Taking over executions a previous server process started (`Framework::recover`).
+//!
+//! Each attempt folder says what became of its execution while no server watched: `exit.json`
+//! means it ended (its outcome is read like any other); a live supervisor is re-attached —
+//! followed through its log file (inotify) and a pidfd instead of the control pipe, which died
+//! with the old server; anything else is reported lost, and whatever the job left running is
+//! killed, so that an attempt runs at most once.
+
+use super::monitor::{err_tail, kill_orphans, Reporter};
+use super::procs;
+use super::protocol::{
+    read_pid_file, CHILD_PID_FILE, EXIT_FILE, SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE,
+};
+use super::watch::{LogWatcher, Watch};
+use crate::EventKind;
+use runplane_logstore::file::FileLogStore;
+use runplane_logstore::LogStore;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::mpsc;
+
+/// The fallback tick of a re-attached follower: against a missed inotify wake-up, a log file
+/// that did not exist yet, or a kernel without pidfds.
+const TICK: Duration = Duration::from_secs(2);
+/// How soon a stop requested before the job started is retried.
+const PENDING_STOP_TICK: Duration = Duration::from_millis(100);
+/// The most of a log read at once while looking for its end.
+const LOG_READ: usize = 4 << 20;
+
+/// What an attempt folder says about its execution.
+pub(crate) enum Found {
+    /// `exit.json` is there: the execution ended.
+    Ended,
+    /// Its supervisor still runs. `pidfd` names that very process (`None` on kernels without
+    /// pidfds, where the pid is re-checked against its command line instead).
+    Live { pid: i32, pidfd: Option<OwnedFd> },
+    /// Nothing to follow; the message says what was found.
+    Gone(String),
+}
+
+/// Inspects an attempt folder (blocking: reads files and `/proc`).
+pub(crate) fn inspect(attempt_dir: &Path) -> Found {
+    if !attempt_dir.is_dir() {
+        return Found::Gone(format!(
+            "no attempt folder was found ({}): the server stopped before starting it, and an \
+             attempt is never started twice",
+            attempt_dir.display()
+        ));
+    }
+    if attempt_dir.join(EXIT_FILE).exists() {
+        return Found::Ended;
+    }
+    let recorded = read_pid_file(&attempt_dir.join(SUPERVISOR_PID_FILE));
+    // Without supervisor.pid the server may have died right after spawning the supervisor:
+    // look for it by its command line, which names this folder.
+    let candidate = recorded.or_else(|| procs::find_live_with_arg(attempt_dir));
+    if let Some(pid) = candidate {
+        if let Some(pidfd) = attach(pid, attempt_dir) {
+            return Found::Live { pid, pidfd };
+        }
+    }
+    // The supervisor may have written exit.json and exited between the two looks.
+    if attempt_dir.join(EXIT_FILE).exists() {
+        return Found::Ended;
+    }
+    let mut message = "the supervisor of this attempt is gone and left no exit status".to_string();
+    match recorded {
+        Some(pid) => message.push_str(&format!(" (supervisor pid {pid} is not running)")),
+        None => message.push_str(&format!(" (no {SUPERVISOR_PID_FILE} was recorded)")),
+    }
+    if let Some(tail) = err_tail(&attempt_dir.join(SUPERVISOR_ERR_FILE)) {
+        message.push_str(&format!(" (supervisor: {tail})"));
+    }
+    let killed = kill_orphans(attempt_dir);
+    if !killed.is_empty() {
+        message.push_str(&format!(
+            "; killed processes the job left behind: {killed:?}"
+        ));
+    }
+    Found::Gone(message)
+}
+
+/// A pidfd on `pid` if it is this folder's supervisor. The pidfd is opened *before* the check,
+/// so the process it names is the one that was checked, never a later reuse of the number.
+fn attach(pid: i32, attempt_dir: &Path) -> Option<Option<OwnedFd>> {
+    match procs::pidfd_open(pid) {
+        Ok(pidfd) => procs::is_live_with_arg(pid, attempt_dir).then_some(Some(pidfd)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+            procs::is_live_with_arg(pid, attempt_dir).then_some(None)
+        }
+        Err(_) => None,
+    }
+}
+
+/// Follows a re-attached execution to its end, in place of the control pipe.
+pub(crate) struct Reattached {
+    pub reporter: Reporter,
+    pub pid: i32,
+    pub pidfd: Option<OwnedFd>,
+    pub stops: mpsc::UnboundedReceiver<()>,
+    pub logs: FileLogStore,
+    pub watcher: Option<LogWatcher>,
+}
+
+impl Reattached {
+    pub(crate) async fn run(mut self) {
+        let execution = self.reporter.execution.clone();
+        let attempt_dir = self.reporter.attempt_dir.clone();
+        let log_path = self
+            .logs
+            .log_path(&execution.run_id, execution.attempt)
+            .ok();
+        let exit_fd = match self.pidfd.take().map(|pidfd| {
+            // SAFETY: an OwnedFd keeps its fd open and returns the same one until dropped.
+            unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) }
+        }) {
+            Some(Ok(fd)) => Some(fd),
+            Some(Err(e)) => {
+                tracing::warn!(?execution, error = %io::Error::from(e), "cannot poll the supervisor's pidfd; checking it on a tick");
+                None
+            }
+            None => None,
+        };
+        // child.pid is written once the job runs (the supervisor's signal handlers are
+        // installed by then, so a stop is safe to send).
+        let mut started = attempt_dir.join(CHILD_PID_FILE).exists();
+        if started {
+            self.reporter.emit(EventKind::Started);
+        }
+        let mut stop_pending = false;
+        let mut log = LogEnd::default();
+        let mut watch: Option<Watch> = None;
+        tracing::info!(
+            ?execution,
+            supervisor_pid = self.pid,
+            "re-attached a local execution"
+        );
+
+        loop {
+            if watch.is_none() {
+                watch = self.watch_log(log_path.as_deref());
+            }
+            // The watch is in place before the log is read: no write falls between the two.
+            if !started && attempt_dir.join(CHILD_PID_FILE).exists() {
+                started = true;
+                self.reporter.emit(EventKind::Started);
+            }
+            if stop_pending && started {
+                stop_pending = false;
+                self.signal(exit_fd.as_ref());
+            }
+            log.update(&self.logs, &execution).await;
+            if started {
+                if let Some(end_offset) = log.unsent() {
+                    self.reporter.emit(EventKind::LogAppended { end_offset });
+                }
+            }
+            let tick = if stop_pending {
+                PENDING_STOP_TICK
+            } else {
+                TICK
+            };
+            tokio::select! {
+                () = supervisor_exit(exit_fd.as_ref(), self.pid, &attempt_dir) => break,
+                () = changed(watch.as_ref()) => {}
+                () = tokio::time::sleep(tick) => {}
+                Some(()) = self.stops.recv() => stop_pending = true,
+            }
+        }
+        drop(watch);
+        log.update(&self.logs, &execution).await;
+        let unsent = log.unsent();
+        self.reporter.finish(started, unsent, None).await;
+    }
+
+    fn watch_log(&self, log_path: Option<&Path>) -> Option<Watch> {
+        let (watcher, path) = (self.watcher.as_ref()?, log_path?);
+        match watcher.watch(path) {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    tracing::debug!(path = %path.display(), error = %e, "cannot watch a log file; following it on a tick");
+                }
+                None
+            }
+        }
+    }
+
+    /// SIGTERM to the supervisor, through its pidfd when there is one; otherwise only after
+    /// checking the pid still names this attempt's supervisor.
+    fn signal(&self, exit_fd: Option<&AsyncFd<OwnedFd>>) {
+        let execution = &self.reporter.execution;
+        let result = match exit_fd {
+            Some(fd) => procs::pidfd_send_signal(fd.get_ref().as_fd(), libc::SIGTERM),
+            None if procs::is_live_with_arg(self.pid, &self.reporter.attempt_dir) => {
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(self.pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                )
+                .map_err(io::Error::from)
+            }
+            None => Ok(()),
+        };
+        match result {
+            Ok(()) => tracing::info!(
+                ?execution,
+                pid = self.pid,
+                "asked the re-attached supervisor to stop the execution"
+            ),
+            // It has just exited: its exit is about to be reported.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+            Err(e) => {
+                tracing::warn!(?execution, pid = self.pid, error = %e, "cannot signal the supervisor")
+            }
+        }
+    }
+}
+
+/// Resolves when the supervisor has exited.
+async fn supervisor_exit(exit_fd: Option<&AsyncFd<OwnedFd>>, pid: i32, attempt_dir: &Path) {
+    if let Some(fd) = exit_fd {
+        // A pidfd polls readable once its process has exited; it stays readable.
+        if fd.readable().await.is_ok() {
+            return;
+        }
+    }
+    while procs::is_live_with_arg(pid, attempt_dir) {
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+async fn changed(watch: Option<&Watch>) {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How far the log of a re-attached execution goes, and how far was announced.
+#[derive(Default)]
+struct LogEnd {
+    end: u64,
+    sent: Option<u64>,
+}
+
+impl LogEnd {
+    /// Walks the records appended since the last look (only whole records count: the
+    /// supervisor may be in the middle of writing one).
+    async fn update(&mut self, logs: &FileLogStore, execution: &crate::ExecutionId) {
+        let (logs, run_id, attempt, from) = (
+            logs.clone(),
+            execution.run_id.clone(),
+            execution.attempt,
+            self.end,
+        );
+        let walked = tokio::task::spawn_blocking(move || {
+            let path = logs.log_path(&run_id, attempt).ok()?;
+            let len = std::fs::metadata(path).ok()?.len();
+            let mut end = from;
+            while len > end {
+                let chunk = logs.read(&run_id, attempt, end, LOG_READ).ok()?;
+                if chunk.records.is_empty() {
+                    break;
+                }
+                end = chunk.next_offset;
+            }
+            Some(end)
+        })
+        .await;
+        if let Ok(Some(end)) = walked {
+            self.end = self.end.max(end);
+        }
+    }
+
+    /// The end, if it moved since it was last announced.
+    fn unsent(&mut self) -> Option<u64> {
+        if self.end > 0 && self.sent.is_none_or(|sent| self.end > sent) {
+            self.sent = Some(self.end);
+            return Some(self.end);
+        }
+        None
+    }
+}

@@ -1,0 +1,154 @@
+//! The event log: appends made inside the writer's transaction, and paged reads.
+
+use super::codec::{db, from_json, parse_ts, to_json, ts};
+use crate::{StoreError, StoreResult, StoredEvent, MAX_EVENTS_PAGE};
+use chrono::{DateTime, Utc};
+use runplane_domain::{FunctionVersion, Run, RunState, Task};
+use serde_json::{json, Value};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+/// Page size when a reader asks for 0.
+const DEFAULT_LIMIT: u32 = 100;
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: i64,
+    at: String,
+    project: String,
+    kind: String,
+    data: String,
+}
+
+impl EventRow {
+    fn into_event(self) -> StoreResult<StoredEvent> {
+        Ok(StoredEvent {
+            id: u64::try_from(self.id).map_err(|e| {
+                StoreError::Database(format!("corrupt value in column events.id: {e}"))
+            })?,
+            at: parse_ts("events.at", &self.at)?,
+            project: self.project,
+            kind: self.kind,
+            data: from_json("events.data", &self.data)?,
+        })
+    }
+}
+
+/// Appends one event. Must run inside the write transaction of the change it describes: that
+/// is what makes the log exact (nothing rolled back is told, nothing committed is missed).
+async fn append(
+    conn: &mut SqliteConnection,
+    at: &DateTime<Utc>,
+    project: &str,
+    kind: &str,
+    data: &Value,
+) -> StoreResult<()> {
+    sqlx::query("INSERT INTO events (at, project, kind, data) VALUES (?, ?, ?, ?)")
+        .bind(ts(at))
+        .bind(project)
+        .bind(kind)
+        .bind(to_json("events.data", data)?)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// A run entered `state` (one event per stored transition, including those a run is created
+/// with), so that a reader of the log sees the run's whole history as the store recorded it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_changed(
+    conn: &mut SqliteConnection,
+    run: &Run,
+    from: Option<RunState>,
+    state: RunState,
+    attempt: u32,
+    reason: Option<&str>,
+    at: &DateTime<Utc>,
+) -> StoreResult<()> {
+    let data = json!({
+        "type": "run",
+        "project": run.metadata.project,
+        "id": run.metadata.id,
+        "kind": run.kind,
+        "function": run.spec.function_name,
+        "from": from,
+        "state": state,
+        "attempt": attempt,
+        "reason": reason,
+        "at": ts(at),
+    });
+    append(conn, at, &run.metadata.project, "run", &data).await
+}
+
+/// A new function version was stored (not told when a put found an identical version).
+pub(super) async fn function_created(
+    conn: &mut SqliteConnection,
+    version: &FunctionVersion,
+) -> StoreResult<()> {
+    let meta = &version.metadata;
+    let data = json!({
+        "type": "function",
+        "project": meta.project,
+        "name": meta.name,
+        "version": meta.version,
+        "kind": version.kind,
+        "at": ts(&meta.created),
+    });
+    append(conn, &meta.created, &meta.project, "function", &data).await
+}
+
+/// A task was created or replaced.
+pub(super) async fn task_put(conn: &mut SqliteConnection, task: &Task) -> StoreResult<()> {
+    let meta = &task.metadata;
+    let data = json!({
+        "type": "task",
+        "project": meta.project,
+        "name": meta.name,
+        "kind": task.kind,
+        "function": task.spec.function,
+        "at": ts(&meta.updated),
+    });
+    append(conn, &meta.updated, &meta.project, "task", &data).await
+}
+
+pub(super) async fn events_after(
+    conn: &mut SqliteConnection,
+    after: u64,
+    project: Option<&str>,
+    limit: u32,
+) -> StoreResult<Vec<StoredEvent>> {
+    let limit = match limit {
+        0 => DEFAULT_LIMIT,
+        n => n.min(MAX_EVENTS_PAGE),
+    };
+    // Ids beyond i64 cannot exist in SQLite: nothing comes after them.
+    let Ok(after) = i64::try_from(after) else {
+        return Ok(Vec::new());
+    };
+    let mut query =
+        QueryBuilder::<Sqlite>::new("SELECT id, at, project, kind, data FROM events WHERE id > ");
+    query.push_bind(after);
+    if let Some(project) = project {
+        query.push(" AND project = ").push_bind(project.to_string());
+    }
+    query
+        .push(" ORDER BY id LIMIT ")
+        .push_bind(i64::from(limit));
+    query
+        .build_query_as::<EventRow>()
+        .fetch_all(conn)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(EventRow::into_event)
+        .collect()
+}
+
+pub(super) async fn latest_event_id(conn: &mut SqliteConnection) -> StoreResult<u64> {
+    let (latest,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM events")
+        .fetch_one(conn)
+        .await
+        .map_err(db)?;
+    u64::try_from(latest)
+        .map_err(|e| StoreError::Database(format!("corrupt value in column events.id: {e}")))
+}
