@@ -124,6 +124,10 @@ pub struct TaskSpec {
     /// Start a new attempt when one fails; a single attempt when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// The most bytes one attempt's log may hold; further output is discarded after a
+    /// `system` line saying so (default 64 MiB, see `runnable::DEFAULT_LOG_LIMIT_BYTES`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_limit_bytes: Option<u64>,
 }
 
 pub const DEFAULT_STOP_GRACE_SECONDS: u64 = 5;
@@ -311,6 +315,9 @@ pub struct RunSettings {
     /// See [`TaskSpec::retry`]; defaults filled in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// See [`TaskSpec::log_limit_bytes`]; the framework's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_limit_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

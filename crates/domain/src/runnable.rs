@@ -24,7 +24,15 @@ pub struct Job {
     pub files: Vec<FileEntry>,
     /// Time between SIGTERM and SIGKILL when the job is stopped.
     pub stop_grace_seconds: u64,
+    /// The most bytes the attempt's log may hold; once reached, the framework discards the
+    /// rest of the job's output (after one `system` line saying so) while the job goes on.
+    /// [`DEFAULT_LOG_LIMIT_BYTES`] when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_limit_bytes: Option<u64>,
 }
+
+/// The log cap of a job that names none: 64 MiB per attempt.
+pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A file to write before the process starts. `path` is relative and never contains `..`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

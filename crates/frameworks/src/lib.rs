@@ -66,7 +66,10 @@ pub trait Framework: Send + Sync {
     /// Returns once each of them is either followed (`stop` works on it from then on) or
     /// reported; then, for each: `Exited` if it ended meanwhile; `Started`, `LogAppended` and
     /// finally `Exited` if it still runs; `Lost` if it can no longer be found — never a second
-    /// start. Executions this instance already follows are left alone.
+    /// start. Executions this instance already follows are left alone. `executions` must be
+    /// all the executions the caller believes active: the working state of any other attempt
+    /// that ended but was never cleaned up (a crash between recording its end and `cleanup`)
+    /// is removed.
     async fn recover(&self, executions: Vec<ExecutionId>) -> Result<(), FrameworkError>;
     /// Asks an execution to stop: SIGTERM-like first, forceful after the runnable's grace
     /// period, its whole process tree included. Idempotent; `Exited` follows.

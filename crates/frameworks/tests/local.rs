@@ -91,6 +91,10 @@ fn main() {
             "stop_reaches_a_reattached_execution",
             stop_reaches_a_reattached_execution,
         ),
+        (
+            "output_past_the_log_limit_is_discarded_with_one_marker",
+            output_past_the_log_limit_is_discarded_with_one_marker,
+        ),
     ];
 
     let list = args.iter().any(|a| a == "--list");
@@ -208,6 +212,7 @@ fn job(command: &[&str]) -> Job {
         env: BTreeMap::new(),
         files: Vec::new(),
         stop_grace_seconds: 5,
+        log_limit_bytes: None,
     }
 }
 
@@ -873,6 +878,7 @@ fn supervisor_reports_exec_failures_in_exit_json() -> TestResult {
         argv: vec!["python9".into()],
         env: BTreeMap::new(),
         stop_grace_seconds: 1,
+        log_limit_bytes: 1 << 20,
         workdir: dir.join("work"),
         outputs_dir: dir.join("outputs"),
         log_root: tmp.path().join("logs"),
@@ -940,6 +946,7 @@ fn supervisor_keeps_going_without_a_server() -> TestResult {
         ],
         env: BTreeMap::new(),
         stop_grace_seconds: 1,
+        log_limit_bytes: 1 << 20,
         workdir: dir.join("work"),
         outputs_dir: dir.join("outputs"),
         log_root: tmp.path().join("logs"),
@@ -1004,6 +1011,7 @@ fn orphan_attempt(h: &Harness, execution: &ExecutionId, argv: &[&str]) -> Result
             dir.join("outputs").display().to_string(),
         )]),
         stop_grace_seconds: 1,
+        log_limit_bytes: 1 << 20,
         workdir: dir.join("work"),
         outputs_dir: dir.join("outputs"),
         log_root: h.logs.root().to_path_buf(),
@@ -1232,4 +1240,83 @@ fn stop_reaches_a_reattached_execution() -> TestResult {
 /// SIGTERM's number (15 on Linux), without a libc dependency in the test.
 fn libc_sigterm() -> i32 {
     15
+}
+
+/// A chatty job under a small log limit: its output up to the limit is kept in order, one
+/// `system` record marks the cut, the rest is discarded, and the job is not held up by its
+/// pipes (it writes far more than a pipe buffer and still finishes).
+fn output_past_the_log_limit_is_discarded_with_one_marker() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let limit: u64 = 64 * 1024;
+        let script = "#!/bin/sh\n\
+            i=0\n\
+            while [ $i -lt 20000 ]; do\n\
+              echo \"line $i ................................................................\"\n\
+              i=$((i+1))\n\
+            done\n\
+            echo 'late err' >&2\n\
+            echo done > \"$RUNPLANE_OUTPUTS/done.txt\"\n";
+        let mut job = job(&["./main.sh"]);
+        job.log_limit_bytes = Some(limit);
+        job.files = vec![FileEntry {
+            path: "main.sh".into(),
+            mode: 0o755,
+            contents: script.as_bytes().to_vec(),
+        }];
+        let execution = exec("capped");
+        h.framework
+            .start(execution.clone(), Runnable::Job(job))
+            .await
+            .map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&execution).await?;
+        let outcome = exited(&kinds)?;
+        ensure!(
+            outcome.exit_code == Some(0) && outcome.outputs.contains_key("done.txt"),
+            "the job ran to its end: {outcome:?}"
+        );
+        let records = h.log(&execution)?;
+        let system: Vec<String> = records
+            .iter()
+            .filter(|r| r.stream == Stream::System)
+            .map(|r| String::from_utf8_lossy(&r.data).into_owned())
+            .collect();
+        ensure!(
+            system == ["runplane: log limit of 65536 bytes reached; further output is discarded\n"],
+            "one marker: {system:?}"
+        );
+        let marker_at = records
+            .iter()
+            .position(|r| r.stream == Stream::System)
+            .ok_or("no marker")?;
+        ensure!(
+            marker_at == records.len() - 1,
+            "nothing after the marker: {} records, marker at {marker_at}",
+            records.len()
+        );
+        let stdout = h.lines(&execution, Stream::Stdout)?;
+        ensure!(
+            stdout.len() > 100 && stdout.len() < 20000,
+            "a prefix was kept: {} lines",
+            stdout.len()
+        );
+        for (i, line) in stdout.iter().enumerate() {
+            ensure!(
+                line.starts_with(&format!("line {i} ")),
+                "in order: {i}: {line:?}"
+            );
+        }
+        let size = std::fs::metadata(
+            h.logs
+                .log_path(&execution.run_id, 1)
+                .map_err(|e| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?
+        .len();
+        ensure!(
+            size <= limit + 200,
+            "the log stops near the limit: {size} bytes"
+        );
+        Ok(())
+    })
 }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod catalog;
 pub mod controller;
+pub mod failpoints;
 pub mod options;
 mod server;
 

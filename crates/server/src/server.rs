@@ -58,6 +58,7 @@ impl Server {
             }
             tracing::warn!(listen = %options.listen, "LISTENING WITHOUT AUTHENTICATION on a non-loopback address: anyone who can reach it can run code here");
         }
+        crate::failpoints::init();
         let home_lock = lock_home(&options)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options.database_path()).await?);
         let logs = Arc::new(FileLogStore::new(options.logs_dir()));
@@ -79,6 +80,7 @@ impl Server {
         // controller task or request can act on its run. The event channel is unbounded, so
         // what recovery reports waits for the reconciler.
         recover_runs_of_previous_server(&store, &frameworks).await?;
+        crate::failpoints::hit("after_recover");
         let (controller, tasks) = Controller::start(
             store,
             runtimes,

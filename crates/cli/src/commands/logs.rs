@@ -14,7 +14,7 @@ use std::io::Write;
 pub struct LogsArgs {
     /// The run's id.
     pub run: String,
-    /// Keep printing until the run ends.
+    /// Keep printing until the run ends (through its retries, unless --attempt is given).
     #[arg(short = 'f', long)]
     pub follow: bool,
     /// The attempt (default: the current one).
@@ -45,7 +45,8 @@ pub async fn run(client: &Client, args: LogsArgs) -> Result<(), CliError> {
 }
 
 /// Prints log lines as they come (stdout lines to stdout, stderr lines to stderr) until the
-/// run ends; returns the run's final state. Reconnects from the last event id if the stream
+/// run ends; returns the run's final state. Without `attempt` the run's retries are followed
+/// too, each announced by a `--- attempt N ---` line on stderr. Reconnects from the last event id if the stream
 /// drops before the end.
 pub async fn follow(
     client: &Client,
@@ -88,6 +89,8 @@ pub async fn follow(
                         println!("{line}");
                     }
                 }
+                // Following the whole run: its next attempt (a retry) begins.
+                "attempt" => eprintln!("--- attempt {} ---", data["attempt"]),
                 "end" => return Ok(data["state"].as_str().unwrap_or_default().to_string()),
                 "error" => {
                     return Err(CliError::unavailable(format!(

@@ -350,3 +350,87 @@ impl EventStream {
         }
     }
 }
+
+impl TestServer {
+    /// Starts a new server process on the same home and port (after [`TestServer::kill9`], or
+    /// after it died) with extra environment variables; its output is appended to
+    /// `server.out`. Returns false when the process died before answering `/healthz` (a
+    /// failpoint at start-up): the test decides what comes next.
+    pub fn restart_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) -> bool {
+        let listen = self.url.trim_start_matches("http://").to_string();
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(self.home.path().join("server.out"))
+            .expect("server log");
+        self.child = Command::new(BIN)
+            .args(["server", "--listen", &listen, "--home"])
+            .arg(self.home.path())
+            .args(extra_args)
+            .env("RUNPLANE_LOG", "info,runplane_server=debug")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("restart runplane server");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !self.is_running() {
+                return false;
+            }
+            if let Ok(response) = self.http.get(format!("{}/healthz", self.url)).send() {
+                if response.status().is_success() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not become healthy: {}", self.server_log());
+    }
+
+    /// Whether the server process is alive (false once it died or was killed, and reaped).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Waits for run `id` of project `p` to reach a terminal state (by polling, in the test only).
+pub fn wait_run_ended(server: &TestServer, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (_, run) = server.get(&format!("/projects/p/runs/{id}"));
+        if ["COMPLETED", "ERROR", "STOPPED"]
+            .contains(&run["status"]["state"].as_str().unwrap_or(""))
+        {
+            return run;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "run {id} never ended: {run:#}\n{}",
+            server.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `(event, id, data)` of every event in a complete SSE body.
+pub fn sse_events(body: &str) -> Vec<(String, String, String)> {
+    let mut events = vec![];
+    for block in body.split("\n\n") {
+        let (mut event, mut id, mut data) = (String::from("message"), String::new(), String::new());
+        for line in block.lines() {
+            if let Some(value) = line.strip_prefix("event:") {
+                event = value.trim().to_string();
+            } else if let Some(value) = line.strip_prefix("id:") {
+                id = value.trim().to_string();
+            } else if let Some(value) = line.strip_prefix("data:") {
+                data.push_str(value.trim_start());
+            }
+        }
+        if !data.is_empty() {
+            events.push((event, id, data));
+        }
+    }
+    events
+}

@@ -112,8 +112,13 @@ impl ControlChannel {
 
 struct SinkState {
     writer: FileLogWriter,
-    /// The first append error is reported; later ones would only repeat it.
-    failed: bool,
+    /// The first append error (reported once; later ones would only repeat it). The
+    /// supervisor stops the job when it sees one: its output can no longer be kept.
+    failed: Option<String>,
+    /// The job's output is discarded once the log holds this many bytes.
+    limit: u64,
+    /// The limit was reached (and said so in the log).
+    capped: bool,
 }
 
 /// The log writer shared by the stdout and stderr reader threads and the supervisor itself.
@@ -123,11 +128,15 @@ pub(crate) struct LogSink {
 }
 
 impl LogSink {
-    pub(crate) fn new(writer: FileLogWriter, control: ControlChannel) -> Self {
+    /// `limit`: the most bytes the log may hold before the job's (not runplane's own) output
+    /// is discarded.
+    pub(crate) fn new(writer: FileLogWriter, control: ControlChannel, limit: u64) -> Self {
         LogSink {
             state: Mutex::new(SinkState {
                 writer,
-                failed: false,
+                failed: None,
+                limit,
+                capped: false,
             }),
             control,
         }
@@ -144,7 +153,9 @@ impl LogSink {
         &self.control
     }
 
-    /// Appends records, then tells the server where the log ends now.
+    /// Appends records, then tells the server where the log ends now. The job's output stops
+    /// at the log limit: the record that would cross it and everything after are discarded,
+    /// and one `system` record says so. runplane's own records are always kept (they are few).
     pub(crate) fn append(&self, stream: Stream, records: &[Vec<u8>]) {
         if records.is_empty() {
             return;
@@ -152,16 +163,50 @@ impl LogSink {
         let mut state = self.lock();
         let time = Utc::now();
         for record in records {
-            if let Err(e) = state.writer.append(stream, time, record) {
-                if !state.failed {
-                    state.failed = true;
-                    eprintln!("runplane supervise: cannot append to the log: {e}; output is being dropped");
+            if stream != Stream::System {
+                if state.capped {
+                    continue;
+                }
+                if state
+                    .writer
+                    .end_offset()
+                    .saturating_add(record.len() as u64)
+                    > state.limit
+                {
+                    state.capped = true;
+                    let marker = format!(
+                        "runplane: log limit of {} bytes reached; further output is discarded\n",
+                        state.limit
+                    );
+                    Self::write(&mut state, Stream::System, time, marker.as_bytes());
+                    continue;
                 }
             }
+            Self::write(&mut state, stream, time, record);
         }
         let end_offset = state.writer.end_offset();
         // Sent under the lock so offsets reach the server in increasing order.
         self.control.send(&ControlMessage::Log { end_offset });
+    }
+
+    fn write(state: &mut SinkState, stream: Stream, time: chrono::DateTime<Utc>, record: &[u8]) {
+        if state.failed.is_some() {
+            // The job is being stopped; the log ends where writing first failed.
+            return;
+        }
+        if let Err(e) = state.writer.append(stream, time, record) {
+            if state.failed.is_none() {
+                eprintln!(
+                    "runplane supervise: cannot append to the log: {e}; output is being dropped"
+                );
+                state.failed = Some(e.to_string());
+            }
+        }
+    }
+
+    /// Why the log could not be written to, once an append failed (a full disk...).
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.lock().failed.clone()
     }
 
     /// A line written by runplane itself (stream `system`).

@@ -309,15 +309,22 @@ impl Framework for LocalFramework {
 
     async fn recover(&self, executions: Vec<ExecutionId>) -> Result<(), FrameworkError> {
         // Executions this instance already follows need nothing.
-        let todo: Vec<ExecutionId> = {
+        let (todo, active): (Vec<ExecutionId>, std::collections::HashSet<ExecutionId>) = {
             let tracked = self.executions.lock();
-            executions
+            let active = tracked.keys().chain(&executions).cloned().collect();
+            let todo = executions
                 .into_iter()
                 .filter(|execution| !tracked.contains_key(execution))
-                .collect()
+                .collect();
+            (todo, active)
         };
         let runs_dir = self.options.runs_dir.clone();
         let inspected = tokio::task::spawn_blocking(move || {
+            // Attempts that ended under a server that died before cleaning them up.
+            let cleaned = recover::clean_ended_attempts(&runs_dir, &active);
+            if cleaned > 0 {
+                tracing::info!(cleaned, "cleaned up attempts that ended before a crash");
+            }
             todo.into_iter()
                 .map(|execution| {
                     let found = prepare::attempt_dir(&runs_dir, &execution).map(|dir| {

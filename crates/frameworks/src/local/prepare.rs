@@ -145,6 +145,9 @@ fn fill(
         argv: job.command.clone(),
         env,
         stop_grace_seconds: job.stop_grace_seconds,
+        log_limit_bytes: job
+            .log_limit_bytes
+            .unwrap_or(runplane_domain::runnable::DEFAULT_LOG_LIMIT_BYTES),
         workdir,
         outputs_dir,
         log_root: logs_dir.to_path_buf(),

@@ -46,10 +46,18 @@ pub struct JobFile {
     /// The job's complete environment, `RUNPLANE_OUTPUTS` included.
     pub env: BTreeMap<String, String>,
     pub stop_grace_seconds: u64,
+    /// The most bytes the log may hold before the job's output is discarded (absent in the
+    /// `job.json` of an older server: the default).
+    #[serde(default = "default_log_limit")]
+    pub log_limit_bytes: u64,
     pub workdir: PathBuf,
     pub outputs_dir: PathBuf,
     /// The FileLogStore root the supervisor appends `(run_id, attempt)`'s log to.
     pub log_root: PathBuf,
+}
+
+fn default_log_limit() -> u64 {
+    runplane_domain::runnable::DEFAULT_LOG_LIMIT_BYTES
 }
 
 /// `exit.json`: how the execution ended.

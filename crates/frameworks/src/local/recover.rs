@@ -7,14 +7,17 @@
 //! killed, so that an attempt runs at most once.
 
 use super::monitor::{err_tail, kill_orphans, Reporter};
+use super::prepare::live_supervisor;
 use super::procs;
 use super::protocol::{
-    read_pid_file, CHILD_PID_FILE, EXIT_FILE, SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE,
+    read_pid_file, CHILD_PID_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
+    SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use super::watch::{LogWatcher, Watch};
-use crate::EventKind;
+use crate::{EventKind, ExecutionId};
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::LogStore;
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
@@ -82,6 +85,48 @@ pub(crate) fn inspect(attempt_dir: &Path) -> Found {
         ));
     }
     Found::Gone(message)
+}
+
+/// Cleans up the attempt folders of executions that ended but were never cleaned up: the
+/// server records an end before it asks for cleanup, and may die in between. `active` holds
+/// every execution the server believes active plus those this instance follows; any other
+/// attempt folder belongs to an attempt that ended, and loses its working state like
+/// `Framework::cleanup` would remove it. Folders whose supervisor still runs are left alone.
+/// Returns how many were cleaned (blocking: reads every run folder once).
+pub(crate) fn clean_ended_attempts(runs_dir: &Path, active: &HashSet<ExecutionId>) -> usize {
+    let Ok(runs) = std::fs::read_dir(runs_dir) else {
+        return 0;
+    };
+    let mut cleaned = 0;
+    for run in runs.flatten() {
+        let Ok(attempts) = std::fs::read_dir(run.path()) else {
+            continue;
+        };
+        let run_id = run.file_name().to_string_lossy().into_owned();
+        for attempt in attempts.flatten() {
+            let Ok(number) = attempt.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let dir = attempt.path();
+            let uncleaned = [JOB_FILE, WORK_DIR, OUTPUTS_DIR]
+                .iter()
+                .any(|name| dir.join(name).symlink_metadata().is_ok());
+            let execution = ExecutionId {
+                run_id: run_id.clone(),
+                attempt: number,
+            };
+            if !uncleaned || active.contains(&execution) || live_supervisor(&dir).is_some() {
+                continue;
+            }
+            match super::remove_working_state(&dir) {
+                Ok(()) => cleaned += 1,
+                Err(error) => {
+                    tracing::warn!(?execution, %error, "cannot clean up an ended attempt")
+                }
+            }
+        }
+    }
+    cleaned
 }
 
 /// A pidfd on `pid` if it is this folder's supervisor. The pidfd is opened *before* the check,
@@ -283,5 +328,42 @@ impl LogEnd {
             return Some(self.end);
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clean_ended_attempts;
+    use crate::ExecutionId;
+    use std::collections::HashSet;
+    use std::path::Path;
+
+    fn attempt(runs: &Path, run: &str, attempt: u32) -> std::path::PathBuf {
+        let dir = runs.join(run).join(attempt.to_string());
+        std::fs::create_dir_all(dir.join("work")).unwrap();
+        std::fs::create_dir_all(dir.join("outputs")).unwrap();
+        std::fs::write(dir.join("job.json"), "{}").unwrap();
+        std::fs::write(dir.join("exit.json"), "{}").unwrap();
+        dir
+    }
+
+    #[test]
+    fn ended_attempts_lose_their_working_state_and_active_ones_keep_it() {
+        let runs = tempfile::tempdir().unwrap();
+        let ended = attempt(runs.path(), "a", 1);
+        let active = attempt(runs.path(), "b", 2);
+        let known: HashSet<ExecutionId> = [ExecutionId {
+            run_id: "b".into(),
+            attempt: 2,
+        }]
+        .into();
+        assert_eq!(clean_ended_attempts(runs.path(), &known), 1);
+        for name in ["work", "outputs", "job.json"] {
+            assert!(!ended.join(name).exists(), "{name}");
+            assert!(active.join(name).exists(), "{name}");
+        }
+        // What post-mortems read stays; a second sweep finds nothing to do.
+        assert!(ended.join("exit.json").exists());
+        assert_eq!(clean_ended_attempts(runs.path(), &known), 0);
     }
 }

@@ -131,7 +131,11 @@ impl Supervisor {
         let writer = FileLogStore::new(job.log_root.clone())
             .open_writer(&job.run_id, job.attempt)
             .map_err(|e| format!("cannot open the log: {e}"))?;
-        let sink = Arc::new(LogSink::new(writer, ControlChannel::new()));
+        let sink = Arc::new(LogSink::new(
+            writer,
+            ControlChannel::new(),
+            job.log_limit_bytes,
+        ));
 
         let supervisor = Supervisor {
             job,
@@ -235,11 +239,17 @@ impl Supervisor {
                 (None, None)
             }
         };
+        // A log that could not be written ends the run as an error, not as the job's outcome:
+        // part of its output is gone.
+        let error = self
+            .sink
+            .failure()
+            .map(|why| format!("cannot write the log: {why}; the output is incomplete"));
         Ok(ExitFile {
             exit_code,
             signal,
             stopped,
-            error: None,
+            error,
         })
     }
 
@@ -270,6 +280,18 @@ impl Supervisor {
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     // The signal thread is gone: fall back to polling.
                     thread::sleep(POLL.min(timeout));
+                }
+            }
+            if !stopping {
+                if let Some(why) = self.sink.failure() {
+                    // The job's output can no longer be kept: stop it as a stop request would.
+                    stopping = true;
+                    let grace = self.job.stop_grace_seconds;
+                    eprintln!(
+                        "runplane supervise: stopping the job, its log cannot be written ({why}): SIGTERM, SIGKILL in {grace}s"
+                    );
+                    self.signal_tree(main, Signal::SIGTERM);
+                    kill_at = Some(Instant::now() + Duration::from_secs(grace));
                 }
             }
             if kill_at.is_some_and(|at| Instant::now() >= at) {

@@ -77,6 +77,7 @@ pub(crate) fn job(run: &Run, config: &PythonConfig) -> Result<Job, RuntimeError>
         env,
         files,
         stop_grace_seconds: run.spec.settings.stop_grace_seconds,
+        log_limit_bytes: run.spec.settings.log_limit_bytes,
     })
 }
 

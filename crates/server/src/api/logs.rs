@@ -1,5 +1,8 @@
 //! `/api/v1/projects/{project}/runs/{id}/logs`: a run attempt's log as text, or followed as
-//! Server-Sent Events that resume from an offset (`Last-Event-ID` or `?offset=`).
+//! Server-Sent Events that resume from an offset (`Last-Event-ID` or `?offset=`). Followed
+//! without an `attempt`, the stream goes on across the run's retries, attempt after attempt;
+//! its event ids are then `<attempt>:<offset>` (a plain offset is still accepted on resume and
+//! means the run's current attempt).
 //!
 //! Followers read the log store and sleep on the event bus until the framework reports new
 //! records or the run changes; a slow fallback tick covers a missed wake-up.
@@ -53,7 +56,9 @@ pub struct LogLine {
 
 /// A run attempt's log. Plain text by default (`X-Next-Offset` says where to resume); with
 /// `follow=true` an SSE stream: `log` events (id = the offset after the line) until an `end`
-/// event once the run has ended.
+/// event once the run has ended. Without `attempt`, the stream follows the run's later
+/// attempts too: an `attempt` event (`{"attempt": N}`) precedes each one's lines, and ids are
+/// `<attempt>:<offset>`.
 #[utoipa::path(get, path = "/api/v1/projects/{project}/runs/{id}/logs", params(LogParams),
     responses((status = 200, description = "text/plain, or text/event-stream with follow=true"), (status = 404, body = Problem)))]
 async fn get_logs(
@@ -67,14 +72,32 @@ async fn get_logs(
     let Query(params) =
         params.map_err(|rejection| Problem::bad_request("query", rejection.body_text()))?;
     let run = state.controller.get_run(&project, &id).await?;
-    let attempt = params.attempt.unwrap_or(run.status.attempt);
     let resume_from = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
-        .and_then(|text| text.parse::<u64>().ok());
-    let offset = resume_from.or(params.offset).unwrap_or(0);
+        .and_then(EventId::parse);
+    // An id naming its attempt resumes that attempt; a plain offset is within the requested
+    // (or current) attempt.
+    let attempt = resume_from
+        .and_then(|id| id.attempt)
+        .or(params.attempt)
+        .unwrap_or(run.status.attempt);
+    let offset = resume_from
+        .map(|id| id.offset)
+        .or(params.offset)
+        .unwrap_or(0);
     if params.follow {
-        return Ok(follow(state.controller, project, id, attempt, offset).into_response());
+        // Without an attempt in the query the whole run is followed, across its retries.
+        let across_attempts = params.attempt.is_none();
+        return Ok(follow(
+            state.controller,
+            project,
+            id,
+            attempt,
+            offset,
+            across_attempts,
+        )
+        .into_response());
     }
     let mut text = Vec::new();
     let mut offset = offset;
@@ -128,16 +151,52 @@ async fn read(
         })
 }
 
+/// An SSE event id: the offset after a line, and, when the stream follows a run across its
+/// attempts, the attempt it belongs to (`<attempt>:<offset>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct EventId {
+    attempt: Option<u32>,
+    offset: u64,
+}
+
+impl EventId {
+    fn parse(text: &str) -> Option<EventId> {
+        match text.trim().split_once(':') {
+            Some((attempt, offset)) => Some(EventId {
+                attempt: Some(attempt.parse().ok().filter(|attempt| *attempt > 0)?),
+                offset: offset.parse().ok()?,
+            }),
+            None => Some(EventId {
+                attempt: None,
+                offset: text.trim().parse().ok()?,
+            }),
+        }
+    }
+
+    fn render(&self) -> String {
+        match self.attempt {
+            Some(attempt) => format!("{attempt}:{}", self.offset),
+            None => self.offset.to_string(),
+        }
+    }
+}
+
 fn follow(
     controller: Controller,
     project: String,
     run_id: String,
     attempt: u32,
     offset: u64,
+    across_attempts: bool,
 ) -> impl IntoResponse {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
-        if let Err(problem) = pump(&controller, &project, &run_id, attempt, offset, &sender).await {
+        let from = Position {
+            attempt,
+            offset,
+            across_attempts,
+        };
+        if let Err(problem) = pump(&controller, &project, &run_id, from, &sender).await {
             let data = serde_json::to_string(&problem).unwrap_or_default();
             let _ = sender
                 .send(Ok(Event::default().event("error").data(data)))
@@ -147,36 +206,68 @@ fn follow(
     Sse::new(ReceiverStream::new(receiver)).keep_alive(KeepAlive::default())
 }
 
-/// Sends records until the run has ended and its log is read to the end. Returns early when
-/// the client goes away.
+/// Where a follower is: which attempt's log, how far into it, and whether it goes on to the
+/// run's next attempt when this one is over.
+struct Position {
+    attempt: u32,
+    offset: u64,
+    across_attempts: bool,
+}
+
+impl Position {
+    fn event_id(&self, offset: u64) -> EventId {
+        EventId {
+            attempt: self.across_attempts.then_some(self.attempt),
+            offset,
+        }
+    }
+}
+
+/// Sends records until the run has ended and its (last) attempt's log is read to the end.
+/// Following across attempts, an `attempt` event (id `<attempt>:0`) announces each later
+/// attempt before its lines. Returns early when the client goes away.
 async fn pump(
     controller: &Controller,
     project: &str,
     run_id: &str,
-    attempt: u32,
-    mut offset: u64,
+    mut at: Position,
     sender: &mpsc::Sender<Result<Event, Infallible>>,
 ) -> Result<(), Problem> {
     let mut wake = controller.bus().subscribe();
     loop {
-        let chunk = read(controller, run_id, attempt, offset).await?;
+        let chunk = read(controller, run_id, at.attempt, at.offset).await?;
         if !chunk.records.is_empty() {
-            if !send_records(sender, &chunk).await {
+            if !send_records(sender, &chunk, &at).await {
                 return Ok(());
             }
-            offset = chunk.next_offset;
+            at.offset = chunk.next_offset;
             continue;
         }
         let run = controller.get_run(project, run_id).await?;
-        let attempt_over = run.status.attempt != attempt || run.status.state.is_terminal();
+        let later_attempt = run.status.attempt > at.attempt;
+        let attempt_over = later_attempt || run.status.state.is_terminal();
         if attempt_over {
             // The framework reports the exit after the last record is written: one more read
             // catches anything appended between our read and the state check.
-            let chunk = read(controller, run_id, attempt, offset).await?;
-            if !send_records(sender, &chunk).await {
+            let chunk = read(controller, run_id, at.attempt, at.offset).await?;
+            if !send_records(sender, &chunk, &at).await {
                 return Ok(());
             }
-            let end = serde_json::json!({ "state": run.status.state, "attempt": attempt });
+            at.offset = chunk.next_offset;
+            if at.across_attempts && later_attempt {
+                at.attempt += 1;
+                at.offset = 0;
+                let data = serde_json::json!({ "attempt": at.attempt });
+                let event = Event::default()
+                    .event("attempt")
+                    .id(at.event_id(0).render())
+                    .data(data.to_string());
+                if sender.send(Ok(event)).await.is_err() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let end = serde_json::json!({ "state": run.status.state, "attempt": at.attempt });
             let _ = sender
                 .send(Ok(Event::default().event("end").data(end.to_string())))
                 .await;
@@ -200,7 +291,11 @@ async fn wait_for_activity(wake: &mut tokio::sync::broadcast::Receiver<BusEvent>
     }
 }
 
-async fn send_records(sender: &mpsc::Sender<Result<Event, Infallible>>, chunk: &LogChunk) -> bool {
+async fn send_records(
+    sender: &mpsc::Sender<Result<Event, Infallible>>,
+    chunk: &LogChunk,
+    at: &Position,
+) -> bool {
     for (index, record) in chunk.records.iter().enumerate() {
         let end_offset = chunk
             .records
@@ -208,7 +303,7 @@ async fn send_records(sender: &mpsc::Sender<Result<Event, Infallible>>, chunk: &
             .map(|next| next.offset)
             .unwrap_or(chunk.next_offset);
         if sender
-            .send(Ok(line_event(record, end_offset)))
+            .send(Ok(line_event(record, at.event_id(end_offset))))
             .await
             .is_err()
         {
@@ -218,7 +313,7 @@ async fn send_records(sender: &mpsc::Sender<Result<Event, Infallible>>, chunk: &
     true
 }
 
-fn line_event(record: &LogRecord, end_offset: u64) -> Event {
+fn line_event(record: &LogRecord, id: EventId) -> Event {
     let text = String::from_utf8_lossy(&record.data);
     let line = LogLine {
         offset: record.offset,
@@ -228,6 +323,25 @@ fn line_event(record: &LogRecord, end_offset: u64) -> Event {
     };
     Event::default()
         .event("log")
-        .id(end_offset.to_string())
+        .id(id.render())
         .data(serde_json::to_string(&line).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::EventId;
+
+    #[test]
+    fn event_ids_carry_an_optional_attempt() {
+        let id = |attempt, offset| Some(EventId { attempt, offset });
+        assert_eq!(EventId::parse("120"), id(None, 120));
+        assert_eq!(EventId::parse("3:120"), id(Some(3), 120));
+        assert_eq!(EventId::parse(" 2:0 "), id(Some(2), 0));
+        for bad in ["", "x", "0:5", "3:", ":4", "1:2:3", "-1"] {
+            assert_eq!(EventId::parse(bad), None, "{bad:?}");
+        }
+        for text in ["120", "3:120"] {
+            assert_eq!(EventId::parse(text).unwrap().render(), text);
+        }
+    }
 }

@@ -98,6 +98,7 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
                 .or_default() += 1;
         }
         controller.inner.deadlines.watch_attempt(&claimed);
+        crate::failpoints::hit("after_claim");
         start(controller, claimed).await;
     }
     if let Some(due) = next_due {
@@ -148,6 +149,7 @@ async fn start(controller: &Controller, run: Run) {
             },
         },
     };
+    crate::failpoints::hit("after_start");
     match started {
         Ok(()) => {
             // A stop may have arrived while the framework was starting the process, when the

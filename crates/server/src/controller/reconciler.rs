@@ -43,7 +43,9 @@ async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(),
         EventKind::LogAppended { .. } => Ok(()),
         EventKind::Started => started(controller, &run).await,
         EventKind::Exited(outcome) => {
+            crate::failpoints::hit("before_record_exit");
             exited(controller, &run, &outcome).await?;
+            crate::failpoints::hit("after_record_exit");
             cleanup(controller, &run, &execution).await;
             Ok(())
         }

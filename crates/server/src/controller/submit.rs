@@ -102,6 +102,7 @@ impl Controller {
             .ensure_project(&project, &run.metadata.created_by)
             .await?;
         let put = self.store().create_run(run, idempotency).await?;
+        crate::failpoints::hit("after_create_run");
         if put.created {
             tracing::debug!(run = %put.value.metadata.id, "run accepted");
             self.published(&put.value);
@@ -240,6 +241,7 @@ impl Controller {
                 .retry
                 .clone()
                 .or_else(|| task.and_then(|task| task.spec.retry.clone())),
+            log_limit_bytes: task.and_then(|task| task.spec.log_limit_bytes),
         };
         Ok(RunSpec {
             function: function.status.key.clone(),
