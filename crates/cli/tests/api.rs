@@ -13,18 +13,6 @@ fn hello(code: &str) -> Value {
 
 const CODE: &str = "def handler(name='world'):\n    return {'greeting': 'hello ' + name}\n";
 
-fn fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .map(|e| e["field"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[test]
 fn bad_documents_get_problems_naming_the_field_and_store_nothing() {
     let server = TestServer::start();

@@ -119,6 +119,32 @@ fn a_run_keeps_going_across_a_server_crash_and_completes_once() {
 }
 
 #[test]
+fn sigterm_shuts_the_server_down_cleanly_and_leaves_runs_running() {
+    let mut server = TestServer::start();
+    let (gate, counts) = gated_function(&server, "gated");
+    let id = running_gated_run(&server, "gated", &counts, "t");
+
+    assert!(
+        server.terminate(),
+        "the server exits 0 on SIGTERM: {}",
+        server.server_log()
+    );
+    assert!(server
+        .server_log()
+        .contains("runs still executing keep running"));
+    // The job outlived the server: it finishes while no server runs.
+    std::fs::write(&gate, "").unwrap();
+    wait_until("the job to finish without a server", PATIENCE, || {
+        attempt_dir(&server, &id).join("exit.json").exists()
+    });
+    server.restart(&[]);
+    let run = server.wait_state("p", &id, "COMPLETED", PATIENCE);
+    assert_eq!(run["status"]["results"], json!({"tag": "t"}));
+    assert_eq!(logs(&server, &id), "first t\nsecond t\n");
+    assert_eq!(executions(&counts, "t"), 1);
+}
+
+#[test]
 fn a_run_that_ended_while_the_server_was_down_gets_its_real_outcome() {
     let mut server = TestServer::start();
     let (gate, counts) = gated_function(&server, "gated");

@@ -84,7 +84,7 @@ fn sse_logs_resume_from_the_last_event_id_without_loss_or_duplicates() {
         if let Some(last) = last_event_id {
             request = request.header("Last-Event-ID", last);
         }
-        parse_sse(&request.send().unwrap().text().unwrap())
+        sse_events(&request.send().unwrap().text().unwrap())
     };
     let all = events(None);
     let lines = log_lines(&all);
@@ -124,25 +124,4 @@ fn log_lines(events: &[(String, String, String)]) -> Vec<String> {
             line["line"].as_str().unwrap().to_string()
         })
         .collect()
-}
-
-/// (event, id, data) of every event in an SSE body.
-fn parse_sse(body: &str) -> Vec<(String, String, String)> {
-    let mut events = vec![];
-    for block in body.split("\n\n") {
-        let (mut event, mut id, mut data) = (String::from("message"), String::new(), String::new());
-        for line in block.lines() {
-            if let Some(value) = line.strip_prefix("event:") {
-                event = value.trim().to_string();
-            } else if let Some(value) = line.strip_prefix("id:") {
-                id = value.trim().to_string();
-            } else if let Some(value) = line.strip_prefix("data:") {
-                data.push_str(value.trim_start());
-            }
-        }
-        if !data.is_empty() {
-            events.push((event, id, data));
-        }
-    }
-    events
 }

@@ -44,37 +44,6 @@ fn time(value: &Value) -> DateTime<Utc> {
         .unwrap_or_else(|| panic!("not a timestamp: {value}"))
 }
 
-fn fields(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|errors| {
-            errors
-                .iter()
-                .map(|e| e["field"].as_str().unwrap_or("").to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Waits until the run is in one of the terminal states and returns it.
-fn wait_ended(server: &TestServer, id: &str, within: Duration) -> Value {
-    let deadline = Instant::now() + within;
-    loop {
-        let (_, run) = server.get(&format!("/projects/p/runs/{id}"));
-        if ["COMPLETED", "ERROR", "STOPPED"]
-            .contains(&run["status"]["state"].as_str().unwrap_or(""))
-        {
-            return run;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "run {id} never ended: {run:#}\n{}",
-            server.server_log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn counter_folder(server: &TestServer, name: &str) -> String {
     let folder = server.work.path().join(name);
     std::fs::create_dir_all(&folder).expect("counter folder");
@@ -97,7 +66,7 @@ fn a_job_past_its_timeout_ends_in_error_and_leaves_no_process() {
     assert_eq!(status, 200, "{task}");
     let submitted = Instant::now();
     let id = submit(&server, json!({"function": "sleeper"}));
-    let run = wait_ended(&server, &id, Duration::from_secs(60));
+    let run = wait_run_ended(&server, &id, Duration::from_secs(60));
     assert!(
         submitted.elapsed() < Duration::from_secs(45),
         "the timeout took {:?}",
@@ -141,7 +110,7 @@ fn a_flaky_handler_succeeds_on_its_third_attempt() {
         &server,
         json!({"function": "flaky", "parameters": {"folder": folder}, "retry": {"max_attempts": 3}}),
     );
-    let run = wait_ended(&server, &id, Duration::from_secs(90));
+    let run = wait_run_ended(&server, &id, Duration::from_secs(90));
     assert_eq!(run["status"]["state"], "COMPLETED", "{run:#}");
     assert_eq!(run["status"]["attempt"], 3);
     assert_eq!(run["status"]["results"], json!({"attempt": 3}));
@@ -194,7 +163,7 @@ fn a_handler_that_always_fails_ends_after_its_last_attempt() {
         &server,
         json!({"function": "flaky", "parameters": {"folder": folder, "fail_until": 1000}}),
     );
-    let run = wait_ended(&server, &id, Duration::from_secs(90));
+    let run = wait_run_ended(&server, &id, Duration::from_secs(90));
     assert_eq!(run["status"]["state"], "ERROR", "{run:#}");
     assert_eq!(run["status"]["reason"], "failed");
     assert_eq!(run["status"]["attempt"], 2);
@@ -218,7 +187,7 @@ fn a_retry_waits_for_its_backoff() {
         &server,
         json!({"function": "flaky", "parameters": {"folder": folder, "fail_until": 1}, "retry": {"max_attempts": 2, "backoff_seconds": 1}}),
     );
-    let run = wait_ended(&server, &id, Duration::from_secs(90));
+    let run = wait_run_ended(&server, &id, Duration::from_secs(90));
     assert_eq!(run["status"]["state"], "COMPLETED", "{run:#}");
     let attempts = run["status"]["attempts"].as_array().expect("attempts");
     assert_eq!(attempts.len(), 2);
@@ -257,7 +226,7 @@ fn a_stop_by_the_user_is_never_retried() {
     server.wait_state("p", &id, "RUNNING", Duration::from_secs(30));
     let (status, body) = server.post(&format!("/projects/p/runs/{id}/stop"), &json!({}));
     assert_eq!(status, 200, "{body}");
-    let run = wait_ended(&server, &id, Duration::from_secs(30));
+    let run = wait_run_ended(&server, &id, Duration::from_secs(30));
     assert_eq!(run["status"]["state"], "STOPPED", "{run:#}");
     assert_eq!(run["status"]["reason"], "user");
     std::thread::sleep(Duration::from_millis(500));

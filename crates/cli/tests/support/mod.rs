@@ -27,25 +27,14 @@ impl TestServer {
     pub fn start_with(extra_args: &[&str]) -> TestServer {
         let home = tempfile::tempdir().expect("temp home");
         let work = tempfile::tempdir().expect("temp work dir");
-        let port = free_port();
-        let url = format!("http://127.0.0.1:{port}");
-        let log = std::fs::File::create(home.path().join("server.out")).expect("server log");
-        let child = Command::new(BIN)
-            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--home"])
-            .arg(home.path())
-            .args(extra_args)
-            .env("RUNPLANE_LOG", "info,runplane_server=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("start runplane server");
+        let listen = format!("127.0.0.1:{}", free_port());
+        let child = spawn_server(home.path(), &listen, extra_args, &[]);
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
             .expect("http client");
         let server = TestServer {
-            url,
+            url: format!("http://{listen}"),
             home,
             work,
             child,
@@ -140,6 +129,40 @@ impl Drop for TestServer {
     }
 }
 
+/// Starts `runplane server` on `listen` with `home`; its output goes (appended) to
+/// `<home>/server.out`.
+fn spawn_server(home: &Path, listen: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(home.join("server.out"))
+        .expect("server log");
+    Command::new(BIN)
+        .args(["server", "--listen", listen, "--home"])
+        .arg(home)
+        .args(extra_args)
+        .env("RUNPLANE_LOG", "info,runplane_server=debug")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .spawn()
+        .expect("start runplane server")
+}
+
+/// The field paths of a problem+json body's errors.
+pub fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["field"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
@@ -211,23 +234,11 @@ impl TestServer {
     /// Starts a new server process on the same home, port and `extra_args` (after
     /// [`TestServer::kill9`]); its output is appended to the same `server.out`.
     pub fn restart(&mut self, extra_args: &[&str]) {
-        let listen = self.url.trim_start_matches("http://").to_string();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.home.path().join("server.out"))
-            .expect("server log");
-        self.child = Command::new(BIN)
-            .args(["server", "--listen", &listen, "--home"])
-            .arg(self.home.path())
-            .args(extra_args)
-            .env("RUNPLANE_LOG", "info,runplane_server=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("restart runplane server");
-        self.wait_healthy();
+        assert!(
+            self.restart_with_env(extra_args, &[]),
+            "the restarted server died: {}",
+            self.server_log()
+        );
     }
 }
 
@@ -236,30 +247,8 @@ impl TestServer {
     /// the same home, working directory and port (so that clients can reconnect). What the
     /// store committed must be there after it.
     pub fn restart_same_home(mut self) -> TestServer {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let port: u16 = self
-            .url
-            .rsplit(':')
-            .next()
-            .and_then(|port| port.parse().ok())
-            .expect("the server's port");
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.home.path().join("server.out"))
-            .expect("server log");
-        self.child = Command::new(BIN)
-            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--home"])
-            .arg(self.home.path())
-            .env("RUNPLANE_LOG", "info,runplane_server=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("restart runplane server");
-        self.url = format!("http://127.0.0.1:{port}");
-        self.wait_healthy();
+        self.kill9();
+        self.restart(&[]);
         self
     }
 
@@ -358,22 +347,7 @@ impl TestServer {
     /// failpoint at start-up): the test decides what comes next.
     pub fn restart_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) -> bool {
         let listen = self.url.trim_start_matches("http://").to_string();
-        let log = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(self.home.path().join("server.out"))
-            .expect("server log");
-        self.child = Command::new(BIN)
-            .args(["server", "--listen", &listen, "--home"])
-            .arg(self.home.path())
-            .args(extra_args)
-            .env("RUNPLANE_LOG", "info,runplane_server=debug")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("restart runplane server");
+        self.child = spawn_server(self.home.path(), &listen, extra_args, env);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if !self.is_running() {
@@ -433,4 +407,18 @@ pub fn sse_events(body: &str) -> Vec<(String, String, String)> {
         }
     }
     events
+}
+
+impl TestServer {
+    /// Asks the server to shut down (SIGTERM, as a service manager would) and waits for it to
+    /// exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(
+            sent.is_ok_and(|status| status.success()),
+            "kill -TERM {pid}"
+        );
+        self.child.wait().is_ok_and(|status| status.success())
+    }
 }
