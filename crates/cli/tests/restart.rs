@@ -123,12 +123,33 @@ fn sigterm_shuts_the_server_down_cleanly_and_leaves_runs_running() {
     let mut server = TestServer::start();
     let (gate, counts) = gated_function(&server, "gated");
     let id = running_gated_run(&server, "gated", &counts, "t");
+    // Long requests in flight must not hold the shutdown open.
+    let mut follower = std::process::Command::new(BIN)
+        .args(["logs", &id, "-f"])
+        .env("RUNPLANE_URL", &server.url)
+        .env("RUNPLANE_PROJECT", "p")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _events = server.open_events("", None);
+    let waiter = {
+        let url = server.api(&format!("/projects/p/runs/{id}?wait=300"));
+        std::thread::spawn(move || reqwest::blocking::get(url).map(|r| r.status().as_u16()))
+    };
+    std::thread::sleep(Duration::from_millis(300));
 
     assert!(
         server.terminate(),
         "the server exits 0 on SIGTERM: {}",
         server.server_log()
     );
+    assert!(
+        matches!(waiter.join().unwrap(), Ok(200)),
+        "?wait= is answered on shutdown"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
     assert!(server
         .server_log()
         .contains("runs still executing keep running"));

@@ -123,6 +123,13 @@ impl Server {
     ) -> std::io::Result<()> {
         let app = crate::api::router(self.controller.clone());
         tracing::info!(addr = ?self.local_addr(), "runplane server listening");
+        let bus = self.controller.bus().clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Followed logs, `/events` and `?wait=` requests end now rather than hold the
+            // graceful shutdown open.
+            bus.close();
+        };
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -157,6 +157,7 @@ async fn pump(
             }
             _ = tokio::time::sleep(FALLBACK_TICK) => {}
             _ = sender.closed() => return Ok(()),
+            _ = controller.bus().closing() => return Ok(()),
         }
     }
 }

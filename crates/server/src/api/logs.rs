@@ -277,6 +277,7 @@ async fn pump(
             _ = wait_for_activity(&mut wake, run_id) => {}
             _ = tokio::time::sleep(FALLBACK_TICK) => {}
             _ = sender.closed() => return Ok(()),
+            _ = controller.bus().closing() => return Ok(()),
         }
     }
 }

@@ -35,6 +35,9 @@ pub struct EventBus {
     /// a bus event: readers of `/events` only need "look again", and a watch coalesces
     /// bursts and never lags.
     appended: watch::Sender<u64>,
+    /// Set once when the server shuts down: long requests (followed logs, `/events`, `?wait=`)
+    /// end so that the graceful shutdown is not held open by them.
+    closing: watch::Sender<bool>,
 }
 
 impl Default for EventBus {
@@ -47,7 +50,12 @@ impl EventBus {
     pub fn new() -> Self {
         let (sender, _) = broadcast::channel(4096);
         let (appended, _) = watch::channel(0);
-        EventBus { sender, appended }
+        let (closing, _) = watch::channel(false);
+        EventBus {
+            sender,
+            appended,
+            closing,
+        }
     }
 
     pub fn publish(&self, event: BusEvent) {
@@ -70,5 +78,17 @@ impl EventBus {
     /// reading the store, then wait on `changed()`: an append after the read always wakes it.
     pub fn watch_appended(&self) -> watch::Receiver<u64> {
         self.appended.subscribe()
+    }
+
+    /// Tells every long request to end: the server is shutting down.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// Resolves once [`EventBus::close`] was called (at once if it already was).
+    pub async fn closing(&self) {
+        let mut closing = self.closing.subscribe();
+        // An error means the bus itself is gone: that is closing too.
+        let _ = closing.wait_for(|closed| *closed).await;
     }
 }

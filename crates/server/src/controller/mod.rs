@@ -201,7 +201,11 @@ impl Controller {
                 return Ok(run);
             }
             loop {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(deadline, events.recv()) => next,
+                    _ = self.inner.bus.closing() => return self.get_run(project, id).await,
+                };
+                match next {
                     Err(_elapsed) => return self.get_run(project, id).await,
                     Ok(Ok(BusEvent::RunChanged { run_id, .. })) if run_id == id => break,
                     Ok(Ok(_)) => continue,
