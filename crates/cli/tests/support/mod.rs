@@ -123,9 +123,17 @@ impl TestServer {
 }
 
 impl Drop for TestServer {
+    /// Kills the server and anything still running under its home (supervisors and jobs a
+    /// failed test left behind), so that one failure does not leak processes into the next.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let home = self.home.path().display().to_string();
+        for pid in processes_with(&home) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }
 
