@@ -4,24 +4,10 @@
 
 mod support;
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
-
-fn function(server: &TestServer, name: &str, code: &str) {
-    let (status, body) = server.post(
-        "/projects/p/functions",
-        &json!({"kind": "python", "metadata": {"name": name}, "spec": {"handler": "handler", "source": {"code": code}}}),
-    );
-    assert_eq!(status, 201, "{body}");
-}
-
-fn submit(server: &TestServer, request: Value) -> String {
-    let (status, run) = server.post("/projects/p/runs", &request);
-    assert_eq!(status, 201, "{run}");
-    run["metadata"]["id"].as_str().expect("run id").to_string()
-}
 
 const QUICK: &str = "def handler(n=1):\n    return {'n': n}\n";
 

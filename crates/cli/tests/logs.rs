@@ -7,20 +7,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 
-fn function(server: &TestServer, name: &str, code: &str) {
-    let (status, body) = server.post(
-        "/projects/p/functions",
-        &json!({"kind": "python", "metadata": {"name": name}, "spec": {"handler": "handler", "source": {"code": code}}}),
-    );
-    assert_eq!(status, 201, "{body}");
-}
-
-fn submit(server: &TestServer, request: Value) -> String {
-    let (status, run) = server.post("/projects/p/runs", &request);
-    assert_eq!(status, 201, "{run}");
-    run["metadata"]["id"].as_str().expect("run id").to_string()
-}
-
 /// Counts its attempts with files in `folder`, prints three lines naming the attempt, sleeps
 /// `pause` seconds on the first one, and fails until the third.
 const FLAKY: &str = "import os, time\n\

@@ -22,20 +22,6 @@ def handler(folder, fail_until=2):\n    \
         raise RuntimeError(f'failing attempt {n}')\n    \
     return {'attempt': n}\n";
 
-fn function(server: &TestServer, name: &str, code: &str) {
-    let (status, body) = server.post(
-        "/projects/p/functions",
-        &json!({"kind": "python", "metadata": {"name": name}, "spec": {"handler": "handler", "source": {"code": code}}}),
-    );
-    assert_eq!(status, 201, "{body}");
-}
-
-fn submit(server: &TestServer, request: Value) -> String {
-    let (status, run) = server.post("/projects/p/runs", &request);
-    assert_eq!(status, 201, "{run}");
-    run["metadata"]["id"].as_str().expect("run id").to_string()
-}
-
 fn time(value: &Value) -> DateTime<Utc> {
     value
         .as_str()

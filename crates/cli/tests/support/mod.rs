@@ -430,3 +430,19 @@ impl TestServer {
         self.child.wait().is_ok_and(|status| status.success())
     }
 }
+
+/// Applies an inline Python function `name` (handler `handler`) in project `p`.
+pub fn function(server: &TestServer, name: &str, code: &str) {
+    let (status, body) = server.post(
+        "/projects/p/functions",
+        &serde_json::json!({"kind": "python", "metadata": {"name": name}, "spec": {"handler": "handler", "source": {"code": code}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+/// Submits a run request in project `p`; returns the run's id.
+pub fn submit(server: &TestServer, request: Value) -> String {
+    let (status, run) = server.post("/projects/p/runs", &request);
+    assert_eq!(status, 201, "{run}");
+    run["metadata"]["id"].as_str().expect("run id").to_string()
+}
