@@ -401,3 +401,26 @@ fn openapi_health_and_unknown_routes() {
         "application/problem+json"
     );
 }
+
+#[test]
+fn schemas_describe_every_spec_kind() {
+    let server = TestServer::start();
+    let (status, kinds) = server.get("/schemas");
+    assert_eq!(status, 200);
+    assert_eq!(kinds, json!(["python", "python+job"]));
+    let (status, python) = server.get("/schemas/python");
+    assert_eq!(status, 200);
+    assert_eq!(python["required"], json!(["source", "handler"]));
+    assert_eq!(python["additionalProperties"], false);
+    let (status, task) = server.get("/schemas/python+job");
+    assert_eq!(status, 200, "{task}");
+    assert!(task["properties"]["function"].is_object(), "{task:#}");
+    assert!(
+        task["properties"]["timeout_seconds"].is_object(),
+        "{task:#}"
+    );
+    // Self-contained: no reference into an OpenAPI document.
+    assert!(!task.to_string().contains("$ref"), "{task:#}");
+    let (status, problem) = server.get("/schemas/cobol");
+    assert_eq!(status, 404, "{problem}");
+}

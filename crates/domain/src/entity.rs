@@ -123,6 +123,7 @@ pub struct TaskSpec {
     pub timeout_seconds: Option<u64>,
     /// Start a new attempt when one fails; a single attempt when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
     pub retry: Option<RetryPolicy>,
     /// The most bytes one attempt's log may hold; further output is discarded after a
     /// `system` line saying so (default 64 MiB, see `runnable::DEFAULT_LOG_LIMIT_BYTES`).

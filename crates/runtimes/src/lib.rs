@@ -61,6 +61,8 @@ pub trait Runtime: Send + Sync {
     fn to_runnable(&self, run: &Run) -> Result<Runnable, RuntimeError>;
     /// Reads an execution's outcome (exit status, outputs) into the run's final state.
     fn interpret(&self, run: &Run, outcome: &ExitOutcome) -> Interpretation;
+    /// JSON Schema (draft 2020-12) of the spec users write for this kind (`/schemas/{kind}`).
+    fn spec_schema(&self) -> Value;
 }
 
 /// The registry of runtimes, by kind.

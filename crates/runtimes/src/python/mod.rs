@@ -17,6 +17,7 @@ mod nesting;
 mod outcome;
 mod params;
 mod runnable;
+mod schema;
 mod signature;
 mod source;
 mod spec;
@@ -96,6 +97,10 @@ impl Runtime for PythonRuntime {
 
     fn hash_input(&self, normalized: &Value) -> Value {
         spec::hash_input(normalized)
+    }
+
+    fn spec_schema(&self) -> Value {
+        schema::spec_schema()
     }
 
     fn validate_run(

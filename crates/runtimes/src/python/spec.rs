@@ -28,7 +28,7 @@ use runplane_domain::Invalid;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-const FIELDS: &[&str] = &[
+pub(super) const FIELDS: &[&str] = &[
     "source",
     "handler",
     "requirements",
@@ -36,7 +36,7 @@ const FIELDS: &[&str] = &[
     "default_parameters",
     "signature",
 ];
-const SOURCE_FIELDS: &[&str] = &["code", "archive", "digest"];
+pub(super) const SOURCE_FIELDS: &[&str] = &["code", "archive", "digest"];
 /// Syntax errors reported per apply; more are summarized.
 const MAX_SYNTAX_ERRORS: usize = 5;
 

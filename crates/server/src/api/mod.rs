@@ -11,6 +11,7 @@ mod logs;
 pub mod problem;
 mod projects;
 mod runs;
+mod schemas;
 mod tasks;
 
 use crate::controller::Controller;
@@ -64,6 +65,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(functions::routes())
         .merge(tasks::routes())
         .merge(runs::routes())
+        .merge(schemas::routes())
         .merge(logs::routes())
         .merge(events::routes())
         .merge(health::routes())

@@ -1,0 +1,79 @@
+//! The JSON Schema of a `python` function's spec, served at `/api/v1/schemas/python` for
+//! editors and generators. Validation itself is `spec.rs` (it gives better messages); a test
+//! keeps the two naming the same fields.
+
+use serde_json::{json, Value};
+
+pub(super) fn spec_schema() -> Value {
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "python function spec",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["source", "handler"],
+        "properties": {
+            "source": {
+                "description": "The function's code: inline `code` (the module `main`), or an `archive` (base64 of a gzip'd tar) that `runplane apply` makes from `path`.",
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "code": { "type": "string" },
+                    "archive": { "type": "string", "contentEncoding": "base64" },
+                    "digest": { "type": "string", "pattern": "^sha256:[0-9a-f]{64}$", "description": "Computed by the server from the archive's files." }
+                },
+                "oneOf": [ { "required": ["code"] }, { "required": ["archive"] } ]
+            },
+            "handler": {
+                "description": "`function` (in the inline module) or `module:function` / `package.module:function`.",
+                "type": "string",
+                "minLength": 1
+            },
+            "requirements": {
+                "description": "Python dependencies. Must be empty until environments arrive.",
+                "type": "array",
+                "items": { "type": "string" },
+                "maxItems": 0
+            },
+            "python_version": { "type": "string", "pattern": "^3(\\.[0-9]+)?$" },
+            "default_parameters": {
+                "description": "Parameters the run's own parameters are merged over.",
+                "type": "object"
+            },
+            "signature": {
+                "description": "The handler's parameters, computed by the server (accepted so that a stored spec can be re-applied).",
+                "type": "object"
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::spec::{FIELDS, SOURCE_FIELDS};
+    use super::*;
+
+    fn keys(value: &Value) -> Vec<String> {
+        let mut keys: Vec<String> = value
+            .as_object()
+            .map(|map| map.keys().cloned().collect())
+            .unwrap_or_default();
+        keys.sort();
+        keys
+    }
+
+    fn sorted(fields: &[&str]) -> Vec<String> {
+        let mut fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        fields.sort();
+        fields
+    }
+
+    #[test]
+    fn the_schema_names_exactly_the_fields_the_validator_accepts() {
+        let schema = spec_schema();
+        assert_eq!(keys(&schema["properties"]), sorted(FIELDS));
+        assert_eq!(
+            keys(&schema["properties"]["source"]["properties"]),
+            sorted(SOURCE_FIELDS)
+        );
+    }
+}
