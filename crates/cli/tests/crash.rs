@@ -22,15 +22,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 use support::*;
 
-/// Keep in step with `runplane_server::failpoints::NAMES`.
-const FAILPOINTS: [&str; 6] = [
-    "after_create_run",
-    "after_claim",
-    "after_start",
-    "before_record_exit",
-    "after_record_exit",
-    "after_recover",
-];
+/// Every failpoint the server has: each must be hit.
+const FAILPOINTS: [&str; 6] = runplane_server::failpoints::NAMES;
 const DEFAULT_ITERATIONS: usize = 40;
 const CHATTY_LINES: usize = 300;
 const KINDS: [&str; 4] = ["short", "long", "failing", "chatty"];

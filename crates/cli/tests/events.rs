@@ -237,11 +237,14 @@ fn bad_positions_are_problems_naming_the_field() {
     );
 }
 
-#[test]
-fn get_runs_watch_prints_the_table_then_each_change() {
-    let server = TestServer::start();
-    let first = completed_run(&server, "p");
-
+/// `runplane get runs --watch` on project `p`: the process (killed when dropped) and its
+/// stdout lines.
+fn watch_runs(
+    server: &TestServer,
+) -> (
+    KillOnDrop,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
     let mut watch = Command::new(BIN)
         .args(["get", "runs", "--watch"])
         .env("RUNPLANE_URL", &server.url)
@@ -251,8 +254,16 @@ fn get_runs_watch_prints_the_table_then_each_change() {
         .stderr(Stdio::null())
         .spawn()
         .expect("runplane get runs --watch");
-    let mut lines = std::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
-    let _watch = KillOnDrop(watch);
+    let lines = std::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    (KillOnDrop(watch), lines)
+}
+
+#[test]
+fn get_runs_watch_prints_the_table_then_each_change() {
+    let server = TestServer::start();
+    let first = completed_run(&server, "p");
+
+    let (_watch, mut lines) = watch_runs(&server);
     let mut next_line = || {
         lines
             .next()
@@ -292,17 +303,7 @@ fn get_runs_watch_resumes_after_a_server_restart() {
     let server = TestServer::start();
     let first = completed_run(&server, "p");
 
-    let mut watch = Command::new(BIN)
-        .args(["get", "runs", "--watch"])
-        .env("RUNPLANE_URL", &server.url)
-        .env("RUNPLANE_PROJECT", "p")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("runplane get runs --watch");
-    let mut lines = std::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
-    let _watch = KillOnDrop(watch);
+    let (_watch, mut lines) = watch_runs(&server);
     let mut next_line = || {
         lines
             .next()

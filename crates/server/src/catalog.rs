@@ -2,13 +2,14 @@
 //! validation through the runtimes, content-hash versioning, and the store. Runs are the
 //! controller's.
 
+use crate::controller::bus::EventBus;
 use chrono::{DateTime, SubsecRound, Utc};
 use runplane_domain::hash::{content_hash, version_id};
 use runplane_domain::invalid::Problems;
 use runplane_domain::key::Key;
 use runplane_domain::names::{validate_label, validate_name};
 use runplane_domain::{
-    entity::{split_task_kind, task_kind, validate_timeout_seconds},
+    entity::{split_task_kind, validate_timeout_seconds},
     Document, FunctionStatus, FunctionVersion, Invalid, Labels, Metadata, Task, TaskMetadata,
     TaskSpec,
 };
@@ -37,11 +38,17 @@ pub fn now() -> DateTime<Utc> {
 pub struct Catalog {
     store: Arc<dyn Store>,
     runtimes: Runtimes,
+    /// Told after each committed change, so that `/events` readers look again.
+    bus: EventBus,
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn Store>, runtimes: Runtimes) -> Self {
-        Catalog { store, runtimes }
+    pub fn new(store: Arc<dyn Store>, runtimes: Runtimes, bus: EventBus) -> Self {
+        Catalog {
+            store,
+            runtimes,
+            bus,
+        }
     }
 
     pub fn runtimes(&self) -> &Runtimes {
@@ -128,7 +135,11 @@ impl Catalog {
                 key: key.to_string(),
             },
         };
-        Ok(self.store.put_function_version(function).await?)
+        let put = self.store.put_function_version(function).await?;
+        if put.created {
+            self.bus.events_appended();
+        }
+        Ok(put)
     }
 
     /// Applies a task document (`kind: <runtime>+<action>`), replacing the task of that name.
@@ -211,7 +222,9 @@ impl Catalog {
             },
             spec,
         };
-        Ok(self.store.put_task(task).await?)
+        let task = self.store.put_task(task).await?;
+        self.bus.events_appended();
+        Ok(task)
     }
 
     /// The function version a reference (`name` or `name:version`) means.
@@ -230,11 +243,6 @@ impl Catalog {
                     None => format!("function {name} in project {project}"),
                 })
             })
-    }
-
-    /// The task kind a function + action makes.
-    pub fn task_kind_for(function: &FunctionVersion, action: &str) -> String {
-        task_kind(&function.kind, action)
     }
 }
 

@@ -48,8 +48,6 @@ async fn apply_function(
         .apply_function(&project, document, &caller.name)
         .await?;
     let status = if put.created {
-        // The new version's event is committed: wake `/events` readers.
-        state.controller.bus().events_appended();
         StatusCode::CREATED
     } else {
         StatusCode::OK

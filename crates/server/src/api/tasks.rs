@@ -42,8 +42,6 @@ async fn apply_task(
         .catalog()
         .apply_task(&project, document, &caller.name)
         .await?;
-    // The task's event is committed: wake `/events` readers.
-    state.controller.bus().events_appended();
     Ok(Json(task))
 }
 

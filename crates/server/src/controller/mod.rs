@@ -112,14 +112,15 @@ impl Controller {
         options: ControllerOptions,
     ) -> (Controller, Vec<JoinHandle<()>>) {
         let (deadlines, deadline_receiver) = deadlines::Deadlines::channel();
+        let bus = EventBus::new();
         let controller = Controller {
             inner: Arc::new(Inner {
-                catalog: Catalog::new(store.clone(), runtimes.clone()),
+                catalog: Catalog::new(store.clone(), runtimes.clone(), bus.clone()),
                 store,
                 runtimes,
                 frameworks,
                 logs,
-                bus: EventBus::new(),
+                bus,
                 dispatch_wanted: Notify::new(),
                 deadlines,
                 options,
