@@ -129,9 +129,19 @@ pub struct TaskSpec {
     /// `system` line saying so (default 64 MiB, see `runnable::DEFAULT_LOG_LIMIT_BYTES`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_limit_bytes: Option<u64>,
+    /// Services: how many replicas serve requests (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Services: a replica not ready this long after it started fails the run with reason
+    /// `not_ready` (default 60).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout_seconds: Option<u64>,
 }
 
 pub const DEFAULT_STOP_GRACE_SECONDS: u64 = 5;
+pub const DEFAULT_READY_TIMEOUT_SECONDS: u64 = 60;
+/// The most replicas one service may ask for.
+pub const MAX_REPLICAS: u32 = 64;
 
 /// How a run retries an attempt that ended in ERROR. Attempt `n + 1` waits
 /// `backoff_seconds * backoff_factor^(n - 1)` after attempt `n` ended.
@@ -223,6 +233,17 @@ impl RetryPolicy {
 }
 
 /// Validates a timeout setting (`field` names it in errors).
+/// `replicas` of a task or run request: 1 to [`MAX_REPLICAS`].
+pub fn validate_replicas(field: &str, replicas: Option<u32>) -> Result<(), Invalid> {
+    match replicas {
+        Some(n) if n == 0 || n > MAX_REPLICAS => Err(Invalid::field(
+            field,
+            format!("must be between 1 and {MAX_REPLICAS}, not {n}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 pub fn validate_timeout_seconds(field: &str, timeout: Option<u64>) -> Result<(), Invalid> {
     match timeout {
         Some(0) => Err(Invalid::field(field, "must be at least 1")),
@@ -257,6 +278,9 @@ pub struct RunRequest {
     /// Overrides the task's `retry` policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
+    /// Services: how many replicas (overrides the task's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
 }
 
 /// One execution of a task.
@@ -319,6 +343,23 @@ pub struct RunSettings {
     /// See [`TaskSpec::log_limit_bytes`]; the framework's default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_limit_bytes: Option<u64>,
+    /// Services: see [`TaskSpec::replicas`] (1 when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// Services: see [`TaskSpec::ready_timeout_seconds`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_timeout_seconds: Option<u64>,
+}
+
+impl RunSettings {
+    pub fn replicas(&self) -> u32 {
+        self.replicas.unwrap_or(1)
+    }
+
+    pub fn ready_timeout_seconds(&self) -> u64 {
+        self.ready_timeout_seconds
+            .unwrap_or(DEFAULT_READY_TIMEOUT_SECONDS)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -338,8 +379,49 @@ pub struct RunStatus {
     pub results: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerun_of: Option<String>,
+    /// Service runs: the service this run backs and its replicas, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceStatus>,
     pub transitions: Vec<Transition>,
     pub attempts: Vec<Attempt>,
+}
+
+/// `status.service` of a service run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceStatus {
+    /// The service name the run serves (`/services/{project}/{name}/`).
+    pub name: String,
+    /// The gateway URL path of the service, relative to the server (`/services/p/n/`).
+    pub url: String,
+    /// How many replicas the run is asked to have right now (grows during a rollout).
+    pub desired: u32,
+    pub replicas: Vec<crate::ReplicaStatus>,
+}
+
+impl ServiceStatus {
+    pub fn ready(&self) -> usize {
+        self.replicas.iter().filter(|r| r.ready).count()
+    }
+
+    pub fn restarts(&self) -> u32 {
+        self.replicas.iter().map(|r| r.restarts).sum()
+    }
+}
+
+/// A stable name `(project, name)` pointing at the service run that currently backs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServiceRecord {
+    pub project: String,
+    pub name: String,
+    /// The run that holds (or is taking over) the name.
+    pub run_id: String,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+}
+
+/// The gateway path prefix of a service.
+pub fn service_url(project: &str, name: &str) -> String {
+    format!("/services/{project}/{name}/")
 }
 
 /// One change of state, as persisted by the compare-and-set that made it.

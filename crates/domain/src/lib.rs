@@ -17,4 +17,6 @@ pub mod runnable;
 pub use entity::*;
 pub use invalid::{FieldError, Invalid};
 pub use lifecycle::RunState;
-pub use runnable::{ExitOutcome, FileEntry, Job, OutputFile, Runnable};
+pub use runnable::{
+    ExitOutcome, Failure, FileEntry, Job, OutputFile, ReplicaStatus, Runnable, Service,
+};

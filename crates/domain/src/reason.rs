@@ -20,7 +20,10 @@ pub const BUILD_FAILED: &str = "build_failed";
 pub const INVALID_OUTPUT: &str = "invalid_output";
 /// A person (or API client) asked to stop the run.
 pub const USER: &str = "user";
+/// A service run whose name a newer run took over.
 pub const REPLACED: &str = "replaced";
+/// A service replica did not answer its readiness check in time.
+pub const NOT_READY: &str = "not_ready";
 pub const RESUMED: &str = "resumed";
 pub const DELETED: &str = "deleted";
 /// READY runs waiting for a slot: the global concurrency limit is reached.

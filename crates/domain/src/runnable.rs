@@ -4,11 +4,55 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Something a framework can execute. Services and builds join `Job` in later issues.
+/// Something a framework can execute. Builds join them in a later issue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Runnable {
     Job(Job),
+    Service(Service),
+}
+
+/// A long-running HTTP server kept up as `replicas` identical processes until it is stopped.
+///
+/// Each replica is started like a [`Job`] (`replica`: command, env, files, grace, log cap) and
+/// serves HTTP/1.1 on a TCP port the framework gives it:
+/// - `RUNPLANE_LISTEN_FD` names an inherited file descriptor that is already a listening
+///   socket bound by the framework (the `local` framework: no port race, and the port stays the
+///   same across restarts of that replica); the replica accepts on it;
+/// - otherwise `RUNPLANE_PORT` is the port to bind (frameworks that cannot pass sockets).
+///
+/// `RUNPLANE_REPLICA` is the replica's index (0-based). A replica is ready when
+/// `GET {readiness_path}` answers 200. A replica that exits is restarted with a backoff. A
+/// replica that is not ready `ready_timeout_seconds` after the service started fails the whole
+/// execution ([`ExitOutcome::failure`] with reason `not_ready`), and nothing is left running.
+/// Stopping a service sends SIGTERM to every replica (which finishes its requests in flight),
+/// then SIGKILL after the grace period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub replica: Job,
+    /// How many replicas to start with; `Framework::scale` changes it later.
+    pub replicas: u32,
+    pub readiness_path: String,
+    pub ready_timeout_seconds: u64,
+}
+
+/// One replica of a service execution, as its framework reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReplicaStatus {
+    /// 0-based; scaling down removes the highest indexes first.
+    pub index: u32,
+    /// `host:port` the replica serves on (reachable from the server).
+    pub endpoint: String,
+    /// Whether it answered its readiness check since it last (re)started.
+    pub ready: bool,
+    /// How many times it was restarted after exiting.
+    pub restarts: u32,
+    /// Its process id, when it runs as a local process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// How its last process ended (`exit code 1`, `signal 9`), when it was restarted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 /// A process to run to completion.
@@ -52,6 +96,17 @@ pub struct ExitOutcome {
     pub signal: Option<i32>,
     /// The files it left in its outputs folder (top level, each read up to a cap).
     pub outputs: BTreeMap<String, OutputFile>,
+    /// Set when the framework itself ended the execution for a reason of its own (a service
+    /// whose replicas never became ready: `not_ready`); it decides the run's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+}
+
+/// Why a framework ended an execution: a machine-readable reason and a message for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

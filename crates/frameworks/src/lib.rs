@@ -10,7 +10,7 @@
 pub mod local;
 
 use async_trait::async_trait;
-use runplane_domain::{ExitOutcome, Runnable};
+use runplane_domain::{ExitOutcome, ReplicaStatus, Runnable};
 use tokio::sync::mpsc;
 
 /// One attempt of one run, as a framework sees it.
@@ -32,6 +32,10 @@ pub enum EventKind {
     Started,
     /// New log records were appended; the log now ends at `end_offset`.
     LogAppended { end_offset: u64 },
+    /// A service execution's replicas changed (started, became ready, exited, restarted,
+    /// scaled): the whole list, highest index last. Sent whenever it changes, and once after
+    /// a recovery re-attached a running service.
+    Replicas(Vec<ReplicaStatus>),
     /// The execution ended (on its own, or after a stop).
     Exited(ExitOutcome),
     /// The execution can no longer be found or followed.
@@ -49,6 +53,8 @@ pub enum FrameworkError {
     },
     #[error("{0:?} is not known to this framework")]
     UnknownExecution(ExecutionId),
+    #[error("{0:?} is not a service")]
+    NotAService(ExecutionId),
     #[error("framework io error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -74,6 +80,12 @@ pub trait Framework: Send + Sync {
     /// Asks an execution to stop: SIGTERM-like first, forceful after the runnable's grace
     /// period, its whole process tree included. Idempotent; `Exited` follows.
     async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError>;
+    /// Changes how many replicas a running service execution has. Scaling up starts the
+    /// missing indexes; scaling down stops the highest indexes first, each gracefully (SIGTERM,
+    /// its requests in flight finish, SIGKILL after the grace period). Returns once the change
+    /// is handed over; `Replicas` events follow. `StartFailed`-free: an execution that is not
+    /// a service answers `NotAService`.
+    async fn scale(&self, execution: &ExecutionId, replicas: u32) -> Result<(), FrameworkError>;
     /// Removes what an ended execution left behind (working folders), keeping its logs.
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError>;
 }

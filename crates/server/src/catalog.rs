@@ -9,7 +9,7 @@ use runplane_domain::invalid::Problems;
 use runplane_domain::key::Key;
 use runplane_domain::names::{validate_label, validate_name};
 use runplane_domain::{
-    entity::{split_task_kind, validate_timeout_seconds},
+    entity::{split_task_kind, validate_replicas, validate_timeout_seconds},
     Document, FunctionStatus, FunctionVersion, Invalid, Labels, Metadata, Task, TaskMetadata,
     TaskSpec,
 };
@@ -199,6 +199,10 @@ impl Catalog {
                 "spec.timeout_seconds",
                 spec.timeout_seconds,
             ));
+            problems.check(validate_replicas("spec.replicas", spec.replicas));
+            if spec.ready_timeout_seconds == Some(0) {
+                problems.add("spec.ready_timeout_seconds", "must be at least 1");
+            }
             if let Some(retry) = &spec.retry {
                 problems.check(
                     retry

@@ -11,7 +11,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use runplane_domain::{
-    lifecycle::IllegalTransition, FunctionVersion, Project, Run, RunState, Task,
+    lifecycle::IllegalTransition, FunctionVersion, Project, Run, RunState, ServiceRecord,
+    ServiceStatus, Task,
 };
 use serde_json::Value;
 
@@ -229,6 +230,35 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<bool>;
     /// Removes the run and its transitions and attempts; false when there was none.
     async fn delete_run(&self, project: &str, id: &str) -> StoreResult<bool>;
+
+    /// Points the service `(project, name)` at `run_id`, creating the service when it does
+    /// not exist (`created` is kept when it does). Appends a `service` event
+    /// (`{"type":"service","project","name","run_id","at"}`) in the same transaction.
+    /// `NotFound` when the project or the run does not exist.
+    async fn put_service(
+        &self,
+        project: &str,
+        name: &str,
+        run_id: &str,
+    ) -> StoreResult<ServiceRecord>;
+    async fn get_service(&self, project: &str, name: &str) -> StoreResult<Option<ServiceRecord>>;
+    /// The project's services, by name.
+    async fn list_services(&self, project: &str) -> StoreResult<Vec<ServiceRecord>>;
+    /// Every service of every project (start-up recovery of the gateway's routes).
+    async fn all_services(&self) -> StoreResult<Vec<ServiceRecord>>;
+    /// Removes the service, only while it still points at `run_id` (a newer run that took
+    /// the name over keeps it). Appends a `service` event with `"deleted": true`. False when
+    /// there was nothing to remove.
+    async fn delete_service(&self, project: &str, name: &str, run_id: &str) -> StoreResult<bool>;
+    /// Replaces `status.service` of the run while its attempt is `attempt` (any state), and
+    /// appends a `run` event like a transition's with `"change": "service"` and the ready /
+    /// desired replica counts. False when the run is gone or on another attempt.
+    async fn set_service_status(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        status: &ServiceStatus,
+    ) -> StoreResult<bool>;
 
     /// Events with an id greater than `after`, oldest first, at most `limit` of them (0 means
     /// 100, capped at [`MAX_EVENTS_PAGE`]); only those of `project` when given. Every change

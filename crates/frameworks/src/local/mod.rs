@@ -276,7 +276,16 @@ impl Framework for LocalFramework {
         execution: ExecutionId,
         runnable: Runnable,
     ) -> Result<(), FrameworkError> {
-        let Runnable::Job(job) = runnable;
+        let job = match runnable {
+            Runnable::Job(job) => job,
+            // TEMPORARY: service supervision is being built.
+            Runnable::Service(_) => {
+                return Err(FrameworkError::StartFailed {
+                    execution,
+                    message: "services are not supported yet".into(),
+                })
+            }
+        };
         let (stop_tx, stop_rx) = mpsc::unbounded_channel();
         {
             let mut executions = self.executions.lock();
@@ -384,6 +393,11 @@ impl Framework for LocalFramework {
             return Ok(());
         }
         Err(FrameworkError::UnknownExecution(execution.clone()))
+    }
+
+    async fn scale(&self, execution: &ExecutionId, _replicas: u32) -> Result<(), FrameworkError> {
+        // TEMPORARY: service supervision is being built.
+        Err(FrameworkError::NotAService(execution.clone()))
     }
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {

@@ -270,6 +270,7 @@ fn read_ending(attempt_dir: &Path) -> Ending {
         exit_code: exit.exit_code,
         signal: exit.signal,
         outputs: collect_outputs(&attempt_dir.join(OUTPUTS_DIR)),
+        failure: None,
     })
 }
 

@@ -42,6 +42,8 @@ async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(),
     match kind {
         EventKind::LogAppended { .. } => Ok(()),
         EventKind::Started => started(controller, &run).await,
+        // TEMPORARY: the services controller is being built.
+        EventKind::Replicas(_) => Ok(()),
         EventKind::Exited(outcome) => {
             crate::failpoints::hit("before_record_exit");
             exited(controller, &run, &outcome).await?;

@@ -4,7 +4,8 @@
 use super::{Controller, ControllerError};
 use crate::catalog::{now, validate_labels};
 use runplane_domain::entity::{
-    run_kind, split_task_kind, validate_timeout_seconds, DEFAULT_STOP_GRACE_SECONDS,
+    run_kind, split_task_kind, validate_replicas, validate_timeout_seconds,
+    DEFAULT_STOP_GRACE_SECONDS,
 };
 use runplane_domain::hash::content_hash;
 use runplane_domain::invalid::Problems;
@@ -226,6 +227,7 @@ impl Controller {
         if let Some(retry) = &request.retry {
             problems.check(retry.validate().map_err(|invalid| invalid.within("retry")));
         }
+        problems.check(validate_replicas("replicas", request.replicas));
         problems.finish()?;
         let settings = RunSettings {
             max_concurrency: task.and_then(|task| task.spec.max_concurrency),
@@ -242,6 +244,10 @@ impl Controller {
                 .clone()
                 .or_else(|| task.and_then(|task| task.spec.retry.clone())),
             log_limit_bytes: task.and_then(|task| task.spec.log_limit_bytes),
+            replicas: request
+                .replicas
+                .or_else(|| task.and_then(|task| task.spec.replicas)),
+            ready_timeout_seconds: task.and_then(|task| task.spec.ready_timeout_seconds),
         };
         Ok(RunSpec {
             function: function.status.key.clone(),
@@ -294,6 +300,7 @@ fn new_run(
             message: None,
             results: None,
             rerun_of,
+            service: None,
             transitions: vec![
                 step(None, RunState::Created, reason::SUBMITTED),
                 step(Some(RunState::Created), RunState::Built, reason::SUBMITTED),

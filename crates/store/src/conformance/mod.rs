@@ -176,6 +176,7 @@ impl RunBuilder {
                     function_spec: json!({ "source": { "code": "def handler(): pass" }, "handler": "handler" }),
                 },
                 status: RunStatus {
+                    service: None,
                     state: RunState::Created,
                     attempt: 1,
                     reason: None,

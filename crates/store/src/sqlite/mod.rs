@@ -17,7 +17,9 @@ use crate::{
 };
 use async_trait::async_trait;
 use codec::db;
-use runplane_domain::{FunctionVersion, Project, Run, RunState, Task};
+use runplane_domain::{
+    FunctionVersion, Project, Run, RunState, ServiceRecord, ServiceStatus, Task,
+};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
 use std::path::Path;
@@ -258,6 +260,28 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<StoredEvent>> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         events::events_after(&mut conn, after, project, limit).await
+    }
+
+    // TEMPORARY: being implemented (services table).
+    async fn put_service(&self, _p: &str, _n: &str, _r: &str) -> StoreResult<ServiceRecord> {
+        Err(StoreError::Database(
+            "services are not implemented yet".into(),
+        ))
+    }
+    async fn get_service(&self, _p: &str, _n: &str) -> StoreResult<Option<ServiceRecord>> {
+        Ok(None)
+    }
+    async fn list_services(&self, _p: &str) -> StoreResult<Vec<ServiceRecord>> {
+        Ok(vec![])
+    }
+    async fn all_services(&self) -> StoreResult<Vec<ServiceRecord>> {
+        Ok(vec![])
+    }
+    async fn delete_service(&self, _p: &str, _n: &str, _r: &str) -> StoreResult<bool> {
+        Ok(false)
+    }
+    async fn set_service_status(&self, _r: &str, _a: u32, _s: &ServiceStatus) -> StoreResult<bool> {
+        Ok(false)
     }
 
     async fn latest_event_id(&self) -> StoreResult<u64> {

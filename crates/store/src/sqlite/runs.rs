@@ -63,6 +63,7 @@ impl RunRow {
                     .map(|r| from_json("runs.results", r))
                     .transpose()?,
                 rerun_of: self.rerun_of,
+                service: None, // TEMPORARY: the services column comes with the services table.
                 transitions,
                 attempts,
             },
