@@ -60,6 +60,8 @@ enum Command {
     Stop(commands::simple::RunRef),
     /// Resume a stopped run as a new attempt.
     Resume(commands::simple::RunRef),
+    /// Send a request to a service through the server's gateway.
+    Invoke(commands::invoke::InvokeArgs),
     /// Delete an entity (runs leave a tombstone).
     Delete(commands::simple::DeleteArgs),
     /// Supervise one local run (started by the server).

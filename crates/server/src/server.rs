@@ -90,6 +90,7 @@ impl Server {
             ControllerOptions {
                 max_concurrent_runs: options.max_concurrent_runs,
                 default_framework: "local".to_string(),
+                gateway: crate::gateway::GatewayOptions::default(),
             },
         );
         let listener =
@@ -121,7 +122,10 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let app = crate::api::router(self.controller.clone());
+        // The gateway's routes stay outside the API's body limit: uploads to services stream.
+        let app = axum::Router::new()
+            .merge(self.controller.gateway().router())
+            .merge(crate::api::router(self.controller.clone()));
         tracing::info!(addr = ?self.local_addr(), "runplane server listening");
         let bus = self.controller.bus().clone();
         let shutdown = async move {
@@ -130,6 +134,7 @@ impl Server {
             // graceful shutdown open.
             bus.close();
         };
+        let app = app.into_make_service_with_connect_info::<SocketAddr>();
         let result = axum::serve(self.listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

@@ -33,7 +33,6 @@ impl Kind {
     pub fn not_yet(self) -> Option<CliError> {
         let name = match self {
             Kind::Workflows => "workflows",
-            Kind::Services => "services",
             Kind::Triggers => "triggers",
             Kind::Artifacts => "artifacts",
             Kind::Secrets => "secrets",
@@ -154,6 +153,12 @@ async fn list(client: &Client, args: &GetArgs) -> Result<(), CliError> {
             let page: Value = client.send_json(request).await?;
             page["items"].clone()
         }
+        (Kind::Services, None) => client.get_json(&client.project_url("/services")).await?,
+        (Kind::Services, Some(name)) => {
+            client
+                .get_json(&client.project_url(&format!("/services/{name}")))
+                .await?
+        }
         _ => unreachable!("kinds that are not yet available returned above"),
     };
     output::print(&value, args.output, columns(args.kind))
@@ -176,6 +181,7 @@ pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliErro
         Kind::Functions => format!("/functions/{}", args.name),
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
+        Kind::Services => format!("/services/{}", args.name),
         _ => unreachable!("kinds that are not yet available returned above"),
     };
     let value: Value = client.get_json(&client.project_url(&path)).await?;
@@ -237,6 +243,36 @@ fn columns(kind: Kind) -> &'static [Column] {
             Column {
                 header: "MAX CONCURRENCY",
                 cell: |v| text(v, "/spec/max_concurrency"),
+            },
+        ],
+        Kind::Services => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/name"),
+            },
+            Column {
+                header: "URL",
+                cell: |v| text(v, "/url"),
+            },
+            Column {
+                header: "RUN",
+                cell: |v| text(v, "/run_id"),
+            },
+            Column {
+                header: "VERSION",
+                cell: |v| text(v, "/function_version"),
+            },
+            Column {
+                header: "STATE",
+                cell: |v| text(v, "/state"),
+            },
+            Column {
+                header: "READY",
+                cell: |v| format!("{}/{}", text(v, "/ready"), text(v, "/desired")),
+            },
+            Column {
+                header: "RESTARTS",
+                cell: |v| text(v, "/restarts"),
             },
         ],
         _ => &[

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod get;
+pub mod invoke;
 pub mod logs;
 pub mod quickstart;
 pub mod run;
@@ -21,6 +22,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Get(args) => Ok(get::get(&client()?, args).await?),
         Command::Describe(args) => Ok(get::describe(&client()?, args).await?),
         Command::Run(args) => Ok(run::run(&client()?, args).await?),
+        Command::Invoke(args) => Ok(invoke::run(&client()?, args).await?),
         Command::Rerun(args) => Ok(run::rerun(&client()?, args).await?),
         Command::Logs(args) => Ok(logs::run(&client()?, args).await?),
         Command::Stop(args) => Ok(simple::stop(&client()?, args).await?),

@@ -32,6 +32,9 @@ pub struct RunArgs {
     /// A label, `key=value`. Repeatable.
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
+    /// Services: how many replicas (overrides the task's).
+    #[arg(long)]
+    pub replicas: Option<u32>,
     #[command(flatten)]
     pub watch: Watch,
 }
@@ -75,6 +78,9 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<(), CliError> {
         if let Some(value) = value {
             body[key] = Value::String(value.clone());
         }
+    }
+    if let Some(replicas) = args.replicas {
+        body["replicas"] = json!(replicas);
     }
     let run = submit(client, &client.project_url("/runs"), Some(&body)).await?;
     watch(client, run, &args.watch).await
@@ -131,23 +137,60 @@ pub async fn watch(client: &Client, run: Value, watch: &Watch) -> Result<(), Cli
     if watch.follow {
         logs::follow(client, &id, None).await?;
     }
+    if is_service(&run) {
+        // A service does not end: `--wait` returns once every replica is ready.
+        let run = wait_until(client, &id, "running").await?;
+        return report_service(&run, watch.output);
+    }
     let run = wait_until_ended(client, &id).await?;
     report(&run, watch.output)
 }
 
+/// Service runs are those of a serving action (`python+serve:run`, `container+deploy:run`).
+fn is_service(run: &Value) -> bool {
+    run.pointer("/spec/action")
+        .and_then(Value::as_str)
+        .is_some_and(|action| matches!(action, "serve" | "deploy"))
+}
+
 pub async fn wait_until_ended(client: &Client, id: &str) -> Result<Value, CliError> {
+    wait_until(client, id, "ended").await
+}
+
+async fn wait_until(client: &Client, id: &str, until: &str) -> Result<Value, CliError> {
     let url = client.project_url(&format!("/runs/{id}"));
     loop {
-        let request = client.request(Method::GET, &url).query(&[("wait", "60")]);
+        let request = client
+            .request(Method::GET, &url)
+            .query(&[("wait", "60"), ("until", until)]);
         let run: Value = client.send_json(request).await?;
         let state = run
             .pointer("/status/state")
             .and_then(Value::as_str)
             .unwrap_or_default();
-        if matches!(state, "COMPLETED" | "ERROR" | "STOPPED" | "DELETED") {
+        if matches!(state, "COMPLETED" | "ERROR" | "STOPPED" | "DELETED")
+            || (until == "running" && state == "RUNNING")
+        {
             return Ok(run);
         }
     }
+}
+
+/// A RUNNING service prints where it answers; anything else is a failure (exit 1).
+fn report_service(run: &Value, format: Format) -> Result<(), CliError> {
+    if run.pointer("/status/state").and_then(Value::as_str) != Some("RUNNING") {
+        return report(run, format);
+    }
+    let service = run
+        .pointer("/status/service")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let format = if format == Format::Table {
+        Format::Yaml
+    } else {
+        format
+    };
+    crate::output::print(&service, format, &[])
 }
 
 /// Prints results of a completed run, or why it did not complete (exit 1).

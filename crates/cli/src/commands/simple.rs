@@ -53,6 +53,7 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> Result<(), CliError> {
         Kind::Functions => format!("/functions/{}", args.name),
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
+        Kind::Services => format!("/services/{}", args.name),
         _ => return Err(CliError::invalid("projects cannot be deleted yet")),
     };
     client

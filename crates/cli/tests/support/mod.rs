@@ -446,3 +446,24 @@ pub fn submit(server: &TestServer, request: Value) -> String {
     assert_eq!(status, 201, "{run}");
     run["metadata"]["id"].as_str().expect("run id").to_string()
 }
+
+impl TestServer {
+    /// The server process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+/// Resident memory of a process in KiB (`VmRSS`), 0 when it is gone.
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kib| kib.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -12,6 +12,7 @@ pub mod problem;
 mod projects;
 mod runs;
 mod schemas;
+mod services;
 mod tasks;
 
 use crate::controller::Controller;
@@ -64,6 +65,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(projects::routes())
         .merge(functions::routes())
         .merge(tasks::routes())
+        .merge(services::routes())
         .merge(runs::routes())
         .merge(schemas::routes())
         .merge(logs::routes())

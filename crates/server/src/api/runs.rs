@@ -155,6 +155,17 @@ async fn create_run(
 pub struct GetRunParams {
     /// Hold the request up to this many seconds (max 300) until the run has ended.
     wait: Option<u64>,
+    /// With `wait`: `ended` (default) or `running` — also answer once the run is RUNNING
+    /// (a service whose replicas are all ready).
+    until: Option<WaitUntil>,
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitUntil {
+    #[default]
+    Ended,
+    Running,
 }
 
 /// One run; with `?wait=N`, answered when it ends or after N seconds.
@@ -173,9 +184,12 @@ async fn get_run(
         None | Some(0) => state.controller.get_run(&project, &id).await?,
         Some(seconds) => {
             let timeout = Duration::from_secs(seconds.min(MAX_WAIT_SECONDS));
+            let until_running = matches!(params.until, Some(WaitUntil::Running));
             state
                 .controller
-                .wait_for_run(&project, &id, timeout, RunState::is_terminal)
+                .wait_for_run(&project, &id, timeout, move |run_state| {
+                    run_state.is_terminal() || (until_running && run_state == RunState::Running)
+                })
                 .await?
         }
     };

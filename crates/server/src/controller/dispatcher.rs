@@ -8,7 +8,7 @@
 
 use super::Controller;
 use chrono::{DateTime, Utc};
-use runplane_domain::{reason, Run, RunState};
+use runplane_domain::{reason, Run, RunState, Runnable};
 use runplane_frameworks::ExecutionId;
 use runplane_store::{AttemptUpdate, StoreError, TransitionRequest};
 
@@ -138,6 +138,17 @@ async fn start(controller: &Controller, run: Run) {
         Some(runtime) => match runtime.to_runnable(&run) {
             Err(error) => Err(error.to_string()),
             Ok(runnable) => match controller.inner.frameworks.get(&run.spec.framework) {
+                Some(framework) if matches!(runnable, Runnable::Service(_)) => {
+                    if let Runnable::Service(service) = &runnable {
+                        controller
+                            .register_service_run(&run, service.replicas)
+                            .await;
+                    }
+                    framework
+                        .start(execution.clone(), runnable)
+                        .await
+                        .map_err(|error| error.to_string())
+                }
                 None => Err(format!(
                     "framework {:?} is not enabled on this server",
                     run.spec.framework

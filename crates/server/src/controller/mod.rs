@@ -16,6 +16,7 @@ pub mod bus;
 mod deadlines;
 pub mod dispatcher;
 pub mod reconciler;
+mod services;
 pub mod submit;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -79,6 +80,7 @@ impl Frameworks {
 pub struct ControllerOptions {
     pub max_concurrent_runs: u32,
     pub default_framework: String,
+    pub gateway: crate::gateway::GatewayOptions,
 }
 
 /// A cheap, cloneable handle on the controller.
@@ -97,6 +99,10 @@ struct Inner {
     dispatch_wanted: Notify,
     /// Attempt timeouts and retry backoffs (`deadlines.rs`).
     deadlines: deadlines::Deadlines,
+    /// Service runs and rollouts (`services.rs`).
+    services: services::Services,
+    gateway: crate::gateway::Gateway,
+    gateway_options: crate::gateway::GatewayOptions,
     options: ControllerOptions,
 }
 
@@ -123,6 +129,9 @@ impl Controller {
                 bus,
                 dispatch_wanted: Notify::new(),
                 deadlines,
+                services: services::Services::default(),
+                gateway: crate::gateway::Gateway::new(options.gateway.clone()),
+                gateway_options: options.gateway.clone(),
                 options,
             }),
         };
@@ -170,6 +179,7 @@ impl Controller {
     pub(crate) async fn transition(&self, request: TransitionRequest) -> Result<Run, StoreError> {
         let run = self.inner.store.transition(request).await?;
         self.published(&run);
+        self.service_run_moved(&run).await;
         Ok(run)
     }
 

@@ -42,8 +42,10 @@ async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(),
     match kind {
         EventKind::LogAppended { .. } => Ok(()),
         EventKind::Started => started(controller, &run).await,
-        // TEMPORARY: the services controller is being built.
-        EventKind::Replicas(_) => Ok(()),
+        EventKind::Replicas(replicas) => {
+            controller.replicas_changed(&run, replicas).await;
+            Ok(())
+        }
         EventKind::Exited(outcome) => {
             crate::failpoints::hit("before_record_exit");
             exited(controller, &run, &outcome).await?;
@@ -128,9 +130,19 @@ async fn end_attempt(
     ) {
         return Ok(());
     }
-    let interpretation = match controller.inner.runtimes.get(&run.spec.runtime) {
-        Some(runtime) => runtime.interpret(run, outcome),
-        None => runplane_runtimes::Interpretation {
+    let interpretation = match (
+        &outcome.failure,
+        controller.inner.runtimes.get(&run.spec.runtime),
+    ) {
+        // The framework ended it for a reason of its own (a service never ready).
+        (Some(failure), _) => runplane_runtimes::Interpretation {
+            state: RunState::Error,
+            reason: failure.reason.clone(),
+            message: Some(failure.message.clone()),
+            results: None,
+        },
+        (None, Some(runtime)) => runtime.interpret(run, outcome),
+        (None, None) => runplane_runtimes::Interpretation {
             state: RunState::Error,
             reason: reason::FAILED.to_string(),
             message: Some(format!("this server has no runtime {:?}", run.spec.runtime)),
