@@ -178,8 +178,10 @@ impl Controller {
     /// Applies a transition and publishes it.
     pub(crate) async fn transition(&self, request: TransitionRequest) -> Result<Run, StoreError> {
         let run = self.inner.store.transition(request).await?;
-        self.published(&run);
+        // Services first: whoever the publication wakes (`run --wait` on a service) finds the
+        // gateway and the service's name already up to date.
         self.service_run_moved(&run).await;
+        self.published(&run);
         Ok(run)
     }
 

@@ -416,7 +416,8 @@ fn next_step(runs: &BTreeMap<String, ServiceRun>) -> Step {
                 replica: old.desired - 1,
             };
         }
-        if target == 0 {
+        // The last old replica stays until the new run has taken the name over.
+        if taken_over {
             return Step::Replace {
                 run_id: old_id.clone(),
                 project: old.key.0.clone(),
@@ -639,5 +640,49 @@ mod tests {
         assert_eq!(listed, vec![0, 1]);
         entry.state = RunState::Stop;
         assert!(endpoints(&entry).is_empty());
+    }
+
+    proptest::proptest! {
+        /// A rollout from N1 to N2 replicas, with new replicas becoming ready one at a time
+        /// whenever the rollout waits: serving capacity (old replicas still in rotation plus
+        /// ready new ones) never drops below min(N1, N2), and it ends with only the new run,
+        /// at full size.
+        #[test]
+        fn a_rollout_keeps_capacity_and_ends_with_the_new_run(n1 in 1u32..6, n2 in 1u32..6) {
+            let mut all = runs(vec![
+                ("a", run(RunState::Running, n1, n1, n1)),
+                ("b", run(RunState::Pending, n2, n2, 0)),
+            ]);
+            for _ in 0..100 {
+                let old = &all["a"];
+                let new = &all["b"];
+                let capacity = if old.live() { old.desired } else { 0 } + new.ready();
+                proptest::prop_assert!(capacity >= n1.min(n2), "capacity {} of {}/{}", capacity, n1, n2);
+                match next_step(&all) {
+                    Step::Retire { run_id, replica } => {
+                        let entry = all.get_mut(&run_id).unwrap();
+                        proptest::prop_assert_eq!(replica, entry.desired - 1);
+                        entry.desired = replica;
+                    }
+                    Step::Replace { run_id, .. } => {
+                        all.get_mut(&run_id).unwrap().state = RunState::Stopped;
+                    }
+                    Step::Wait => {
+                        let new = all.get_mut("b").unwrap();
+                        match new.replicas.iter_mut().find(|r| !r.ready) {
+                            Some(replica) => replica.ready = true,
+                            None => new.state = RunState::Running,
+                        }
+                    }
+                    Step::Restore { .. } => proptest::prop_assert!(false, "nothing failed"),
+                    Step::Done => {
+                        proptest::prop_assert!(!all["a"].live());
+                        proptest::prop_assert_eq!(all["b"].ready(), n2);
+                        return Ok(());
+                    }
+                }
+            }
+            proptest::prop_assert!(false, "the rollout never ended");
+        }
     }
 }

@@ -1,0 +1,87 @@
+#!/usr/bin/python3
+"""Gateway overhead: a trivial Python service measured in one run both directly (requests to its
+replica's own port) and through runplane's gateway (/services/{project}/{name}/), with the same
+load generator, connection count and duration. Reports p50/p99 latency and requests/s of each
+and what the gateway adds.
+
+Usage: bench/gateway.py RUNPLANE_BINARY LOADGEN_BINARY [CONNECTIONS] [SECONDS]
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+CODE = "def handler(request):\n    return {'ok': True}\n"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(method, url, body=None):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def load(loadgen, url, connections, seconds):
+    out = subprocess.run(
+        [loadgen, "--url", url, "--connections", str(connections), "--duration", f"{seconds}s",
+         "--warmup", "1s", "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    results = json.loads(out)
+    return results[0] if isinstance(results, list) else results
+
+
+def main():
+    binary, loadgen = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    connections = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+    seconds = int(sys.argv[4]) if len(sys.argv) > 4 else 5
+    home = tempfile.mkdtemp(prefix="runplane-bench-")
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api/v1/projects/bench"
+    server = subprocess.Popen(
+        [binary, "server", "--listen", f"127.0.0.1:{port}", "--home", home],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUNPLANE_LOG="warn"),
+    )
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.05)
+        call("POST", f"{api}/functions", {"kind": "python", "metadata": {"name": "noop"},
+                                          "spec": {"handler": "handler", "source": {"code": CODE}}})
+        run = call("POST", f"{api}/runs", {"function": "noop", "action": "serve"})
+        run = call("GET", f"{api}/runs/{run['metadata']['id']}?wait=60&until=running")
+        assert run["status"]["state"] == "RUNNING", run["status"]
+        endpoint = run["status"]["service"]["replicas"][0]["endpoint"]
+        direct = load(loadgen, f"http://{endpoint}/", connections, seconds)
+        gateway = load(loadgen, f"http://127.0.0.1:{port}/services/bench/noop/", connections, seconds)
+        print(f"gateway benchmark: trivial Python handler, 1 replica, {connections} keep-alive connections, {seconds}s each")
+        print(f"{'':10} {'requests/s':>11} {'p50 µs':>8} {'p90 µs':>8} {'p99 µs':>8} {'errors':>7}")
+        for name, r in (("direct", direct), ("gateway", gateway)):
+            print(f"{name:10} {r['rps']:11.0f} {r['p50_us']:8.0f} {r['p90_us']:8.0f} {r['p99_us']:8.0f} {r['errors']:7d}")
+        print(f"the gateway adds {gateway['p50_us'] - direct['p50_us']:.0f} µs at p50, "
+              f"{gateway['p99_us'] - direct['p99_us']:.0f} µs at p99; "
+              f"throughput ratio gateway/direct {gateway['rps'] / direct['rps']:.2f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        for leftover in subprocess.run(["pgrep", "-f", home], capture_output=True, text=True).stdout.split():
+            subprocess.run(["kill", "-KILL", leftover])
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
