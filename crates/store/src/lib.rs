@@ -155,7 +155,7 @@ pub struct StoredEvent {
     pub id: u64,
     pub at: DateTime<Utc>,
     pub project: String,
-    /// What changed: `run`, `function` or `task` (also the SSE event name).
+    /// What changed: `run`, `function`, `task` or `service` (also the SSE event name).
     pub kind: String,
     /// The change, as JSON (`type` repeats `kind`).
     pub data: Value,
@@ -234,7 +234,9 @@ pub trait Store: Send + Sync + 'static {
     /// Points the service `(project, name)` at `run_id`, creating the service when it does
     /// not exist (`created` is kept when it does). Appends a `service` event
     /// (`{"type":"service","project","name","run_id","at"}`) in the same transaction.
-    /// `NotFound` when the project or the run does not exist.
+    /// `NotFound` when the project or the run does not exist (the run must be one of the
+    /// project's). The name keeps pointing at `run_id` if that run is deleted later: the run
+    /// id is not a foreign key, and moving or removing the name is the controller's job.
     async fn put_service(
         &self,
         project: &str,
@@ -263,7 +265,8 @@ pub trait Store: Send + Sync + 'static {
     /// Events with an id greater than `after`, oldest first, at most `limit` of them (0 means
     /// 100, capped at [`MAX_EVENTS_PAGE`]); only those of `project` when given. Every change
     /// method above appends its events in its own transaction (`transition`, `create_run`, a
-    /// `put_function_version` that creates a version, `put_task`). Implementations must make
+    /// `put_function_version` that creates a version, `put_task`, `put_service`, a
+    /// `delete_service` or `set_service_status` that changed something). Implementations must make
     /// ids visible in increasing order (a reader that saw id N never finds a smaller one
     /// later): resuming after an id relies on it. SQLite has it for free (one writer at a
     /// time); a concurrent backend has to serialize its appends.

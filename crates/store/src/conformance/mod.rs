@@ -21,12 +21,14 @@ mod catalog;
 mod events;
 mod listing;
 mod runs;
+mod services;
 mod transitions;
 
 pub use catalog::*;
 pub use events::*;
 pub use listing::*;
 pub use runs::*;
+pub use services::*;
 pub use transitions::*;
 
 use crate::TransitionRequest;
@@ -34,8 +36,9 @@ use chrono::{DateTime, SubsecRound, Utc};
 use runplane_domain::{
     hash::{content_hash, version_id},
     key::Key,
-    run_kind, FunctionStatus, FunctionVersion, Labels, Metadata, Run, RunMetadata, RunSettings,
-    RunSpec, RunState, RunStatus, Task, TaskMetadata, TaskSpec, Transition,
+    run_kind, service_url, FunctionStatus, FunctionVersion, Labels, Metadata, ReplicaStatus, Run,
+    RunMetadata, RunSettings, RunSpec, RunState, RunStatus, ServiceStatus, Task, TaskMetadata,
+    TaskSpec, Transition,
 };
 use serde_json::{json, Value};
 
@@ -69,6 +72,13 @@ macro_rules! store_conformance_tests {
             events_not_appended_by_a_lost_transition,
             events_of_catalog_changes,
             events_ids_increase_and_page,
+            services_put_get_list_all,
+            services_upsert_keeps_created_and_moves_run,
+            services_need_their_project_and_run,
+            services_delete_only_with_the_matching_run,
+            services_events,
+            service_status_round_trips,
+            service_status_refused_changes_nothing,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -243,6 +253,26 @@ impl RunBuilder {
 
     pub fn build(self) -> Run {
         self.run
+    }
+}
+
+/// `status.service` of a run serving `(project, name)` that wants `desired` replicas, of which
+/// the first `ready` are ready (each replica on its own port, the last one restarted once).
+pub fn service_status(project: &str, name: &str, desired: u32, ready: u32) -> ServiceStatus {
+    ServiceStatus {
+        name: name.to_string(),
+        url: service_url(project, name),
+        desired,
+        replicas: (0..desired)
+            .map(|index| ReplicaStatus {
+                index,
+                endpoint: format!("127.0.0.1:{}", 40000 + index),
+                ready: index < ready,
+                restarts: u32::from(index + 1 == desired),
+                pid: Some(1000 + index),
+                last_exit: (index + 1 == desired).then(|| "exit code 1".to_string()),
+            })
+            .collect(),
     }
 }
 

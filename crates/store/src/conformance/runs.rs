@@ -1,6 +1,6 @@
 //! Creating, reading, counting and deleting runs.
 
-use super::{now, RunBuilder};
+use super::{now, service_status, RunBuilder};
 use crate::{IdempotencyKey, RunQuery, Store, StoreError};
 use runplane_domain::{Attempt, RunState, Transition};
 use serde_json::json;
@@ -32,6 +32,7 @@ pub async fn runs_round_trip(store: Arc<dyn Store>) {
     run.status.message = Some("a message with 'quotes' and ünïcödé".to_string());
     run.status.results = Some(json!({ "greeting": "hello", "n": [1, 2.5, null] }));
     run.status.rerun_of = Some(uuid::Uuid::now_v7().to_string());
+    run.status.service = Some(service_status("demo", "api", 2, 1));
     run.status.transitions.push(Transition {
         from: Some(RunState::Running),
         to: RunState::Running,

@@ -1,11 +1,10 @@
 //! Projects, function versions and tasks: the entities runs are made from.
 
 use super::codec::{
-    db, from_json, is_foreign_key_violation, is_unique_violation, parse_ts, to_json, ts,
+    db, from_json, is_foreign_key_violation, is_unique_violation, now, parse_ts, to_json, ts,
 };
 use super::events;
 use crate::{Put, StoreError, StoreResult};
-use chrono::{SubsecRound, Utc};
 use runplane_domain::{FunctionStatus, FunctionVersion, Metadata, Project, Task, TaskMetadata};
 use sqlx::SqliteConnection;
 
@@ -31,8 +30,7 @@ pub(super) async fn ensure_project(
     name: &str,
     created_by: &str,
 ) -> StoreResult<Project> {
-    // Microseconds: the precision every backend (PostgreSQL included) keeps.
-    let created = Utc::now().trunc_subsecs(6);
+    let created = now();
     sqlx::query(
         "INSERT INTO projects (name, created, created_by) VALUES (?, ?, ?)
          ON CONFLICT (name) DO NOTHING",

@@ -4,7 +4,7 @@
 //! by another version (or edited by hand) must not take the server down.
 
 use crate::{StoreError, StoreResult};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
 use runplane_domain::RunState;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -22,6 +22,12 @@ pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
 /// Whether `err` is a violation of a FOREIGN KEY constraint (e.g. an unknown project).
 pub(crate) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(e) if e.is_foreign_key_violation())
+}
+
+/// The time of a change the store stamps itself, in microseconds: the precision every backend
+/// (PostgreSQL included) keeps, so that what is written reads back equal.
+pub(crate) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
 }
 
 /// RFC 3339, UTC, always nine fractional digits: fixed width, so that text order is time order

@@ -1,9 +1,10 @@
 //! The event log: appends made inside the writer's transaction, and paged reads.
 
 use super::codec::{db, from_json, parse_ts, to_json, ts};
+use super::services::RunHead;
 use crate::{StoreError, StoreResult, StoredEvent, MAX_EVENTS_PAGE};
 use chrono::{DateTime, Utc};
-use runplane_domain::{FunctionVersion, Run, RunState, Task};
+use runplane_domain::{FunctionVersion, Run, RunState, ServiceRecord, ServiceStatus, Task};
 use serde_json::{json, Value};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -109,6 +110,64 @@ pub(super) async fn task_put(conn: &mut SqliteConnection, task: &Task) -> StoreR
         "at": ts(&meta.updated),
     });
     append(conn, &meta.updated, &meta.project, "task", &data).await
+}
+
+/// A run's replicas changed (not a transition: `change` tells readers that `from` and
+/// `reason` are absent and `state` is the state the run stays in).
+pub(super) async fn run_service_changed(
+    conn: &mut SqliteConnection,
+    run: &RunHead,
+    status: &ServiceStatus,
+    at: &DateTime<Utc>,
+) -> StoreResult<()> {
+    let data = json!({
+        "type": "run",
+        "project": run.project,
+        "id": run.id,
+        "kind": run.kind,
+        "function": run.function,
+        "state": run.state,
+        "attempt": run.attempt,
+        "change": "service",
+        "ready": status.ready(),
+        "desired": status.desired,
+        "at": ts(at),
+    });
+    append(conn, at, &run.project, "run", &data).await
+}
+
+/// A service name was created or pointed at another run.
+pub(super) async fn service_put(
+    conn: &mut SqliteConnection,
+    service: &ServiceRecord,
+) -> StoreResult<()> {
+    let data = json!({
+        "type": "service",
+        "project": service.project,
+        "name": service.name,
+        "run_id": service.run_id,
+        "at": ts(&service.updated),
+    });
+    append(conn, &service.updated, &service.project, "service", &data).await
+}
+
+/// A service name was removed (it pointed at `run_id` until then).
+pub(super) async fn service_deleted(
+    conn: &mut SqliteConnection,
+    project: &str,
+    name: &str,
+    run_id: &str,
+    at: &DateTime<Utc>,
+) -> StoreResult<()> {
+    let data = json!({
+        "type": "service",
+        "project": project,
+        "name": name,
+        "run_id": run_id,
+        "deleted": true,
+        "at": ts(at),
+    });
+    append(conn, at, project, "service", &data).await
 }
 
 pub(super) async fn events_after(

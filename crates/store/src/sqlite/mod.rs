@@ -9,6 +9,7 @@ mod catalog;
 mod codec;
 mod events;
 mod runs;
+mod services;
 mod transition;
 
 use crate::{
@@ -262,26 +263,50 @@ impl Store for SqliteStore {
         events::events_after(&mut conn, after, project, limit).await
     }
 
-    // TEMPORARY: being implemented (services table).
-    async fn put_service(&self, _p: &str, _n: &str, _r: &str) -> StoreResult<ServiceRecord> {
-        Err(StoreError::Database(
-            "services are not implemented yet".into(),
-        ))
+    async fn put_service(
+        &self,
+        project: &str,
+        name: &str,
+        run_id: &str,
+    ) -> StoreResult<ServiceRecord> {
+        let mut tx = self.write().await?;
+        let record = services::put_service(&mut tx, project, name, run_id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(record)
     }
-    async fn get_service(&self, _p: &str, _n: &str) -> StoreResult<Option<ServiceRecord>> {
-        Ok(None)
+
+    async fn get_service(&self, project: &str, name: &str) -> StoreResult<Option<ServiceRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        services::get_service(&mut conn, project, name).await
     }
-    async fn list_services(&self, _p: &str) -> StoreResult<Vec<ServiceRecord>> {
-        Ok(vec![])
+
+    async fn list_services(&self, project: &str) -> StoreResult<Vec<ServiceRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        services::list_services(&mut conn, Some(project)).await
     }
+
     async fn all_services(&self) -> StoreResult<Vec<ServiceRecord>> {
-        Ok(vec![])
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        services::list_services(&mut conn, None).await
     }
-    async fn delete_service(&self, _p: &str, _n: &str, _r: &str) -> StoreResult<bool> {
-        Ok(false)
+
+    async fn delete_service(&self, project: &str, name: &str, run_id: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = services::delete_service(&mut tx, project, name, run_id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
     }
-    async fn set_service_status(&self, _r: &str, _a: u32, _s: &ServiceStatus) -> StoreResult<bool> {
-        Ok(false)
+
+    async fn set_service_status(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        status: &ServiceStatus,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let changed = services::set_service_status(&mut tx, run_id, attempt, status).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(changed)
     }
 
     async fn latest_event_id(&self) -> StoreResult<u64> {

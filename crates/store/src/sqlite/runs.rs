@@ -19,7 +19,7 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 const RUN_COLUMNS: &str = "r.id, r.project, r.kind, r.state, r.attempt, r.reason, r.message, \
-     r.results, r.rerun_of, r.labels, r.spec, r.created, r.updated, r.created_by";
+     r.results, r.rerun_of, r.service, r.labels, r.spec, r.created, r.updated, r.created_by";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -32,6 +32,7 @@ pub(super) struct RunRow {
     message: Option<String>,
     results: Option<String>,
     rerun_of: Option<String>,
+    service: Option<String>,
     labels: String,
     spec: String,
     created: String,
@@ -63,7 +64,11 @@ impl RunRow {
                     .map(|r| from_json("runs.results", r))
                     .transpose()?,
                 rerun_of: self.rerun_of,
-                service: None, // TEMPORARY: the services column comes with the services table.
+                service: self
+                    .service
+                    .as_deref()
+                    .map(|s| from_json("runs.service", s))
+                    .transpose()?,
                 transitions,
                 attempts,
             },
@@ -238,9 +243,9 @@ pub(super) async fn create_run(
     let status = &run.status;
     let inserted = sqlx::query(
         "INSERT INTO runs (id, project, kind, function_name, task, state, attempt, reason,
-             message, results, rerun_of, labels, spec, created, updated, created_by,
+             message, results, rerun_of, service, labels, spec, created, updated, created_by,
              idempotency_key, request_hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&meta.id)
     .bind(&meta.project)
@@ -259,6 +264,13 @@ pub(super) async fn create_run(
             .transpose()?,
     )
     .bind(&status.rerun_of)
+    .bind(
+        status
+            .service
+            .as_ref()
+            .map(|s| to_json("service", s))
+            .transpose()?,
+    )
     .bind(to_json("labels", &meta.labels)?)
     .bind(to_json("spec", &run.spec)?)
     .bind(ts(&meta.created))

@@ -1,10 +1,9 @@
 //! The compare-and-set on a run's (state, attempt), and the wait reason of a queued run.
 
-use super::codec::{db, parse_state, to_json, to_u32, ts};
+use super::codec::{db, now, parse_state, to_json, to_u32, ts};
 use super::events;
 use super::runs::get_run;
 use crate::{AttemptUpdate, StoreError, StoreResult, TransitionRequest};
-use chrono::{SubsecRound, Utc};
 use runplane_domain::{Run, RunState};
 use sqlx::SqliteConnection;
 
@@ -196,7 +195,7 @@ pub(super) async fn set_wait_reason(
     attempt: u32,
     reason: Option<&str>,
 ) -> StoreResult<bool> {
-    let updated = ts(&Utc::now().trunc_subsecs(6));
+    let updated = ts(&now());
     let done = sqlx::query(
         "UPDATE runs SET reason = ?, updated = ? WHERE id = ? AND state = ? AND attempt = ?",
     )
