@@ -73,6 +73,7 @@ fn run_of(spec: Value, parameters: Value) -> Run {
             message: None,
             results: None,
             rerun_of: None,
+            service: None,
             transitions: Vec::new(),
             attempts: Vec::new(),
         },
@@ -136,6 +137,7 @@ fn execute_job(job: &Job, wrap: Option<&[&str]>) -> Executed {
             exit_code: output.status.code(),
             signal: output.status.signal(),
             outputs: files,
+            failure: None,
         },
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -147,6 +149,7 @@ fn execute_job(job: &Job, wrap: Option<&[&str]>) -> Executed {
 fn job_of(run: &Run) -> Job {
     match runtime().to_runnable(run).unwrap() {
         Runnable::Job(job) => job,
+        other => panic!("not a job: {other:?}"),
     }
 }
 

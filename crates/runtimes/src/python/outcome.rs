@@ -215,6 +215,7 @@ mod tests {
                     (name.to_string(), file)
                 })
                 .collect::<BTreeMap<_, _>>(),
+            failure: None,
         }
     }
 

@@ -155,6 +155,7 @@ pub(crate) mod tests {
                 message: None,
                 results: None,
                 rerun_of: None,
+                service: None,
                 transitions: Vec::new(),
                 attempts: Vec::new(),
             },
@@ -164,6 +165,7 @@ pub(crate) mod tests {
     fn job_of(run: &Run) -> Job {
         match PythonRuntime::default().to_runnable(run).unwrap() {
             Runnable::Job(job) => job,
+            other => panic!("not a job: {other:?}"),
         }
     }
 
