@@ -1,7 +1,9 @@
 //! The `serve` action: a `python` function kept running as an HTTP service.
 //!
-//! Each replica runs the embedded runner in serve mode (same working directory as a job:
-//! `runner.py`, `run.json`, `src/`). The runner imports the handler's module, calls the
+//! Each replica runs the embedded runner in serve mode: the working directory of a job
+//! (`runner.py`, `run.json`, `src/`) plus `runner_serve.py`, the serve half of the runner, which
+//! `runner.py` loads when `run.json` says `"mode": "serve"` (kept apart so that jobs do not pay
+//! for compiling it). `run.json`'s keys are listed in [`service`]. The runner imports the handler's module, calls the
 //! function's `init_function` once as `init(context, **parameters)` (the function's
 //! `init_parameters` with the run's parameters merged over them), then answers every HTTP
 //! request by calling `handler(request)` (plus `context=` when the handler declares it).
@@ -20,7 +22,7 @@ use super::spec::PythonSpec;
 use super::PythonConfig;
 use crate::RuntimeError;
 use runplane_domain::invalid::Problems;
-use runplane_domain::{Invalid, Run, Service};
+use runplane_domain::{FileEntry, Invalid, Run, Service};
 use serde_json::{json, Map, Value};
 
 /// The path every replica of a python service answers 200 on once its init function returned
@@ -34,8 +36,18 @@ pub const MAX_JSON_BODY_BYTES: u64 = 16 * 1024 * 1024;
 
 /// `run.json`'s `mode` for a replica (absent for jobs, which keeps their file unchanged).
 pub(crate) const SERVE_MODE: &str = "serve";
+/// The serve half of the runner, embedded like `runner.py`.
+pub(crate) const SERVE_RUNNER: &str = include_str!("runner_serve.py");
+pub(crate) const SERVE_RUNNER_FILE: &str = "runner_serve.py";
 
 /// Builds the service of a run whose action is `serve`.
+///
+/// A replica's `run.json`: `mode` (`"serve"`), `module` and `function` (the handler),
+/// `context` (whether the handler declares a `context` parameter), `init_function` (a name in
+/// the same module, or null), `init_parameters` (the function's `init_parameters` with the run's
+/// parameters merged over them), `run_id`, `project`, `readiness_path` ([`READINESS_PATH`]) and
+/// `max_json_body_bytes` ([`MAX_JSON_BODY_BYTES`]). The framework adds `RUNPLANE_LISTEN_FD` or
+/// `RUNPLANE_PORT`, `RUNPLANE_REPLICA` and `RUNPLANE_OUTPUTS` to the environment.
 pub(crate) fn service(run: &Run, config: &PythonConfig) -> Result<Service, RuntimeError> {
     let spec = PythonSpec::from_value(&run.spec.function_spec).map_err(RuntimeError::BadSpec)?;
     let (module, function) = spec.handler_parts();
@@ -51,7 +63,16 @@ pub(crate) fn service(run: &Run, config: &PythonConfig) -> Result<Service, Runti
         "readiness_path": READINESS_PATH,
         "max_json_body_bytes": MAX_JSON_BODY_BYTES,
     });
-    let replica = replica_job(run, config, &spec, &run_file)?;
+    let mut replica = replica_job(run, config, &spec, &run_file)?;
+    // After runner.py, before run.json: the runner's files first, as in a job.
+    replica.files.insert(
+        1,
+        FileEntry {
+            path: SERVE_RUNNER_FILE.to_string(),
+            mode: 0o644,
+            contents: SERVE_RUNNER.as_bytes().to_vec(),
+        },
+    );
     Ok(Service {
         replica,
         replicas: run.spec.settings.replicas(),
@@ -259,8 +280,12 @@ mod tests {
         assert_eq!(job.stop_grace_seconds, 7);
         assert_eq!(job.env["RUNPLANE_RUN_ID"], run.metadata.id);
         let paths: Vec<&str> = job.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["runner.py", "run.json", "src/main.py"]);
-        let run_file: Value = serde_json::from_slice(&job.files[1].contents).unwrap();
+        assert_eq!(
+            paths,
+            ["runner.py", "runner_serve.py", "run.json", "src/main.py"]
+        );
+        assert_eq!(job.files[1].contents, SERVE_RUNNER.as_bytes());
+        let run_file: Value = serde_json::from_slice(&job.files[2].contents).unwrap();
         assert_eq!(
             run_file,
             json!({
@@ -285,7 +310,7 @@ mod tests {
             service.ready_timeout_seconds,
             runplane_domain::RunSettings::default().ready_timeout_seconds()
         );
-        let run_file: Value = serde_json::from_slice(&service.replica.files[1].contents).unwrap();
+        let run_file: Value = serde_json::from_slice(&service.replica.files[2].contents).unwrap();
         assert_eq!(
             (
                 &run_file["init_function"],
