@@ -70,7 +70,6 @@ pub fn run_of(spec: Value, parameters: Value) -> Run {
     }
 }
 
-
 /// A run of `spec` whose action is `action`.
 pub fn run_with_action(spec: Value, parameters: Value, action: &str) -> Run {
     let mut run = run_of(spec, parameters);
