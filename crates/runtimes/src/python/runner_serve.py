@@ -513,7 +513,9 @@ def _serve(run, src, outputs, dumps):
     except ValueError:
         replica = None
     init_parameters = dict(run.get("init_parameters") or {})
-    context = Context(run["run_id"], run["project"], init_parameters, outputs, dumps, replica)
+    # One context for init and every request; its `parameters` are init's (a copy, so that
+    # init changing them does not change what it was called with).
+    context = Context(run["run_id"], run["project"], dict(init_parameters), outputs, dumps, replica)
 
     class State:
         lock = threading.Lock()
