@@ -6,78 +6,17 @@
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use runplane_domain::{
-    ExitOutcome, Job, OutputFile, Run, RunMetadata, RunSettings, RunSpec, RunState, RunStatus,
-    Runnable,
-};
-use runplane_runtimes::python::{PythonConfig, PythonRuntime};
+use runplane_domain::{ExitOutcome, Job, OutputFile, Run, RunState, Runnable};
 use runplane_runtimes::{Interpretation, Runtime};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const PYTHON: &str = "/usr/bin/python3";
+mod support;
 
-fn python_missing() -> bool {
-    let missing = !Path::new(PYTHON).exists();
-    if missing {
-        eprintln!("skipped: {PYTHON} is not installed");
-    }
-    missing
-}
-
-fn runtime() -> PythonRuntime {
-    PythonRuntime::new(PythonConfig {
-        interpreter: PYTHON.to_string(),
-        ..PythonConfig::default()
-    })
-}
-
-fn run_of(spec: Value, parameters: Value) -> Run {
-    let function_spec = runtime().normalize_function(&spec).expect("a valid spec");
-    let now = chrono::Utc::now();
-    Run {
-        kind: "python+job:run".into(),
-        metadata: RunMetadata {
-            id: "0190d7a8-0000-7000-8000-00000000abcd".into(),
-            project: "demo".into(),
-            labels: BTreeMap::new(),
-            created: now,
-            updated: now,
-            created_by: "anonymous".into(),
-        },
-        spec: RunSpec {
-            function: "store://demo/function/python/f:0000000000000000".into(),
-            function_name: "f".into(),
-            function_version: "0000000000000000".into(),
-            runtime: "python".into(),
-            action: "job".into(),
-            task: None,
-            framework: "local".into(),
-            parameters: parameters.as_object().cloned().unwrap_or_default(),
-            settings: RunSettings {
-                max_concurrency: None,
-                env: BTreeMap::from([("GREETING".to_string(), "hello".to_string())]),
-                stop_grace_seconds: 5,
-                ..RunSettings::default()
-            },
-            function_spec,
-        },
-        status: RunStatus {
-            state: RunState::Running,
-            attempt: 1,
-            reason: None,
-            message: None,
-            results: None,
-            rerun_of: None,
-            transitions: Vec::new(),
-            attempts: Vec::new(),
-        },
-    }
-}
+use support::{python_missing, run_of, runtime, write_files, PYTHON};
 
 /// What one real execution left behind.
 struct Executed {
@@ -102,13 +41,7 @@ fn execute_job(job: &Job, wrap: Option<&[&str]>) -> Executed {
     let work = dir.path().join("work");
     let outputs = dir.path().join("outputs");
     std::fs::create_dir_all(&outputs).unwrap();
-    for file in &job.files {
-        assert!(!file.path.starts_with('/') && !file.path.split('/').any(|p| p == ".."));
-        let path = work.join(&file.path);
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &file.contents).unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode)).unwrap();
-    }
+    write_files(&job.files, &work);
     let argv: Vec<&str> = match wrap {
         Some(argv) => argv.to_vec(),
         None => job.command.iter().map(String::as_str).collect(),
@@ -136,6 +69,7 @@ fn execute_job(job: &Job, wrap: Option<&[&str]>) -> Executed {
             exit_code: output.status.code(),
             signal: output.status.signal(),
             outputs: files,
+            failure: None,
         },
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -147,6 +81,7 @@ fn execute_job(job: &Job, wrap: Option<&[&str]>) -> Executed {
 fn job_of(run: &Run) -> Job {
     match runtime().to_runnable(run).unwrap() {
         Runnable::Job(job) => job,
+        other => panic!("not a job: {other:?}"),
     }
 }
 

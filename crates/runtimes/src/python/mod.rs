@@ -7,9 +7,11 @@
 //! the function's files; the runner leaves `results.json` / `error.json` in the outputs folder
 //! and `outcome.rs` reads them back.
 //!
-//! Only the `job` action exists so far; `serve` and `build` come later.
+//! Actions: `job` (above) and `serve` (`serve.rs`: the same runner kept running as an HTTP
+//! server, one per replica, as a [`Service`]); `build` comes later.
 //!
 //! [`Job`]: runplane_domain::Job
+//! [`Service`]: runplane_domain::Service
 
 mod archive;
 mod handler;
@@ -18,10 +20,12 @@ mod outcome;
 mod params;
 mod runnable;
 mod schema;
+mod serve;
 mod signature;
 mod source;
 mod spec;
 
+pub use serve::{MAX_JSON_BODY_BYTES, READINESS_PATH};
 pub use signature::{Parameter, ParameterKind, Signature};
 pub use spec::{PythonSpec, Source};
 
@@ -31,9 +35,11 @@ use serde_json::{Map, Value};
 
 /// The runtime's `kind`.
 pub const KIND: &str = "python";
-/// The one action so far.
+/// Run the handler once with the run's parameters.
 pub const JOB: &str = "job";
-const ACTIONS: &[&str] = &[JOB];
+/// Keep the handler running as an HTTP service (`serve.rs`).
+pub const SERVE: &str = "serve";
+const ACTIONS: &[&str] = &[JOB, SERVE];
 
 /// Settings of the python runtime, fixed when the server starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +79,8 @@ impl PythonRuntime {
     }
 }
 
-/// The error for an action other than `job`, shared by `validate_run` and `to_runnable`.
+/// The error for an action this runtime does not have, shared by `validate_run` and
+/// `to_runnable`.
 fn unknown_action(action: &str) -> RuntimeError {
     RuntimeError::UnknownAction {
         kind: KIND.to_string(),
@@ -109,13 +116,10 @@ impl Runtime for PythonRuntime {
         action: &str,
         parameters: &Map<String, Value>,
     ) -> Result<(), Invalid> {
-        if action != JOB {
+        if !ACTIONS.contains(&action) {
             return Err(Invalid::field(
                 "action",
-                format!(
-                    "{}; serve and build are not available yet",
-                    unknown_action(action)
-                ),
+                format!("{}; build is not available yet", unknown_action(action)),
             ));
         }
         let spec = PythonSpec::from_value(function_spec).map_err(|error| {
@@ -124,14 +128,19 @@ impl Runtime for PythonRuntime {
                 format!("the function's stored spec is unusable: {error}"),
             )
         })?;
-        params::check_run(&spec, parameters)
+        if action == SERVE {
+            serve::check_run(&spec, parameters)
+        } else {
+            params::check_run(&spec, parameters)
+        }
     }
 
     fn to_runnable(&self, run: &Run) -> Result<Runnable, RuntimeError> {
-        if run.spec.action != JOB {
-            return Err(unknown_action(&run.spec.action));
+        match run.spec.action.as_str() {
+            JOB => runnable::job(run, &self.config).map(Runnable::Job),
+            SERVE => serve::service(run, &self.config).map(Runnable::Service),
+            other => Err(unknown_action(other)),
         }
-        runnable::job(run, &self.config).map(Runnable::Job)
     }
 
     fn interpret(&self, run: &Run, outcome: &ExitOutcome) -> Interpretation {

@@ -13,8 +13,14 @@
 //! | SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL | ERROR | `failed` (the process crashed) |
 //! | any other signal | ERROR | `killed` |
 //! | neither an exit code nor a signal | ERROR | `lost` |
+//!
+//! A service (`serve`) runs until it is stopped, and the controller ends stopped services (and
+//! those the framework gave up on, `ExitOutcome::failure`) without asking the runtime. So an
+//! outcome of a serve run that reaches [`interpret`] outside STOP means its processes ended on
+//! their own: ERROR `failed`, with the runner's `error.json` (an import or init failure) when
+//! there is one.
 
-use super::PythonConfig;
+use super::{PythonConfig, SERVE};
 use crate::Interpretation;
 use runplane_domain::{reason, ExitOutcome, Run, RunState};
 use serde::Deserialize;
@@ -48,6 +54,9 @@ fn error(reason: &str, message: String) -> Interpretation {
 /// See the module documentation.
 pub(crate) fn interpret(run: &Run, outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
     let stopping = run.status.state == RunState::Stop;
+    if run.spec.action == SERVE {
+        return service_ended(run, outcome, stopping);
+    }
     match (outcome.exit_code, outcome.signal) {
         (Some(0), _) => succeeded(outcome, config),
         (Some(code), _) if stopping => stopped(
@@ -104,13 +113,37 @@ fn succeeded(outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
     }
 }
 
-fn failed(outcome: &ExitOutcome, code: i32) -> Interpretation {
-    let recorded = outcome
+/// The runner's `error.json`, when it left a readable one.
+fn recorded_error(outcome: &ExitOutcome) -> Option<ErrorFile> {
+    outcome
         .outputs
         .get(ERROR_FILE)
         .filter(|file| !file.is_truncated())
-        .and_then(|file| serde_json::from_slice::<ErrorFile>(&file.contents).ok());
-    match recorded {
+        .and_then(|file| serde_json::from_slice::<ErrorFile>(&file.contents).ok())
+}
+
+/// A service's processes ended: see the module documentation.
+fn service_ended(run: &Run, outcome: &ExitOutcome, stopping: bool) -> Interpretation {
+    let how = match (outcome.exit_code, outcome.signal) {
+        (Some(code), _) => format!("the process exited with code {code}"),
+        (None, Some(signal)) => format!("the process was ended by {}", describe_signal(signal)),
+        (None, None) => "the process ended without an exit code or a signal".to_string(),
+    };
+    if stopping {
+        return stopped(run, format!("the service stopped: {how}"));
+    }
+    let message = match recorded_error(outcome) {
+        Some(recorded) => format!(
+            "the service ended on its own ({how}): {}: {}",
+            recorded.kind, recorded.message
+        ),
+        None => format!("the service ended on its own ({how}); a service runs until it is stopped"),
+    };
+    error(reason::FAILED, truncate(&message))
+}
+
+fn failed(outcome: &ExitOutcome, code: i32) -> Interpretation {
+    match recorded_error(outcome) {
         Some(recorded) => {
             let reason = if OUTPUT_ERRORS.contains(&recorded.kind.as_str()) {
                 reason::INVALID_OUTPUT
@@ -215,6 +248,7 @@ mod tests {
                     (name.to_string(), file)
                 })
                 .collect::<BTreeMap<_, _>>(),
+            failure: None,
         }
     }
 
@@ -299,6 +333,50 @@ mod tests {
         let long = format!(r#"{{"type": "E", "message": "{}"}}"#, "x".repeat(10_000));
         let got = interpret(&outcome(Some(1), None, &[("error.json", long.as_bytes())]));
         assert!(got.message.unwrap().chars().count() < 4200);
+    }
+
+    #[test]
+    fn a_service_that_ends_on_its_own_failed() {
+        let mut served = run_of(
+            json!({"source": {"code": "def handler(request):\n    pass\n"}, "handler": "handler"}),
+            json!({}),
+        );
+        served.spec.action = "serve".into();
+        let runtime = PythonRuntime::default();
+        let got = runtime.interpret(&served, &outcome(Some(0), None, &[("results.json", b"1")]));
+        assert_eq!(
+            (got.state, got.reason.as_str()),
+            (RunState::Error, "failed")
+        );
+        assert_eq!(
+            got.message.as_deref(),
+            Some("the service ended on its own (the process exited with code 0); a service runs until it is stopped")
+        );
+        assert_eq!(got.results, None);
+        let got = runtime.interpret(
+            &served,
+            &outcome(
+                Some(1),
+                None,
+                &[(
+                    "error.json",
+                    br#"{"type": "OSError", "message": "no model", "where": "main.py:2"}"#,
+                )],
+            ),
+        );
+        assert_eq!(
+            got.message.as_deref(),
+            Some(
+                "the service ended on its own (the process exited with code 1): OSError: no model"
+            )
+        );
+        let got = runtime.interpret(&served, &outcome(None, Some(9), &[]));
+        assert_eq!(got.reason, "failed");
+        assert!(got.message.unwrap().contains("signal 9 (SIGKILL)"));
+
+        served.status.state = RunState::Stop;
+        let got = runtime.interpret(&served, &outcome(Some(0), None, &[]));
+        assert_eq!((got.state, got.reason.as_str()), (RunState::Error, "user"));
     }
 
     #[test]

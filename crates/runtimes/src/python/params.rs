@@ -8,9 +8,10 @@ use runplane_domain::invalid::Problems;
 use runplane_domain::Invalid;
 use serde_json::{Map, Value};
 
-/// Every name in `given` is one the handler accepts; problems are on `<prefix>.<name>`.
+/// Every name in `given` is one the function accepts; problems are on `<prefix>.<name>`.
+/// `subject` names the function in messages (`handler main:handler`, `init function main:load`).
 pub(crate) fn check_names(
-    handler: &str,
+    subject: &str,
     signature: &Signature,
     given: &Map<String, Value>,
     prefix: &str,
@@ -26,7 +27,7 @@ pub(crate) fn check_names(
             problems.add(
                 format!("{prefix}.{name}"),
                 format!(
-                    "handler {handler} does not accept a parameter {name} (it takes: {})",
+                    "{subject} does not accept a parameter {name} (it takes: {})",
                     signature.describe_accepted()
                 ),
             );
@@ -40,7 +41,7 @@ pub(crate) fn check_names(
 pub(crate) fn check_run(spec: &PythonSpec, parameters: &Map<String, Value>) -> Result<(), Invalid> {
     let mut problems = Problems::new();
     problems.check(check_names(
-        &spec.handler,
+        &format!("handler {}", spec.handler),
         &spec.signature,
         parameters,
         "parameters",
@@ -62,7 +63,15 @@ pub(crate) fn check_run(spec: &PythonSpec, parameters: &Map<String, Value>) -> R
 
 /// The parameters a run's handler is called with: the run's over the function's defaults.
 pub(crate) fn merged(spec: &PythonSpec, parameters: &Map<String, Value>) -> Map<String, Value> {
-    let mut all = spec.default_parameters.clone();
+    merged_over(&spec.default_parameters, parameters)
+}
+
+/// `parameters` over `defaults`, name by name.
+pub(crate) fn merged_over(
+    defaults: &Map<String, Value>,
+    parameters: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut all = defaults.clone();
     for (name, value) in parameters {
         all.insert(name.clone(), value.clone());
     }
@@ -145,10 +154,10 @@ mod tests {
     #[test]
     fn other_actions_and_broken_specs_are_refused() {
         let spec = function("def handler():\n    pass\n", json!({}));
-        let got = problems(&spec, "serve", json!({}));
+        let got = problems(&spec, "build", json!({}));
         assert_eq!(got[0].0, "action");
         assert!(
-            got[0].1.contains("serve") && got[0].1.contains("job"),
+            got[0].1.contains("build") && got[0].1.contains("job, serve"),
             "{}",
             got[0].1
         );

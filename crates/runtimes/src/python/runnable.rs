@@ -1,5 +1,6 @@
 //! A run of a `python` function as a [`Job`]: the interpreter started on the embedded runner,
-//! with the function's files under `src/` and what the runner needs in `run.json`.
+//! with the function's files under `src/` and what the runner needs in `run.json`. A serve
+//! run's replicas are the same kind of job with a serve-mode `run.json` (`serve.rs`).
 //!
 //! Working directory (written by the framework):
 //!
@@ -15,7 +16,7 @@ use super::spec::{PythonSpec, Source};
 use super::PythonConfig;
 use crate::RuntimeError;
 use runplane_domain::{FileEntry, Job, Run};
-use serde_json::json;
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// The runner, embedded so that what runs always matches the runtime that prepared it.
@@ -38,8 +39,19 @@ pub(crate) fn job(run: &Run, config: &PythonConfig) -> Result<Job, RuntimeError>
         "project": run.metadata.project,
         "max_results_bytes": config.max_results_bytes,
     });
+    replica_job(run, config, &spec, &run_file)
+}
+
+/// The runner started on `run_file` (its `run.json`) with the function's files: a job, or
+/// one replica of a service.
+pub(crate) fn replica_job(
+    run: &Run,
+    config: &PythonConfig,
+    spec: &PythonSpec,
+    run_file: &Value,
+) -> Result<Job, RuntimeError> {
     let run_file =
-        serde_json::to_vec(&run_file).map_err(|error| RuntimeError::BadSpec(error.to_string()))?;
+        serde_json::to_vec(run_file).map_err(|error| RuntimeError::BadSpec(error.to_string()))?;
 
     let mut files = vec![
         FileEntry {
@@ -54,7 +66,7 @@ pub(crate) fn job(run: &Run, config: &PythonConfig) -> Result<Job, RuntimeError>
         },
     ];
     files.extend(
-        source_files(&spec, config)?
+        source_files(spec, config)?
             .into_iter()
             .map(|file| FileEntry {
                 path: format!("{SOURCE_DIR}/{}", file.path),
@@ -111,7 +123,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::Runtime;
     use runplane_domain::{RunMetadata, RunSettings, RunSpec, RunState, RunStatus, Runnable};
-    use serde_json::{Map, Value};
+    use serde_json::Map;
 
     /// A run of `spec` (as submitted) with `parameters`, as the controller would build it.
     pub(crate) fn run_of(spec: Value, parameters: Value) -> Run {
@@ -155,6 +167,7 @@ pub(crate) mod tests {
                 message: None,
                 results: None,
                 rerun_of: None,
+                service: None,
                 transitions: Vec::new(),
                 attempts: Vec::new(),
             },
@@ -164,6 +177,7 @@ pub(crate) mod tests {
     fn job_of(run: &Run) -> Job {
         match PythonRuntime::default().to_runnable(run).unwrap() {
             Runnable::Job(job) => job,
+            other => panic!("not a job: {other:?}"),
         }
     }
 
@@ -242,7 +256,7 @@ pub(crate) mod tests {
             json!({"source": {"code": "def handler():\n    pass\n"}, "handler": "handler"}),
             json!({}),
         );
-        run.spec.action = "serve".into();
+        run.spec.action = "build".into();
         let error = PythonRuntime::default().to_runnable(&run).unwrap_err();
         assert!(
             matches!(error, RuntimeError::UnknownAction { .. }),

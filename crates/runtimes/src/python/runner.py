@@ -1,15 +1,20 @@
-"""runplane's job runner for Python handlers (DESIGN.md section 4, "Python handlers").
+"""runplane's runner for Python handlers (DESIGN.md section 4, "Python handlers").
 
 The python runtime writes this file next to `run.json` and the function's code (under `src/`).
 The framework starts it with that folder as working directory and `RUNPLANE_OUTPUTS` set to an
-empty folder whose files it collects when the process ends. The runner imports the handler's
-module, calls the handler with the run's parameters by name (plus `context=` when the handler
-declares it) and leaves the outcome in that folder:
+empty folder whose files it collects when the process ends.
+
+Job mode (`run.json` has no `mode`): the runner imports the handler's module, calls the handler
+with the run's parameters by name (plus `context=` when the handler declares it) and leaves the
+outcome in that folder:
 
 - `results.json`: the handler's return value as JSON (`null` for None);
 - `error.json`: `{"type", "message", "where"}` when the import or the handler raised, or when
   the return value cannot be kept (`ResultNotSerializable`, `ResultTooLarge`); exit code 1;
 - `metrics.jsonl`: one JSON object per `context.log_metric(...)` call.
+
+Serve mode (`"mode": "serve"`): the runner serves HTTP/1.1 until SIGTERM; that half of it is
+`runner_serve.py`, beside this file in a service's working directory (see its comments).
 
 Rules this file keeps, and why:
 - Standard library only, and as little of it as possible: every run pays for these imports, and
@@ -17,7 +22,9 @@ Rules this file keeps, and why:
   `sys` and `os` (already loaded by the interpreter at start-up) and `_json`, the C core of
   `json`; importing `json` itself drags in `re`, `enum`, `functools` and `collections` (several
   milliseconds), so it is only the fallback when `_json` is missing or has changed. `traceback`
-  is imported only once something failed and `asyncio` only for an `async def` handler.
+  is imported only once something failed and `asyncio` only for an `async def` handler. Serve
+  mode's code and imports (`http.server`, `json`, `threading`, ...) are in `runner_serve.py`,
+  which jobs never compile.
 - Nothing is ever printed on stdout, and runplane never parses stdout or stderr: they belong to
   the user's code, which could print anything. A failure's traceback goes to stderr, as Python
   would print it.
@@ -28,10 +35,16 @@ import os
 import sys
 
 RESULTS = "results.json"
+# The serve half of the runner, beside this file in a service's working directory.
+SERVE_FILE = "runner_serve.py"
 ERROR = "error.json"
 METRICS = "metrics.jsonl"
 # Longest exception message kept in error.json; the full text is in the traceback on stderr.
 MESSAGE_LIMIT = 4000
+
+
+# Files of the runner itself, whose frames tracebacks leave out.
+_RUNNER_FILES = {__file__}
 
 
 class HandlerNotFound(Exception):
@@ -110,12 +123,15 @@ def _write_atomically(path, text):
 class Context:
     """What a handler that declares a `context` parameter receives."""
 
-    __slots__ = ("run_id", "project", "parameters", "_metrics", "_dumps")
+    __slots__ = ("run_id", "project", "parameters", "replica", "_metrics", "_dumps")
 
-    def __init__(self, run_id, project, parameters, outputs, dumps):
+    def __init__(self, run_id, project, parameters, outputs, dumps, replica=None):
         self.run_id = run_id
         self.project = project
+        # Jobs: the handler's parameters; services: the init function's.
         self.parameters = parameters
+        # Services: this replica's index (`RUNPLANE_REPLICA`); None for jobs.
+        self.replica = replica
         self._metrics = os.path.join(outputs, METRICS)
         self._dumps = dumps
 
@@ -184,7 +200,7 @@ def _report(error, outputs, dumps, src):
     import traceback
 
     frames = error.__traceback__
-    while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
+    while frames is not None and frames.tb_frame.f_code.co_filename in _RUNNER_FILES:
         frames = frames.tb_next
     traceback.print_exception(type(error), error, frames)
     sys.stderr.flush()
@@ -199,8 +215,8 @@ def _put_source_first(here, src):
         sys.path.insert(0, src)
 
 
-def _call(run, src, outputs, dumps):
-    name = run["module"]
+def _module(name, src):
+    """Imports the handler's module, which must be the function's own code."""
     __import__(name)
     module = sys.modules[name]
     origin = getattr(module, "__file__", None)
@@ -209,18 +225,30 @@ def _call(run, src, outputs, dumps):
             "module %s is not the function's own code: it resolves to %s; rename the module"
             % (name, origin or "a module built into Python")
         )
-    function = getattr(module, run["function"], None)
+    return module
+
+
+def _function(module, name):
+    function = getattr(module, name, None)
     if function is None or not callable(function):
-        raise HandlerNotFound("module %s has no function %s" % (name, run["function"]))
-    arguments = dict(run["parameters"])
-    if run["context"]:
-        arguments["context"] = Context(run["run_id"], run["project"], dict(run["parameters"]), outputs, dumps)
-    result = function(**arguments)
-    if hasattr(result, "cr_code") and hasattr(result, "send"):  # an `async def` handler
+        raise HandlerNotFound("module %s has no function %s" % (module.__name__, name))
+    return function
+
+
+def _awaited(result):
+    if hasattr(result, "cr_code") and hasattr(result, "send"):  # from an `async def`
         import asyncio
 
         result = asyncio.run(result)
     return result
+
+
+def _call(run, src, outputs, dumps):
+    function = _function(_module(run["module"], src), run["function"])
+    arguments = dict(run["parameters"])
+    if run["context"]:
+        arguments["context"] = Context(run["run_id"], run["project"], dict(run["parameters"]), outputs, dumps)
+    return _awaited(function(**arguments))
 
 
 def main():
@@ -243,6 +271,13 @@ def main():
     # Relative paths in the handler's code resolve against its own source folder, as they do
     # when the user runs it from their project's folder.
     os.chdir(src)
+    if run.get("mode") == "serve":
+        serve = os.path.join(here, SERVE_FILE)
+        with open(serve, encoding="utf-8") as file:
+            code = compile(file.read(), serve, "exec")
+        _RUNNER_FILES.add(serve)
+        exec(code, globals())
+        return _serve(run, src, outputs, dumps)  # noqa: F821 (defined by SERVE_FILE)
     try:
         result = _call(run, src, outputs, dumps)
     except Exception as error:

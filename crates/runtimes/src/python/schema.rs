@@ -11,6 +11,7 @@ pub(super) fn spec_schema() -> Value {
         "type": "object",
         "additionalProperties": false,
         "required": ["source", "handler"],
+        "dependentRequired": { "init_parameters": ["init_function"] },
         "properties": {
             "source": {
                 "description": "The function's code: inline `code` (the module `main`), or an `archive` (base64 of a gzip'd tar) that `runplane apply` makes from `path`.",
@@ -36,11 +37,24 @@ pub(super) fn spec_schema() -> Value {
             },
             "python_version": { "type": "string", "pattern": "^3(\\.[0-9]+)?$" },
             "default_parameters": {
-                "description": "Parameters the run's own parameters are merged over.",
+                "description": "Parameters a job run's own parameters are merged over.",
+                "type": "object"
+            },
+            "init_function": {
+                "description": "Serve: a top-level function of the handler's module, called once per replica as `init(context, **init_parameters)` before the replica is ready (load a model there).",
+                "type": "string",
+                "minLength": 1
+            },
+            "init_parameters": {
+                "description": "Serve: the init function's parameters; a serve run's own parameters are merged over them. Needs `init_function`.",
                 "type": "object"
             },
             "signature": {
                 "description": "The handler's parameters, computed by the server (accepted so that a stored spec can be re-applied).",
+                "type": "object"
+            },
+            "init_signature": {
+                "description": "The init function's parameters, computed by the server (accepted so that a stored spec can be re-applied).",
                 "type": "object"
             }
         }

@@ -10,16 +10,22 @@
 //! handler: handler                 # `function` (in `main`) or `module:function`, `pkg.mod:function`
 //! requirements: []                 # must be empty for now
 //! python_version: "3.11"           # optional, stored as given (not checked against the interpreter)
-//! default_parameters: {}           # optional, merged under each run's parameters
+//! default_parameters: {}           # optional, merged under each job run's parameters
+//! init_function: load              # optional, serve only: a function of the handler's module,
+//!                                  # called once per replica as load(context, **init_parameters)
+//! init_parameters: {}              # optional (needs init_function), merged under each serve
+//!                                  # run's parameters
 //! ```
 //!
-//! The normalized spec adds `signature` (the handler's parameters, read from its `def`) so that
-//! runs are checked without parsing the code again; `signature` and `source.digest` are
-//! accepted on input (and recomputed) so that a stored spec can be applied again as it is.
+//! The normalized spec adds `signature` (the handler's parameters, read from its `def`) and,
+//! with an init function, `init_signature` (the same for it), so that runs are checked without
+//! parsing the code again; `signature`, `init_signature` and `source.digest` are accepted on
+//! input (and recomputed) so that a stored spec can be applied again as it is.
 
 use super::archive::{self, SourceFile};
-use super::handler::{HandlerRef, MAIN_MODULE};
+use super::handler::{is_identifier, HandlerRef, MAIN_MODULE};
 use super::params;
+use super::serve;
 use super::signature::{find_inline, HandlerError, ParameterKind, Signature, SourceTree};
 use super::source::{parse_module, strip_bom};
 use super::PythonConfig;
@@ -34,7 +40,10 @@ pub(super) const FIELDS: &[&str] = &[
     "requirements",
     "python_version",
     "default_parameters",
+    "init_function",
+    "init_parameters",
     "signature",
+    "init_signature",
 ];
 pub(super) const SOURCE_FIELDS: &[&str] = &["code", "archive", "digest"];
 /// Syntax errors reported per apply; more are summarized.
@@ -51,7 +60,16 @@ pub struct PythonSpec {
     pub python_version: Option<String>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub default_parameters: Map<String, Value>,
+    /// Serve: a function of the handler's module (a bare name), called once per replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_function: Option<String>,
+    /// Serve: what `init_function` is called with; a serve run's parameters are merged over it.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub init_parameters: Map<String, Value>,
     pub signature: Signature,
+    /// The parameters of `init_function` (present exactly when it is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_signature: Option<Signature>,
 }
 
 /// Where the function's code is.
@@ -90,9 +108,16 @@ struct SpecInput {
     python_version: Option<String>,
     #[serde(default)]
     default_parameters: Map<String, Value>,
+    #[serde(default)]
+    init_function: Option<String>,
+    #[serde(default)]
+    init_parameters: Map<String, Value>,
     /// Recomputed; accepted so that a stored spec can be re-applied.
     #[serde(default, rename = "signature")]
     _signature: Option<Value>,
+    /// Recomputed, like `signature`.
+    #[serde(default, rename = "init_signature")]
+    _init_signature: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +228,7 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
             None
         }
     };
+    let init_function = check_init_name(&input, &mut problems);
 
     let source = &input.source;
     let checked = match (&source.code, &source.archive) {
@@ -213,8 +239,14 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
                     "only a packed source (`archive`) has a digest",
                 );
             }
-            check_inline(code, handler.as_ref(), config, &mut problems)
-                .map(|signature| (Source::Code { code: code.clone() }, signature))
+            check_inline(code, handler.as_ref(), config, &mut problems).map(|signature| {
+                let files = vec![SourceFile {
+                    path: "main.py".to_string(),
+                    mode: 0o644,
+                    contents: strip_bom(code).as_bytes().to_vec(),
+                }];
+                (Source::Code { code: code.clone() }, signature, files)
+            })
         }
         (None, Some(archive)) => check_archive(
             archive,
@@ -231,16 +263,25 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
             None
         }
     };
-    let (Some((normalized_source, signature)), Some(handler)) = (checked, handler) else {
+    let (Some((normalized_source, signature, files)), Some(handler)) = (checked, handler) else {
         return Err(finish_with_problem(problems));
     };
     check_signature_usable(&handler, &signature, &mut problems);
     problems.check(params::check_names(
-        &handler.to_string(),
+        &format!("handler {handler}"),
         &signature,
         &input.default_parameters,
         "default_parameters",
     ));
+    let init_signature = init_function.as_ref().and_then(|init| {
+        check_init(
+            &SourceTree::new(&files),
+            &handler,
+            init,
+            &input.init_parameters,
+            &mut problems,
+        )
+    });
     problems.finish()?;
 
     let normalized = PythonSpec {
@@ -248,7 +289,10 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
         handler: handler.to_string(),
         python_version: input.python_version,
         default_parameters: input.default_parameters,
+        init_function,
+        init_parameters: input.init_parameters,
         signature,
+        init_signature,
     };
     serde_json::to_value(&normalized)
         .map_err(|error| Invalid::field("", format!("cannot be stored: {error}")))
@@ -319,7 +363,7 @@ fn check_archive(
     handler: Option<&HandlerRef>,
     config: &PythonConfig,
     problems: &mut Problems,
-) -> Option<(Source, Signature)> {
+) -> Option<(Source, Signature, Vec<SourceFile>)> {
     let files = match archive::unpack(archive, config.max_source_bytes) {
         Ok(files) => files,
         Err(error) => {
@@ -359,7 +403,7 @@ fn check_archive(
         None => None,
     };
     let signature = signature.filter(|_| failed.is_empty())?;
-    Some((source, signature))
+    Some((source, signature, files))
 }
 
 /// Parses the UTF-8 `.py` files of a packed source but `skip`, and returns those that do not
@@ -397,6 +441,60 @@ fn check_python_files<'a>(
     failed
 }
 
+/// `init_function`: a bare function name, and only with `init_parameters` when set.
+fn check_init_name(input: &SpecInput, problems: &mut Problems) -> Option<String> {
+    match &input.init_function {
+        Some(name) if is_identifier(name) => Some(name.clone()),
+        Some(name) => {
+            problems.add(
+                "init_function",
+                format!("{name:?} is not a function name: name a top-level function of the handler's module, such as `load`"),
+            );
+            None
+        }
+        None => {
+            if !input.init_parameters.is_empty() {
+                problems.add(
+                    "init_parameters",
+                    "is only used with `init_function`, which is not set",
+                );
+            }
+            None
+        }
+    }
+}
+
+/// Finds `init` in the handler's module and checks it can be called as
+/// `init(context, **init_parameters)`. `None` when a problem was added.
+fn check_init(
+    tree: &SourceTree,
+    handler: &HandlerRef,
+    init: &str,
+    init_parameters: &Map<String, Value>,
+    problems: &mut Problems,
+) -> Option<Signature> {
+    let init = HandlerRef {
+        module: handler.module.clone(),
+        function: init.to_string(),
+    };
+    let signature = match tree.find_handler(&init) {
+        Ok(signature) => signature,
+        Err(error) => {
+            problems.add("init_function", error.to_string());
+            return None;
+        }
+    };
+    let label = format!("init function {init}");
+    serve::check_init_usable(&label, &signature, problems);
+    problems.check(params::check_names(
+        &label,
+        &serve::init_keywords(&signature),
+        init_parameters,
+        "init_parameters",
+    ));
+    Some(signature)
+}
+
 /// A handler whose required parameter is positional-only could never be called by name.
 fn check_signature_usable(handler: &HandlerRef, signature: &Signature, problems: &mut Problems) {
     for parameter in &signature.parameters {
@@ -413,12 +511,14 @@ fn check_signature_usable(handler: &HandlerRef, signature: &Signature, problems:
 }
 
 /// What a version's content hash covers: the normalized spec without what is derived from it
-/// (`signature`, which a newer runplane may read differently) and without a packed source's
-/// bytes (only its `digest`, so that the same files packed twice make the same version).
+/// (`signature`, `init_signature`: a newer runplane may read them differently) and without a
+/// packed source's bytes (only its `digest`, so that the same files packed twice make the same
+/// version).
 pub(crate) fn hash_input(normalized: &Value) -> Value {
     let mut value = normalized.clone();
     if let Some(object) = value.as_object_mut() {
         object.remove("signature");
+        object.remove("init_signature");
         if let Some(source) = object.get_mut("source").and_then(Value::as_object_mut) {
             if source.contains_key("digest") {
                 source.remove("archive");
@@ -757,6 +857,147 @@ mod tests {
             let spec = json!({"source": {"archive": archive}, "handler": "handler"});
             assert_eq!(only_field(normalize(&spec, &config())).0, "source.archive");
         }
+    }
+
+    const SERVED: &str = "def load(context, path, scale=1):\n    pass\n\ndef predict(request, context=None):\n    return 1\n";
+
+    #[test]
+    fn normalizes_init_functions() {
+        let spec = json!({"source": {"code": SERVED}, "handler": "predict", "init_function": "load", "init_parameters": {"path": "/m"}});
+        let normalized = normalize(&spec, &config()).unwrap();
+        assert_eq!(normalized["init_function"], "load");
+        assert_eq!(normalized["init_parameters"], json!({"path": "/m"}));
+        assert_eq!(normalized["init_signature"]["defined_at"], "main.py:1");
+        assert_eq!(
+            normalized["init_signature"]["parameters"][1]["name"],
+            "path"
+        );
+        // Idempotent, and what is derived is not hashed.
+        assert_eq!(normalize(&normalized, &config()).unwrap(), normalized);
+        assert!(hash_input(&normalized).get("init_signature").is_none());
+        assert_eq!(hash_input(&normalized)["init_function"], "load");
+        // Without an init function, nothing of it is stored.
+        let plain = normalize(
+            &json!({"source": {"code": SERVED}, "handler": "predict"}),
+            &config(),
+        )
+        .unwrap();
+        for field in ["init_function", "init_parameters", "init_signature"] {
+            assert!(plain.get(field).is_none(), "{field}");
+        }
+        let parsed = PythonSpec::from_value(&plain).unwrap();
+        assert_eq!((parsed.init_function, parsed.init_signature), (None, None));
+    }
+
+    #[test]
+    fn init_functions_are_found_through_imports() {
+        let archive = b64(&[
+            Item::File(
+                "app/__init__.py",
+                0o644,
+                b"from .model import load, predict\n",
+            ),
+            Item::File(
+                "app/model.py",
+                0o644,
+                b"async def load(ctx, *, size):\n    pass\n\ndef predict(request):\n    pass\n",
+            ),
+        ]);
+        let spec = json!({"source": {"archive": archive}, "handler": "app:predict", "init_function": "load", "init_parameters": {"size": 3}});
+        let normalized = normalize(&spec, &config()).unwrap();
+        assert_eq!(normalized["init_signature"]["defined_at"], "app/model.py:1");
+        assert_eq!(normalized["init_signature"]["is_async"], true);
+        assert_eq!(normalize(&normalized, &config()).unwrap(), normalized);
+    }
+
+    #[test]
+    fn init_problems_name_their_fields() {
+        let with = |code: &str, extra: Value| {
+            let mut spec = json!({"source": {"code": code}, "handler": "predict"});
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            fields(normalize(&spec, &config()))
+        };
+        let cases = [
+            (
+                SERVED,
+                json!({"init_function": "nothere"}),
+                "init_function",
+                "has no top-level function nothere",
+            ),
+            (
+                SERVED,
+                json!({"init_function": "main:load"}),
+                "init_function",
+                "is not a function name",
+            ),
+            (
+                SERVED,
+                json!({"init_function": 3}),
+                "init_function",
+                "expected a string",
+            ),
+            (
+                SERVED,
+                json!({"init_parameters": {"path": "/m"}}),
+                "init_parameters",
+                "only used with `init_function`",
+            ),
+            (
+                SERVED,
+                json!({"init_function": "load", "init_parameters": {"pth": 1}}),
+                "init_parameters.pth",
+                "init function main:load does not accept a parameter pth (it takes: path, scale)",
+            ),
+            (
+                SERVED,
+                json!({"init_function": "load", "init_parameters": {"context": 1}}),
+                "init_parameters.context",
+                "cannot be passed",
+            ),
+            (
+                SERVED,
+                json!({"init_function": "load", "init_parameters": []}),
+                "init_parameters",
+                "expected a map",
+            ),
+            (
+                "def load(*, path):\n    pass\n\ndef predict(r):\n    pass\n",
+                json!({"init_function": "load"}),
+                "init_function",
+                "takes no positional parameter",
+            ),
+            (
+                "def load(c, p, /):\n    pass\n\ndef predict(r):\n    pass\n",
+                json!({"init_function": "load"}),
+                "init_function",
+                "positional-only parameter p",
+            ),
+            (
+                "load = 1\n\ndef predict(r):\n    pass\n",
+                json!({"init_function": "load"}),
+                "init_function",
+                "a variable",
+            ),
+        ];
+        for (code, extra, field, problem) in cases {
+            let got = with(code, extra.clone());
+            assert_eq!(got.len(), 1, "{extra} → {got:?}");
+            assert_eq!(got[0].0, field, "{extra} → {got:?}");
+            assert!(got[0].1.contains(problem), "{extra} → {got:?}");
+        }
+        // A stored spec is read strictly.
+        let normalized = normalize(
+            &json!({"source": {"code": SERVED}, "handler": "predict", "init_function": "load"}),
+            &config(),
+        )
+        .unwrap();
+        let mut broken = normalized.clone();
+        broken["init_signature"] = json!({"x": 1});
+        assert!(PythonSpec::from_value(&broken)
+            .unwrap_err()
+            .contains("init_signature"));
     }
 
     #[test]
