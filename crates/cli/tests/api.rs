@@ -407,7 +407,7 @@ fn schemas_describe_every_spec_kind() {
     let server = TestServer::start();
     let (status, kinds) = server.get("/schemas");
     assert_eq!(status, 200);
-    assert_eq!(kinds, json!(["python", "python+job"]));
+    assert_eq!(kinds, json!(["python", "python+job", "python+serve"]));
     let (status, python) = server.get("/schemas/python");
     assert_eq!(status, 200);
     assert_eq!(python["required"], json!(["source", "handler"]));
