@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog;
 pub mod controller;
 pub mod failpoints;
+pub mod gateway;
 pub mod options;
 mod server;
 
