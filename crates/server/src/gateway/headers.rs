@@ -103,9 +103,7 @@ pub(crate) fn prepare_request(headers: &mut HeaderMap, forwarded: &Forwarded<'_>
 /// as plain IPv4.
 fn client_ip(client: SocketAddr) -> IpAddr {
     match client.ip() {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         ip => ip,
     }
 }

@@ -97,7 +97,9 @@ impl Gateway {
     /// on them finish). An empty list keeps the service known (503 rather than 404). If the
     /// run was filed under another service, it moves.
     pub fn set_endpoints(&self, project: &str, name: &str, run_id: &str, endpoints: Vec<Endpoint>) {
-        self.inner.pool.set_endpoints(project, name, run_id, endpoints);
+        self.inner
+            .pool
+            .set_endpoints(project, name, run_id, endpoints);
     }
 
     /// Forgets every endpoint of the run (stopped, ended, deleted), and its drained replicas.

@@ -96,7 +96,9 @@ impl Pool {
     fn lock(&self) -> MutexGuard<'_, Table> {
         // A panic while holding the lock leaves a table that is still consistent (every update
         // is a few assignments), so keep serving rather than poison every later request.
-        self.table.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.table
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn set_endpoints(&self, project: &str, name: &str, run_id: &str, endpoints: Vec<Endpoint>) {
@@ -130,7 +132,9 @@ impl Pool {
             .or_default()
             .runs
             .insert(run_id.to_string());
-        table.runs.insert(run_id.to_string(), Run { service, members });
+        table
+            .runs
+            .insert(run_id.to_string(), Run { service, members });
         table.sweep_loads();
     }
 
