@@ -251,7 +251,7 @@ fn a_rolling_redeploy_fails_no_request() {
                 i += 1;
                 // Every client mixes in slower requests, which are in flight when a replica
                 // is taken out of rotation.
-                let target = if (i + n) % 5 == 0 { &slow } else { &url };
+                let target = if (i + n).is_multiple_of(5) { &slow } else { &url };
                 match client.get(target).send() {
                     Ok(response) if response.status().is_success() => {
                         let body: Value = response.json().unwrap_or(Value::Null);
