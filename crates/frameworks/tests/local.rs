@@ -453,7 +453,8 @@ fn job_reports_started_logs_and_outputs_in_order() -> TestResult {
                 exit_code: Some(0),
                 signal: None,
                 stopped: false,
-                error: None
+                error: None,
+                failure: None,
             },
             "{exit:?}"
         );
@@ -882,6 +883,7 @@ fn supervisor_reports_exec_failures_in_exit_json() -> TestResult {
         workdir: dir.join("work"),
         outputs_dir: dir.join("outputs"),
         log_root: tmp.path().join("logs"),
+        service: None,
     };
     std::fs::write(
         dir.join("job.json"),
@@ -950,6 +952,7 @@ fn supervisor_keeps_going_without_a_server() -> TestResult {
         workdir: dir.join("work"),
         outputs_dir: dir.join("outputs"),
         log_root: tmp.path().join("logs"),
+        service: None,
     };
     std::fs::write(
         dir.join("job.json"),
@@ -1015,6 +1018,7 @@ fn orphan_attempt(h: &Harness, execution: &ExecutionId, argv: &[&str]) -> Result
         workdir: dir.join("work"),
         outputs_dir: dir.join("outputs"),
         log_root: h.logs.root().to_path_buf(),
+        service: None,
     };
     std::fs::write(
         dir.join("job.json"),
