@@ -147,9 +147,11 @@ impl LocalFramework {
             self.options.logs_dir.clone(),
             execution.clone(),
         );
-        tokio::task::spawn_blocking(move || prepare::prepare(&dir, &logs_dir, &exec, &job, service))
-            .await
-            .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
+        tokio::task::spawn_blocking(move || {
+            prepare::prepare(&dir, &logs_dir, &exec, &job, service)
+        })
+        .await
+        .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
 
         let child = match self.spawn_supervisor(&attempt_dir) {
             Ok(child) => child,
@@ -439,11 +441,10 @@ impl Framework for LocalFramework {
             Some((true, false)) => {}
             None => {
                 let dir = attempt_dir.clone();
-                let job = tokio::task::spawn_blocking(move || {
-                    read_json::<JobFile>(&dir.join(JOB_FILE))
-                })
-                .await
-                .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))?;
+                let job =
+                    tokio::task::spawn_blocking(move || read_json::<JobFile>(&dir.join(JOB_FILE)))
+                        .await
+                        .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))?;
                 return match job {
                     Some(job) if job.service.is_none() => {
                         Err(FrameworkError::NotAService(execution.clone()))

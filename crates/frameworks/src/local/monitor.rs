@@ -14,6 +14,7 @@ use super::protocol::{
 };
 use super::{Executions, Request};
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use nix::sys::signal::Signal;
 use runplane_domain::{ExitOutcome, OutputFile, ReplicaStatus};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -21,7 +22,6 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
-use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 
 /// The most of one output file handed back in [`ExitOutcome::outputs`]; `size` tells the rest.

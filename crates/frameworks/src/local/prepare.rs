@@ -4,8 +4,8 @@
 
 use super::procs;
 use super::protocol::{
-    describe, write_atomically, Durability, JobFile, ServiceFile, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_PID_FILE,
-    WORK_DIR,
+    describe, write_atomically, Durability, JobFile, ServiceFile, JOB_FILE, OUTPUTS_DIR,
+    SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use crate::ExecutionId;
 use runplane_domain::Job;

@@ -12,8 +12,8 @@ use super::monitor::{err_tail, kill_orphans, ReplicaView, Reporter};
 use super::prepare::live_supervisor;
 use super::procs;
 use super::protocol::{
-    read_json, read_pid_file, JobFile, CHILD_PID_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
-    SUPERVISOR_PID_FILE, WORK_DIR,
+    read_json, read_pid_file, JobFile, CHILD_PID_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR,
+    SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use super::watch::{LogWatcher, Watch};
 use super::Request;

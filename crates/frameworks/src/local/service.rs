@@ -179,10 +179,17 @@ fn times(count: u32) -> String {
 /// `(last_exit for ReplicaStatus, phrase for messages)`.
 fn describe_status(status: &WaitStatus) -> (String, String) {
     match status {
-        WaitStatus::Exited(_, code) => (format!("exit code {code}"), format!("exited with code {code}")),
+        WaitStatus::Exited(_, code) => (
+            format!("exit code {code}"),
+            format!("exited with code {code}"),
+        ),
         WaitStatus::Signaled(_, signal, _) => (
             format!("signal {}", *signal as i32),
-            format!("was killed by signal {} ({})", *signal as i32, signal.as_str()),
+            format!(
+                "was killed by signal {} ({})",
+                *signal as i32,
+                signal.as_str()
+            ),
         ),
         other => (format!("{other:?}"), format!("ended ({other:?})")),
     }
@@ -358,11 +365,28 @@ impl Service<'_> {
         };
         let pid = Pid::from_raw(child.id() as i32);
         for (pipe, stream) in [
-            (child.stdout.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), Stream::Stdout),
-            (child.stderr.take().map(|p| Box::new(p) as Box<dyn std::io::Read + Send>), Stream::Stderr),
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+                Stream::Stdout,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|p| Box::new(p) as Box<dyn std::io::Read + Send>),
+                Stream::Stderr,
+            ),
         ] {
             let Some(pipe) = pipe else { continue };
-            match spawn_reader(pipe, stream, self.supervisor.sink.clone(), self.done_tx.clone()) {
+            match spawn_reader(
+                pipe,
+                stream,
+                self.supervisor.sink.clone(),
+                self.done_tx.clone(),
+            ) {
                 Ok(()) => self.readers += 1,
                 Err(e) => eprintln!(
                     "runplane supervise: cannot start a {} reader for replica {index}: {}",
@@ -471,7 +495,9 @@ impl Service<'_> {
                     replica.backoff = (replica.backoff * 2).min(BACKOFF_CAP);
                     replica.restart_at = Some(Instant::now() + delay);
                     replica.last_exit = Some("start failed".into());
-                    replica.history.record(format!("could not be started ({why})"));
+                    replica
+                        .history
+                        .record(format!("could not be started ({why})"));
                 }
             }
         }
@@ -537,7 +563,8 @@ impl Service<'_> {
             })
             .collect();
         let message = late.join("; ");
-        self.sink().system(&format!("{message}: stopping the service"));
+        self.sink()
+            .system(&format!("{message}: stopping the service"));
         Failure {
             reason: "not_ready".into(),
             message,
@@ -699,11 +726,8 @@ impl Service<'_> {
         let table = procs::process_table();
         for index in waiting {
             let group = self.replicas.get(&index).and_then(|r| r.group);
-            let alive = group.is_some_and(|group| {
-                table
-                    .iter()
-                    .any(|p| !p.zombie && p.pgrp == group.as_raw())
-            });
+            let alive = group
+                .is_some_and(|group| table.iter().any(|p| !p.zombie && p.pgrp == group.as_raw()));
             if !alive {
                 self.replicas.remove(&index);
                 self.sink().system(&format!("replica {index} is gone"));

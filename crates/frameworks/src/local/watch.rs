@@ -96,13 +96,8 @@ impl LogWatcher {
         let c_path = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
         // SAFETY: a valid inotify fd and a NUL-terminated path that outlives the call.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                self.inner.fd.as_raw_fd(),
-                c_path.as_ptr(),
-                mask,
-            )
-        };
+        let wd =
+            unsafe { libc::inotify_add_watch(self.inner.fd.as_raw_fd(), c_path.as_ptr(), mask) };
         if wd < 0 {
             return Err(io::Error::last_os_error());
         }

@@ -80,6 +80,20 @@ pub fn harness() -> Result<Harness, String> {
     })
 }
 
+/// Another framework instance on the same folders: a server started after the first one died.
+pub fn reopen(
+    h: &Harness,
+) -> Result<(LocalFramework, mpsc::UnboundedReceiver<FrameworkEvent>), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let (tx, events) = mpsc::unbounded_channel();
+    let options = LocalOptions {
+        runs_dir: h.runs_dir.clone(),
+        logs_dir: h.logs.root().to_path_buf(),
+        supervisor: vec![exe.to_string_lossy().into_owned(), "supervise".into()],
+    };
+    Ok((LocalFramework::new(options, tx), events))
+}
+
 pub fn exec(run_id: &str) -> ExecutionId {
     ExecutionId {
         run_id: run_id.into(),
