@@ -36,6 +36,10 @@ fn main() {
             "recovered_services_report_replicas_scale_and_stop",
             recovered_services_report_replicas_scale_and_stop,
         ),
+        (
+            "a_scale_right_after_start_is_not_lost",
+            a_scale_right_after_start_is_not_lost,
+        ),
         ("scale_refuses_jobs", scale_refuses_jobs),
     ];
     run_tests(tests);
@@ -513,5 +517,30 @@ fn scale_refuses_jobs() -> TestResult {
             "NotAService after the end too"
         );
         Ok(())
+    })
+}
+
+/// The scale may reach the attempt folder before the supervisor is up (it reads desired.json
+/// when it starts) or after (SIGUSR1, once it has said something): either way it counts.
+fn a_scale_right_after_start_is_not_lost() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let marker = unique_marker("svc-early-scale");
+        let execution = exec("svc-early-scale");
+        h.framework
+            .start(execution.clone(), Runnable::Service(service(2, &marker)))
+            .await
+            .map_err(|e| e.to_string())?;
+        h.framework
+            .scale(&execution, 1)
+            .await
+            .map_err(|e| e.to_string())?;
+        let one = h
+            .replicas_until(&execution, "one ready replica", |list| {
+                list.len() == 1 && list[0].ready
+            })
+            .await?;
+        let endpoints: Vec<String> = one.iter().map(|r| r.endpoint.clone()).collect();
+        h.stop_and_check(&execution, &marker, &endpoints).await
     })
 }

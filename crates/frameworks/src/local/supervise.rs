@@ -7,6 +7,9 @@
 //! itself a child subreaper so every orphan of the job re-parents to it, and records the
 //! outcome in `exit.json` for whoever reads it — the live server or a later one.
 //!
+//! A service (`job.json` has `service`) runs in service mode instead (`service.rs`): the same
+//! process keeps its replicas up until it is stopped or the service fails.
+//!
 //! It starts fast and stays small: std threads and blocking IO only, no async runtime.
 //! Diagnostics go to its stderr (the attempt's `supervisor.err`) with `eprintln!` rather than
 //! `tracing`, because no subscriber is installed in this process and the file is the point.
