@@ -40,6 +40,10 @@ fn main() {
             "a_scale_right_after_start_is_not_lost",
             a_scale_right_after_start_is_not_lost,
         ),
+        (
+            "a_killed_supervisor_leaves_no_replica_behind",
+            a_killed_supervisor_leaves_no_replica_behind,
+        ),
         ("scale_refuses_jobs", scale_refuses_jobs),
     ];
     run_tests(tests);
@@ -542,5 +546,41 @@ fn a_scale_right_after_start_is_not_lost() -> TestResult {
             .await?;
         let endpoints: Vec<String> = one.iter().map(|r| r.endpoint.clone()).collect();
         h.stop_and_check(&execution, &marker, &endpoints).await
+    })
+}
+
+/// Without its supervisor nobody keeps the replicas in check: the execution is lost and every
+/// replica (found by its RUNPLANE_OUTPUTS) is killed.
+fn a_killed_supervisor_leaves_no_replica_behind() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let marker = unique_marker("svc-lost");
+        let execution = exec("svc-lost");
+        h.framework
+            .start(execution.clone(), Runnable::Service(service(2, &marker)))
+            .await
+            .map_err(|e| e.to_string())?;
+        h.until_started(&execution).await?;
+        let dir = h.attempt_dir(&execution);
+        let supervisor: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
+            .map_err(|e| e.to_string())?
+            .trim()
+            .parse()
+            .map_err(|e| format!("supervisor.pid: {e}"))?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(supervisor),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .map_err(|e| e.to_string())?;
+        let kinds = h.events_until_end(&execution).await?;
+        ensure!(
+            matches!(kinds.last(), Some(EventKind::Lost { message }) if message.contains("killed processes")),
+            "{kinds:?}"
+        );
+        // SIGKILL was sent; dying takes the kernel a moment.
+        wait_for("the replicas to die", || {
+            marked_processes(&marker).is_empty().then_some(())
+        })
+        .await
     })
 }
