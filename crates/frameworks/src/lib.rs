@@ -28,7 +28,9 @@ pub struct FrameworkEvent {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    /// The process is running.
+    /// The process is running. For a service: every replica of the initial set has been
+    /// ready once (sent once; `Replicas` and `LogAppended` may come before it, and a service
+    /// that never got there ends with `Exited` alone).
     Started,
     /// New log records were appended; the log now ends at `end_offset`.
     LogAppended { end_offset: u64 },
@@ -36,7 +38,9 @@ pub enum EventKind {
     /// scaled): the whole list, highest index last. Sent whenever it changes, and once after
     /// a recovery re-attached a running service.
     Replicas(Vec<ReplicaStatus>),
-    /// The execution ended (on its own, or after a stop).
+    /// The execution ended (on its own, or after a stop). A service ends only when stopped
+    /// (`failure: None`, no exit code) or when the framework failed it (`failure` set:
+    /// `not_ready`, `start_failed`); its last `Replicas` list before this is empty.
     Exited(ExitOutcome),
     /// The execution can no longer be found or followed.
     Lost { message: String },

@@ -6,7 +6,9 @@
 //! - the framework ([`LocalFramework`], in the server) prepares the attempt folder, spawns the
 //!   supervisor, turns its control messages into [`EventKind`]s, and collects the outcome;
 //! - the supervisor runs the job, captures its output into the [`FileLogStore`], kills its
-//!   whole process tree on stop or when it ends, and writes `exit.json`.
+//!   whole process tree on stop or when it ends, and writes `exit.json`. For a service it
+//!   keeps the replicas up (`service.rs`), publishes them in `service.json`, and scales when
+//!   the framework rewrites `desired.json` and sends it SIGUSR1.
 //!
 //! Everything the two share is on disk ([`protocol`] describes the folder), so a supervisor and
 //! its job keep going when the server stops, and a later server can find out what happened and
@@ -17,9 +19,11 @@
 mod capture;
 mod monitor;
 mod prepare;
+mod probe;
 mod procs;
 pub mod protocol;
 mod recover;
+mod service;
 mod supervise;
 mod watch;
 
@@ -29,8 +33,9 @@ pub use supervise::supervise_main;
 use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError};
 use async_trait::async_trait;
 use protocol::{
-    describe, write_atomically, Durability, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
-    SUPERVISOR_PID_FILE, WORK_DIR,
+    describe, read_json, write_atomically, DesiredFile, Durability, JobFile, ServiceFile,
+    DESIRED_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE,
+    WORK_DIR,
 };
 use runplane_domain::Runnable;
 use runplane_logstore::file::FileLogStore;
@@ -66,9 +71,19 @@ pub struct LocalFramework {
 
 /// What the framework remembers about an execution it started.
 struct Tracked {
-    /// Stop requests for the execution's follower task (queued while it is starting).
-    stops: mpsc::UnboundedSender<()>,
+    /// Requests for the execution's follower task (queued while it is starting).
+    requests: mpsc::UnboundedSender<Request>,
+    service: bool,
     ended: bool,
+}
+
+/// What a follower task is asked to tell its supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Request {
+    /// SIGTERM: stop the execution.
+    Stop,
+    /// SIGUSR1: `desired.json` changed.
+    Scale,
 }
 
 /// The executions this framework instance started, shared with their follower tasks.
@@ -122,18 +137,21 @@ impl LocalFramework {
     async fn launch(
         &self,
         execution: &ExecutionId,
-        job: runplane_domain::Job,
-        stops: mpsc::UnboundedReceiver<()>,
+        (job, service): (runplane_domain::Job, Option<ServiceFile>),
+        requests: mpsc::UnboundedReceiver<Request>,
     ) -> Result<(), String> {
+        let is_service = service.is_some();
         let attempt_dir = prepare::attempt_dir(&self.options.runs_dir, execution)?;
         let (dir, logs_dir, exec) = (
             attempt_dir.clone(),
             self.options.logs_dir.clone(),
             execution.clone(),
         );
-        tokio::task::spawn_blocking(move || prepare::prepare(&dir, &logs_dir, &exec, &job))
-            .await
-            .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
+        tokio::task::spawn_blocking(move || {
+            prepare::prepare(&dir, &logs_dir, &exec, &job, service)
+        })
+        .await
+        .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
 
         let child = match self.spawn_supervisor(&attempt_dir) {
             Ok(child) => child,
@@ -168,9 +186,10 @@ impl LocalFramework {
                 attempt_dir,
                 events: self.events.clone(),
                 executions: self.executions.clone(),
+                service: is_service,
             },
             child,
-            stops,
+            requests,
         };
         tokio::spawn(follow.run());
         Ok(())
@@ -189,12 +208,18 @@ impl LocalFramework {
     }
 
     /// Starts following one recovered execution according to what its folder says.
-    fn take_over(&self, execution: ExecutionId, attempt_dir: PathBuf, found: recover::Found) {
+    fn take_over(
+        &self,
+        execution: ExecutionId,
+        attempt_dir: PathBuf,
+        (found, service): (recover::Found, bool),
+    ) {
         let reporter = monitor::Reporter {
             execution: execution.clone(),
             attempt_dir,
             events: self.events.clone(),
             executions: self.executions.clone(),
+            service,
         };
         match found {
             recover::Found::Ended => {
@@ -205,7 +230,7 @@ impl LocalFramework {
                 reporter.emit(EventKind::Lost { message });
             }
             recover::Found::Live { pid, pidfd } => {
-                let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+                let (request_tx, request_rx) = mpsc::unbounded_channel();
                 {
                     let mut executions = self.executions.lock();
                     if executions.get(&execution).is_some_and(|t| !t.ended) {
@@ -214,7 +239,8 @@ impl LocalFramework {
                     executions.insert(
                         execution,
                         Tracked {
-                            stops: stop_tx,
+                            requests: request_tx,
+                            service,
                             ended: false,
                         },
                     );
@@ -223,7 +249,7 @@ impl LocalFramework {
                     reporter,
                     pid,
                     pidfd,
-                    stops: stop_rx,
+                    requests: request_rx,
                     logs: FileLogStore::new(self.options.logs_dir.clone()),
                     watcher: self.log_watcher(),
                 };
@@ -276,17 +302,21 @@ impl Framework for LocalFramework {
         execution: ExecutionId,
         runnable: Runnable,
     ) -> Result<(), FrameworkError> {
-        let job = match runnable {
-            Runnable::Job(job) => job,
-            // TEMPORARY: service supervision is being built.
-            Runnable::Service(_) => {
-                return Err(FrameworkError::StartFailed {
-                    execution,
-                    message: "services are not supported yet".into(),
-                })
+        let (job, service) = match runnable {
+            Runnable::Job(job) => (job, None),
+            Runnable::Service(service) => {
+                if let Err(message) = prepare::check_readiness_path(&service.readiness_path) {
+                    return Err(FrameworkError::StartFailed { execution, message });
+                }
+                let file = ServiceFile {
+                    replicas: service.replicas,
+                    readiness_path: service.readiness_path,
+                    ready_timeout_seconds: service.ready_timeout_seconds,
+                };
+                (service.replica, Some(file))
             }
         };
-        let (stop_tx, stop_rx) = mpsc::unbounded_channel();
+        let (request_tx, request_rx) = mpsc::unbounded_channel();
         {
             let mut executions = self.executions.lock();
             if executions
@@ -301,12 +331,13 @@ impl Framework for LocalFramework {
             executions.insert(
                 execution.clone(),
                 Tracked {
-                    stops: stop_tx,
+                    requests: request_tx,
+                    service: service.is_some(),
                     ended: false,
                 },
             );
         }
-        match self.launch(&execution, job, stop_rx).await {
+        match self.launch(&execution, (job, service), request_rx).await {
             Ok(()) => Ok(()),
             Err(message) => {
                 self.executions.lock().remove(&execution);
@@ -338,7 +369,8 @@ impl Framework for LocalFramework {
                 .map(|execution| {
                     let found = prepare::attempt_dir(&runs_dir, &execution).map(|dir| {
                         let found = recover::inspect(&dir);
-                        (dir, found)
+                        let service = recover::is_service(&dir);
+                        (dir, (found, service))
                     });
                     (execution, found)
                 })
@@ -350,7 +382,7 @@ impl Framework for LocalFramework {
         for (execution, found) in inspected {
             match found {
                 Ok((dir, found)) => {
-                    match found {
+                    match found.0 {
                         recover::Found::Live { .. } => live += 1,
                         recover::Found::Ended => ended += 1,
                         recover::Found::Gone(_) => lost += 1,
@@ -383,7 +415,7 @@ impl Framework for LocalFramework {
                 if !tracked.ended {
                     // The follower signals the supervisor; if it already finished, the
                     // execution has ended and there is nothing to stop.
-                    let _ = tracked.stops.send(());
+                    let _ = tracked.requests.send(Request::Stop);
                 }
                 return Ok(());
             }
@@ -395,9 +427,48 @@ impl Framework for LocalFramework {
         Err(FrameworkError::UnknownExecution(execution.clone()))
     }
 
-    async fn scale(&self, execution: &ExecutionId, _replicas: u32) -> Result<(), FrameworkError> {
-        // TEMPORARY: service supervision is being built.
-        Err(FrameworkError::NotAService(execution.clone()))
+    async fn scale(&self, execution: &ExecutionId, replicas: u32) -> Result<(), FrameworkError> {
+        let attempt_dir = self.attempt_dir(execution)?;
+        let tracked = self
+            .executions
+            .lock()
+            .get(execution)
+            .map(|tracked| (tracked.service, tracked.ended));
+        match tracked {
+            Some((false, _)) => return Err(FrameworkError::NotAService(execution.clone())),
+            // Ended meanwhile: there is nothing left to scale.
+            Some((true, true)) => return Ok(()),
+            Some((true, false)) => {}
+            None => {
+                let dir = attempt_dir.clone();
+                let job =
+                    tokio::task::spawn_blocking(move || read_json::<JobFile>(&dir.join(JOB_FILE)))
+                        .await
+                        .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))?;
+                return match job {
+                    Some(job) if job.service.is_none() => {
+                        Err(FrameworkError::NotAService(execution.clone()))
+                    }
+                    _ if attempt_dir.join(EXIT_FILE).exists() => Ok(()),
+                    _ => Err(FrameworkError::UnknownExecution(execution.clone())),
+                };
+            }
+        }
+        // The file first: a supervisor that is not up yet reads it when it starts, one that
+        // is up reads it on SIGUSR1.
+        let json = serde_json::to_vec(&DesiredFile { replicas })
+            .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))?;
+        let dir = attempt_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&dir, DESIRED_FILE, &json, 0o644, Durability::ProcessCrash)
+        })
+        .await
+        .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))??;
+        if let Some(tracked) = self.executions.lock().get(execution) {
+            let _ = tracked.requests.send(Request::Scale);
+        }
+        tracing::info!(?execution, replicas, "asked a service to scale");
+        Ok(())
     }
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {

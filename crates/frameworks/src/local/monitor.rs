@@ -1,15 +1,21 @@
 //! Following one execution from the server: a tokio task reads the supervisor's control
 //! channel into events, and when the supervisor is gone, turns `exit.json` and the outputs
 //! folder into the final event.
+//!
+//! For a service, `Started` means every replica of the initial set was ready once; `Replicas`
+//! (read from `service.json`, the control messages being hints) and `LogAppended` may come
+//! before it, and an execution that never got there (stopped early, failed `not_ready`) ends
+//! with `Exited` alone.
 
 use super::procs;
 use super::protocol::{
-    describe, read_pid_file, ControlMessage, ExitFile, CHILD_PID_FILE, EXIT_FILE, OUTPUTS_DIR,
-    SUPERVISOR_ERR_FILE,
+    describe, read_json, read_pid_file, ControlMessage, ExitFile, ServiceState, CHILD_PID_FILE,
+    EXIT_FILE, OUTPUTS_DIR, SERVICE_FILE, SUPERVISOR_ERR_FILE,
 };
-use super::Executions;
+use super::{Executions, Request};
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
-use runplane_domain::{ExitOutcome, OutputFile};
+use nix::sys::signal::Signal;
+use runplane_domain::{ExitOutcome, OutputFile, ReplicaStatus};
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Read;
@@ -22,6 +28,9 @@ use tokio::sync::mpsc;
 pub const OUTPUT_CAP: u64 = 4 << 20;
 /// How much of `supervisor.err` goes into a `Lost` message.
 const ERR_TAIL: u64 = 2000;
+/// How often a service's `service.json` is re-read without a hint (a hint can be dropped when
+/// the control pipe is full).
+pub(crate) const REPLICAS_TICK: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Where an execution's events go and how its end is read: shared by the follower of an
 /// execution this process started ([`Follow`]) and of one it re-attached after a restart
@@ -31,6 +40,8 @@ pub(crate) struct Reporter {
     pub attempt_dir: PathBuf,
     pub events: EventSender,
     pub executions: Executions,
+    /// A service (see the module documentation for how its events differ).
+    pub service: bool,
 }
 
 impl Reporter {
@@ -64,7 +75,7 @@ impl Reporter {
 
         match ending {
             Ending::Exited(outcome) => {
-                if !started {
+                if !started && !self.service {
                     self.emit(EventKind::Started);
                 }
                 if let Some(end_offset) = unsent_offset {
@@ -100,11 +111,39 @@ impl Reporter {
     }
 }
 
+/// The replicas last reported for a service, to report each change once.
+#[derive(Default)]
+pub(crate) struct ReplicaView {
+    last: Option<Vec<ReplicaStatus>>,
+    /// What `service.json` said about the service having started.
+    pub started: bool,
+    /// `service.json` exists: the supervisor's signal handlers are in place.
+    pub seen: bool,
+}
+
+impl ReplicaView {
+    /// Re-reads `service.json` and emits `Replicas` if the list changed.
+    pub(crate) async fn refresh(&mut self, reporter: &Reporter) {
+        let path = reporter.attempt_dir.join(SERVICE_FILE);
+        let Ok(Some(state)) =
+            tokio::task::spawn_blocking(move || read_json::<ServiceState>(&path)).await
+        else {
+            return;
+        };
+        self.seen = true;
+        self.started |= state.started;
+        if self.last.as_ref() != Some(&state.replicas) {
+            self.last = Some(state.replicas.clone());
+            reporter.emit(EventKind::Replicas(state.replicas));
+        }
+    }
+}
+
 /// Everything the task needs; the task owns the supervisor's [`Child`].
 pub(crate) struct Follow {
     pub reporter: Reporter,
     pub child: Child,
-    pub stops: mpsc::UnboundedReceiver<()>,
+    pub requests: mpsc::UnboundedReceiver<Request>,
 }
 
 impl Follow {
@@ -123,12 +162,18 @@ impl Follow {
         // whether a stop waits for that.
         let mut heard_from = false;
         let mut stop_pending = false;
+        let mut scale_pending = false;
+        let service = self.reporter.service;
+        let mut replicas = ReplicaView::default();
+        let mut tick = tokio::time::interval(REPLICAS_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         if let Some(stdout) = self.child.stdout.take() {
             let mut control = BufReader::new(stdout);
             let mut line = Vec::new();
             loop {
                 tokio::select! {
+                    _ = tick.tick(), if service => replicas.refresh(&self.reporter).await,
                     read = control.read_until(b'\n', &mut line) => {
                         match read {
                             Ok(0) => break,
@@ -141,7 +186,10 @@ impl Follow {
                         if !heard_from {
                             heard_from = true;
                             if stop_pending {
-                                signal_supervisor(&execution, pid);
+                                signal_supervisor(&execution, pid, Signal::SIGTERM);
+                            }
+                            if scale_pending {
+                                signal_supervisor(&execution, pid, Signal::SIGUSR1);
                             }
                         }
                         match serde_json::from_slice::<ControlMessage>(line.trim_ascii()) {
@@ -156,6 +204,9 @@ impl Follow {
                                     unsent_offset = Some(end_offset);
                                 }
                             }
+                            Ok(ControlMessage::Replicas { .. }) => {
+                                replicas.refresh(&self.reporter).await;
+                            }
                             Err(e) => tracing::warn!(
                                 ?execution,
                                 line = %String::from_utf8_lossy(&line),
@@ -164,20 +215,27 @@ impl Follow {
                             ),
                         }
                         line.clear();
-                        if let (true, Some(end_offset)) = (started, unsent_offset.take()) {
+                        // A service's log is worth following while it comes up.
+                        if let (true, Some(end_offset)) = (started || service, unsent_offset.take()) {
                             sent_offset = Some(end_offset);
                             self.emit(EventKind::LogAppended { end_offset });
                         }
                     }
-                    Some(()) = self.stops.recv() => {
+                    Some(request) = self.requests.recv() => {
                         // The control pipe is open, so the supervisor has not exited and its pid
                         // cannot have been reused. It takes a repeated SIGTERM as a no-op. Before
-                        // its first message it may not have installed its handler yet (SIGTERM
-                        // would kill it outright), so the stop waits for that message.
+                        // its first message it may not have installed its handlers yet (SIGTERM
+                        // or SIGUSR1 would kill it outright), so the signal waits for that
+                        // message; a scale is not lost meanwhile: the supervisor reads
+                        // desired.json when it starts.
+                        let (signal, pending) = match request {
+                            Request::Stop => (Signal::SIGTERM, &mut stop_pending),
+                            Request::Scale => (Signal::SIGUSR1, &mut scale_pending),
+                        };
                         if heard_from {
-                            signal_supervisor(&execution, pid);
+                            signal_supervisor(&execution, pid, signal);
                         } else {
-                            stop_pending = true;
+                            *pending = true;
                         }
                     }
                 }
@@ -185,22 +243,23 @@ impl Follow {
         }
 
         let status = self.child.wait().await.ok();
+        if service {
+            replicas.refresh(&self.reporter).await;
+        }
         self.reporter.finish(started, unsent_offset, status).await;
     }
 }
 
-fn signal_supervisor(execution: &ExecutionId, pid: Option<u32>) {
+fn signal_supervisor(execution: &ExecutionId, pid: Option<u32>, signal: Signal) {
     let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
         return;
     };
-    match nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid),
-        nix::sys::signal::Signal::SIGTERM,
-    ) {
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
         Ok(()) => tracing::info!(
             ?execution,
             pid,
-            "asked the supervisor to stop the execution"
+            %signal,
+            "signalled the supervisor (SIGTERM: stop, SIGUSR1: scale)"
         ),
         Err(e) => tracing::warn!(?execution, pid, error = %e, "cannot signal the supervisor"),
     }
@@ -270,7 +329,7 @@ fn read_ending(attempt_dir: &Path) -> Ending {
         exit_code: exit.exit_code,
         signal: exit.signal,
         outputs: collect_outputs(&attempt_dir.join(OUTPUTS_DIR)),
-        failure: None,
+        failure: exit.failure,
     })
 }
 
@@ -381,7 +440,25 @@ mod tests {
         )
         .unwrap();
         match read_ending(dir.path()) {
-            Ending::Exited(outcome) => assert_eq!(outcome.exit_code, Some(3)),
+            Ending::Exited(outcome) => {
+                assert_eq!(outcome.exit_code, Some(3));
+                assert_eq!(outcome.failure, None);
+            }
+            Ending::Lost(m) => panic!("{m}"),
+        }
+        fs::write(
+            dir.path().join(EXIT_FILE),
+            br#"{"exit_code":null,"signal":null,"stopped":false,"failure":{"reason":"not_ready","message":"m"}}"#,
+        )
+        .unwrap();
+        match read_ending(dir.path()) {
+            Ending::Exited(outcome) => assert_eq!(
+                outcome.failure,
+                Some(runplane_domain::Failure {
+                    reason: "not_ready".into(),
+                    message: "m".into()
+                })
+            ),
             Ending::Lost(m) => panic!("{m}"),
         }
     }

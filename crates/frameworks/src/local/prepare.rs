@@ -4,8 +4,8 @@
 
 use super::procs;
 use super::protocol::{
-    describe, write_atomically, Durability, JobFile, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_PID_FILE,
-    WORK_DIR,
+    describe, write_atomically, Durability, JobFile, ServiceFile, JOB_FILE, OUTPUTS_DIR,
+    SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use crate::ExecutionId;
 use runplane_domain::Job;
@@ -66,6 +66,17 @@ fn check_file_path(path: &str) -> Result<PathBuf, String> {
     Ok(PathBuf::from(path))
 }
 
+/// A readiness path goes into an HTTP request line as it is: it must be an absolute path
+/// made of visible ASCII.
+pub(crate) fn check_readiness_path(path: &str) -> Result<(), String> {
+    if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "readiness path {path:?} must start with '/' and hold no spaces or control characters"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether the supervisor recorded in an existing attempt folder still runs.
 pub(crate) fn live_supervisor(attempt_dir: &Path) -> Option<i32> {
     let pid = super::protocol::read_pid_file(&attempt_dir.join(SUPERVISOR_PID_FILE))?;
@@ -79,6 +90,7 @@ pub(crate) fn prepare(
     logs_dir: &Path,
     execution: &ExecutionId,
     job: &Job,
+    service: Option<ServiceFile>,
 ) -> Result<(), String> {
     let Some(command0) = job.command.first() else {
         return Err("the job has an empty command".into());
@@ -110,7 +122,14 @@ pub(crate) fn prepare(
         .create(attempt_dir)
         .map_err(|e| format!("cannot create {}: {}", attempt_dir.display(), describe(&e)))?;
 
-    let result = fill(attempt_dir, &logs_dir, execution, job, command0, &files);
+    let result = fill(
+        attempt_dir,
+        &logs_dir,
+        execution,
+        (job, service),
+        command0,
+        &files,
+    );
     if result.is_err() {
         let _ = fs::remove_dir_all(attempt_dir);
     }
@@ -121,7 +140,7 @@ fn fill(
     attempt_dir: &Path,
     logs_dir: &Path,
     execution: &ExecutionId,
-    job: &Job,
+    (job, service): (&Job, Option<ServiceFile>),
     command0: &str,
     files: &[(PathBuf, &runplane_domain::FileEntry)],
 ) -> Result<(), String> {
@@ -151,6 +170,7 @@ fn fill(
         workdir,
         outputs_dir,
         log_root: logs_dir.to_path_buf(),
+        service,
     };
     let json =
         serde_json::to_vec_pretty(&spec).map_err(|e| format!("cannot encode {JOB_FILE}: {e}"))?;
@@ -341,6 +361,14 @@ mod tests {
             resolve_program("./job.py", None, dir.path()).unwrap_err(),
             "cannot start ./job.py: interpreter /usr/bin/python9 (from its #! line): No such file or directory"
         );
+    }
+
+    #[test]
+    fn readiness_paths_fit_in_a_request_line() {
+        assert!(check_readiness_path("/_runplane/ready?x=1").is_ok());
+        for bad in ["", "ready", "/a b", "/a\r\nX: y"] {
+            assert!(check_readiness_path(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

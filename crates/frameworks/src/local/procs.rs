@@ -13,6 +13,8 @@ use std::path::Path;
 pub(crate) struct ProcInfo {
     pub pid: i32,
     pub ppid: i32,
+    /// Its process group.
+    pub pgrp: i32,
     /// Exited but not yet reaped by its parent.
     pub zombie: bool,
 }
@@ -24,9 +26,11 @@ fn parse_stat(pid: i32, stat: &str) -> Option<ProcInfo> {
     let mut fields = rest.split_whitespace();
     let state = fields.next()?;
     let ppid = fields.next()?.parse().ok()?;
+    let pgrp = fields.next()?.parse().ok()?;
     Some(ProcInfo {
         pid,
         ppid,
+        pgrp,
         zombie: state == "Z" || state == "X",
     })
 }
@@ -162,6 +166,7 @@ mod tests {
             ProcInfo {
                 pid: 42,
                 ppid: 7,
+                pgrp: 42,
                 zombie: false
             }
         );
@@ -176,26 +181,31 @@ mod tests {
             ProcInfo {
                 pid: 10,
                 ppid: 1,
+                pgrp: 10,
                 zombie: false,
             },
             ProcInfo {
                 pid: 11,
                 ppid: 10,
+                pgrp: 11,
                 zombie: false,
             },
             ProcInfo {
                 pid: 12,
                 ppid: 11,
+                pgrp: 12,
                 zombie: true,
             },
             ProcInfo {
                 pid: 13,
                 ppid: 12,
+                pgrp: 13,
                 zombie: false,
             },
             ProcInfo {
                 pid: 20,
                 ppid: 1,
+                pgrp: 20,
                 zombie: false,
             },
         ];

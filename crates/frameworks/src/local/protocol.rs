@@ -11,12 +11,18 @@
 //!   outputs/        RUNPLANE_OUTPUTS: files the job leaves for the framework to collect
 //!   supervisor.pid  the supervisor's pid (written by the framework after spawning it)
 //!   supervisor.err  the supervisor's stderr: its own diagnostics, never the job's output
-//!   child.pid       the job's main process (also its process group id), once started
+//!   child.pid       the job's main process (also its process group id), once started; for a
+//!                   service, replica 0's current process (rewritten when it restarts)
+//!   service.json    ServiceState (services only): the replicas as the supervisor sees them,
+//!                   rewritten atomically on every change (the truth behind `replicas` hints)
+//!   desired.json    DesiredFile (services only): the replica count asked for by `scale`, written
+//!                   atomically by the framework before it sends the supervisor SIGUSR1
 //!   exit.json       ExitFile: how it ended (written atomically by the supervisor, last)
 //! ```
 //!
 //! The log itself lives in the FileLogStore at `log_root/<run_id>/<attempt>.log`.
 
+use runplane_domain::{Failure, ReplicaStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -31,6 +37,11 @@ pub const SUPERVISOR_PID_FILE: &str = "supervisor.pid";
 pub const SUPERVISOR_ERR_FILE: &str = "supervisor.err";
 pub const WORK_DIR: &str = "work";
 pub const OUTPUTS_DIR: &str = "outputs";
+pub const SERVICE_FILE: &str = "service.json";
+pub const DESIRED_FILE: &str = "desired.json";
+
+/// The fd a service replica finds its listening socket on (`RUNPLANE_LISTEN_FD`).
+pub const LISTEN_FD: i32 = 3;
 
 /// `job.json`: everything the supervisor needs, fully resolved by the framework (absolute
 /// paths, the program found in `PATH`, the complete environment) so the supervisor makes no
@@ -54,6 +65,38 @@ pub struct JobFile {
     pub outputs_dir: PathBuf,
     /// The FileLogStore root the supervisor appends `(run_id, attempt)`'s log to.
     pub log_root: PathBuf,
+    /// Set for a service: the job is one replica, kept running `replicas` times.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceFile>,
+}
+
+/// The service part of `job.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceFile {
+    /// How many replicas to start with (unless `desired.json` already says otherwise).
+    pub replicas: u32,
+    /// Answers `HTTP/1.x 200` to `GET` once a replica is ready; starts with `/`.
+    pub readiness_path: String,
+    /// How long every replica of the initial set has to become ready once.
+    pub ready_timeout_seconds: u64,
+}
+
+/// `service.json`: the supervisor's view of a service's replicas.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ServiceState {
+    /// The replica count the supervisor is working towards.
+    pub desired: u32,
+    /// Every replica of the initial set has been ready (the `started` message went out).
+    pub started: bool,
+    /// Highest index last; a replica being scaled away stays listed (not ready) until its
+    /// process tree is gone.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+/// `desired.json`: `{"replicas": n}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredFile {
+    pub replicas: u32,
 }
 
 fn default_log_limit() -> u64 {
@@ -73,10 +116,16 @@ pub struct ExitFile {
     /// opened...): what went wrong, for a person to read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when the supervisor itself ended a service (`not_ready`, `start_failed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
 }
 
 /// One line of the control channel (the supervisor's stdout), newline-delimited JSON:
-/// `{"started":{"pid":123}}`, then any number of `{"log":{"end_offset":456}}`.
+/// `{"started":{"pid":123}}`, then any number of `{"log":{"end_offset":456}}`; a service
+/// also sends `{"replicas":{"changes":7}}` whenever `service.json` changed (its first one
+/// before anything else), and `started` (replica 0's pid) once every replica of the initial
+/// set has been ready.
 ///
 /// Control messages are hints for a live server: losing them (the server died, the pipe was
 /// full) loses nothing, because the log file and `exit.json` hold the facts. `end_offset` is
@@ -88,6 +137,10 @@ pub enum ControlMessage {
     Started { pid: u32 },
     /// The log now ends at this offset.
     Log { end_offset: u64 },
+    /// `service.json` was rewritten (`changes` counts the rewrites); read it for the replicas.
+    /// The list itself stays in the file: with many replicas it would not fit in one atomic
+    /// pipe write.
+    Replicas { changes: u64 },
 }
 
 /// How far a write must survive.
@@ -131,6 +184,11 @@ pub(crate) fn write_atomically(
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// Reads a small JSON file of the attempt folder; `None` when it is missing or unreadable.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
 /// Reads a small pid file; `None` when it is missing or does not hold a pid.

@@ -4,16 +4,19 @@
 //! means it ended (its outcome is read like any other); a live supervisor is re-attached —
 //! followed through its log file (inotify) and a pidfd instead of the control pipe, which died
 //! with the old server; anything else is reported lost, and whatever the job left running is
-//! killed, so that an attempt runs at most once.
+//! killed, so that an attempt runs at most once. A re-attached service is also followed
+//! through its `service.json` (its attempt folder is watched for the renames that replace it),
+//! and scaled through the pidfd like it is stopped.
 
-use super::monitor::{err_tail, kill_orphans, Reporter};
+use super::monitor::{err_tail, kill_orphans, ReplicaView, Reporter};
 use super::prepare::live_supervisor;
 use super::procs;
 use super::protocol::{
-    read_pid_file, CHILD_PID_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
-    SUPERVISOR_PID_FILE, WORK_DIR,
+    read_json, read_pid_file, JobFile, CHILD_PID_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR,
+    SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use super::watch::{LogWatcher, Watch};
+use super::Request;
 use crate::{EventKind, ExecutionId};
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::LogStore;
@@ -87,6 +90,11 @@ pub(crate) fn inspect(attempt_dir: &Path) -> Found {
     Found::Gone(message)
 }
 
+/// Whether the attempt runs a service (its `job.json` says so).
+pub(crate) fn is_service(attempt_dir: &Path) -> bool {
+    read_json::<JobFile>(&attempt_dir.join(JOB_FILE)).is_some_and(|job| job.service.is_some())
+}
+
 /// Cleans up the attempt folders of executions that ended but were never cleaned up: the
 /// server records an end before it asks for cleanup, and may die in between. `active` holds
 /// every execution the server believes active plus those this instance follows; any other
@@ -146,7 +154,7 @@ pub(crate) struct Reattached {
     pub reporter: Reporter,
     pub pid: i32,
     pub pidfd: Option<OwnedFd>,
-    pub stops: mpsc::UnboundedReceiver<()>,
+    pub requests: mpsc::UnboundedReceiver<Request>,
     pub logs: FileLogStore,
     pub watcher: Option<LogWatcher>,
 }
@@ -170,15 +178,32 @@ impl Reattached {
             }
             None => None,
         };
-        // child.pid is written once the job runs (the supervisor's signal handlers are
-        // installed by then, so a stop is safe to send).
-        let mut started = attempt_dir.join(CHILD_PID_FILE).exists();
+        // A job's child.pid is written once the job runs, a service's service.json once the
+        // supervisor is up: its signal handlers are installed by then, so signals are safe.
+        let service = self.reporter.service;
+        let mut replicas = ReplicaView::default();
+        if service {
+            replicas.refresh(&self.reporter).await;
+        }
+        let signalable = |replicas: &ReplicaView| {
+            if service {
+                replicas.seen
+            } else {
+                attempt_dir.join(CHILD_PID_FILE).exists()
+            }
+        };
+        let mut started = if service {
+            replicas.started
+        } else {
+            signalable(&replicas)
+        };
         if started {
             self.reporter.emit(EventKind::Started);
         }
-        let mut stop_pending = false;
+        let (mut stop_pending, mut scale_pending) = (false, false);
         let mut log = LogEnd::default();
         let mut watch: Option<Watch> = None;
+        let mut folder_watch: Option<Watch> = None;
         tracing::info!(
             ?execution,
             supervisor_pid = self.pid,
@@ -189,22 +214,39 @@ impl Reattached {
             if watch.is_none() {
                 watch = self.watch_log(log_path.as_deref());
             }
-            // The watch is in place before the log is read: no write falls between the two.
-            if !started && attempt_dir.join(CHILD_PID_FILE).exists() {
+            if service && folder_watch.is_none() {
+                folder_watch = self.watch_folder(&attempt_dir);
+            }
+            // The watches are in place before the files are read: no write falls between.
+            if service {
+                replicas.refresh(&self.reporter).await;
+            }
+            let now_started = if service {
+                replicas.started
+            } else {
+                signalable(&replicas)
+            };
+            if !started && now_started {
                 started = true;
                 self.reporter.emit(EventKind::Started);
             }
-            if stop_pending && started {
-                stop_pending = false;
-                self.signal(exit_fd.as_ref());
+            if signalable(&replicas) {
+                if stop_pending {
+                    stop_pending = false;
+                    self.signal(exit_fd.as_ref(), libc::SIGTERM);
+                }
+                if scale_pending {
+                    scale_pending = false;
+                    self.signal(exit_fd.as_ref(), libc::SIGUSR1);
+                }
             }
             log.update(&self.logs, &execution).await;
-            if started {
+            if started || service {
                 if let Some(end_offset) = log.unsent() {
                     self.reporter.emit(EventKind::LogAppended { end_offset });
                 }
             }
-            let tick = if stop_pending {
+            let tick = if stop_pending || scale_pending {
                 PENDING_STOP_TICK
             } else {
                 TICK
@@ -212,11 +254,19 @@ impl Reattached {
             tokio::select! {
                 () = supervisor_exit(exit_fd.as_ref(), self.pid, &attempt_dir) => break,
                 () = changed(watch.as_ref()) => {}
+                () = changed(folder_watch.as_ref()) => {}
                 () = tokio::time::sleep(tick) => {}
-                Some(()) = self.stops.recv() => stop_pending = true,
+                Some(request) = self.requests.recv() => match request {
+                    Request::Stop => stop_pending = true,
+                    Request::Scale => scale_pending = true,
+                },
             }
         }
         drop(watch);
+        drop(folder_watch);
+        if service {
+            replicas.refresh(&self.reporter).await;
+        }
         log.update(&self.logs, &execution).await;
         let unsent = log.unsent();
         self.reporter.finish(started, unsent, None).await;
@@ -235,18 +285,29 @@ impl Reattached {
         }
     }
 
-    /// SIGTERM to the supervisor, through its pidfd when there is one; otherwise only after
-    /// checking the pid still names this attempt's supervisor.
-    fn signal(&self, exit_fd: Option<&AsyncFd<OwnedFd>>) {
+    fn watch_folder(&self, dir: &Path) -> Option<Watch> {
+        match self.watcher.as_ref()?.watch_renames_in(dir) {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                tracing::debug!(path = %dir.display(), error = %e, "cannot watch an attempt folder; following its service.json on a tick");
+                None
+            }
+        }
+    }
+
+    /// SIGTERM (stop) or SIGUSR1 (scale) to the supervisor, through its pidfd when there is
+    /// one; otherwise only after checking the pid still names this attempt's supervisor.
+    fn signal(&self, exit_fd: Option<&AsyncFd<OwnedFd>>, signal: i32) {
         let execution = &self.reporter.execution;
         let result = match exit_fd {
-            Some(fd) => procs::pidfd_send_signal(fd.get_ref().as_fd(), libc::SIGTERM),
+            Some(fd) => procs::pidfd_send_signal(fd.get_ref().as_fd(), signal),
             None if procs::is_live_with_arg(self.pid, &self.reporter.attempt_dir) => {
-                nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(self.pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                )
-                .map_err(io::Error::from)
+                // SAFETY: kill takes a pid and a signal number; no pointers.
+                if unsafe { libc::kill(self.pid, signal) } == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
             }
             None => Ok(()),
         };
@@ -254,7 +315,8 @@ impl Reattached {
             Ok(()) => tracing::info!(
                 ?execution,
                 pid = self.pid,
-                "asked the re-attached supervisor to stop the execution"
+                signal,
+                "signalled the re-attached supervisor (SIGTERM: stop, SIGUSR1: scale)"
             ),
             // It has just exited: its exit is about to be reported.
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}

@@ -7,6 +7,9 @@
 //! itself a child subreaper so every orphan of the job re-parents to it, and records the
 //! outcome in `exit.json` for whoever reads it — the live server or a later one.
 //!
+//! A service (`job.json` has `service`) runs in service mode instead (`service.rs`): the same
+//! process keeps its replicas up until it is stopped or the service fails.
+//!
 //! It starts fast and stays small: std threads and blocking IO only, no async runtime.
 //! Diagnostics go to its stderr (the attempt's `supervisor.err`) with `eprintln!` rather than
 //! `tracing`, because no subscriber is installed in this process and the file is the point.
@@ -22,7 +25,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::Stream;
-use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGCHLD, SIGHUP, SIGINT, SIGTERM, SIGUSR1};
 use signal_hook::iterator::Signals;
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -39,7 +42,16 @@ const KILL_PATIENCE: Duration = Duration::from_secs(10);
 /// outside the tree could still hold them (fd passing), and must not hold up `exit.json`.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(5);
 /// Re-check for exited children this often even without SIGCHLD, as a safety net.
-const POLL: Duration = Duration::from_millis(500);
+pub(super) const POLL: Duration = Duration::from_millis(500);
+
+/// What wakes the supervisor's main thread.
+pub(super) enum Wake {
+    /// A signal arrived (SIGTERM/SIGINT: stop; SIGUSR1: a service's `desired.json` changed;
+    /// SIGCHLD: something to reap).
+    Signal(i32),
+    /// A service replica answered its readiness probe; `pid` says which process of it did.
+    Ready { index: u32, pid: i32 },
+}
 
 /// Runs the job described by `<attempt_dir>/job.json` to its end; the body of
 /// `runplane supervise <attempt_dir>`. Returns the supervisor's exit code: 0 whenever
@@ -85,11 +97,13 @@ fn finish(attempt_dir: &Path, outcome: &ExitFile) -> i32 {
     }
 }
 
-struct Supervisor {
-    job: JobFile,
-    sink: Arc<LogSink>,
-    signals: mpsc::Receiver<i32>,
-    me: Pid,
+pub(super) struct Supervisor {
+    pub(super) job: JobFile,
+    pub(super) sink: Arc<LogSink>,
+    pub(super) wakes: mpsc::Receiver<Wake>,
+    /// For threads that wake the main thread (readiness probes).
+    pub(super) waker: mpsc::Sender<Wake>,
+    pub(super) me: Pid,
 }
 
 impl Supervisor {
@@ -98,14 +112,16 @@ impl Supervisor {
     fn start(attempt_dir: &Path) -> Result<ExitFile, String> {
         // Signals are routed first: a stop sent right after the framework spawned us must not
         // kill us with the default SIGTERM action, and the child's exit must not be missed.
-        let mut registered = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD])
+        // SIGUSR1 (scale a service) is caught in job mode too: a stray one must not kill us.
+        let mut registered = Signals::new([SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGUSR1])
             .map_err(|e| format!("cannot install signal handlers: {}", describe(&e)))?;
-        let (signal_tx, signals) = mpsc::channel();
+        let (waker, wakes) = mpsc::channel();
+        let signal_tx = waker.clone();
         thread::Builder::new()
             .name("signals".into())
             .spawn(move || {
                 for signal in registered.forever() {
-                    if signal_tx.send(signal).is_err() {
+                    if signal_tx.send(Wake::Signal(signal)).is_err() {
                         return;
                     }
                 }
@@ -140,7 +156,8 @@ impl Supervisor {
         let supervisor = Supervisor {
             job,
             sink,
-            signals,
+            wakes,
+            waker,
             me: Pid::this(),
         };
         let outcome = supervisor.run(attempt_dir);
@@ -149,6 +166,9 @@ impl Supervisor {
     }
 
     fn run(&self, attempt_dir: &Path) -> Result<ExitFile, String> {
+        if let Some(service) = &self.job.service {
+            return super::service::run(self, attempt_dir, service);
+        }
         let job = &self.job;
         let (Some(argv0), Some(args)) = (job.argv.first(), job.argv.get(1..)) else {
             return Err("the job has an empty command".into());
@@ -250,6 +270,7 @@ impl Supervisor {
             signal,
             stopped,
             error,
+            failure: None,
         })
     }
 
@@ -265,8 +286,8 @@ impl Supervisor {
             let timeout = kill_at.map_or(POLL, |at| {
                 at.saturating_duration_since(Instant::now()).min(POLL)
             });
-            match self.signals.recv_timeout(timeout) {
-                Ok(SIGTERM | SIGINT) if !stopping => {
+            match self.wakes.recv_timeout(timeout) {
+                Ok(Wake::Signal(SIGTERM | SIGINT)) if !stopping => {
                     stopping = true;
                     let grace = self.job.stop_grace_seconds;
                     self.sink.system(&format!(
@@ -305,19 +326,23 @@ impl Supervisor {
     /// Reaps every exited child without blocking; returns the status of `main` if it was
     /// among them.
     fn reap(&self, main: Option<Pid>) -> Option<WaitStatus> {
-        let mut main_status = None;
+        self.reap_all()
+            .into_iter()
+            .find(|status| status.pid().is_some() && status.pid() == main)
+    }
+
+    /// Reaps every exited child without blocking (we are a subreaper: orphans too) and returns
+    /// their statuses.
+    pub(super) fn reap_all(&self) -> Vec<WaitStatus> {
+        let mut reaped = Vec::new();
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return main_status,
-                Ok(status) => {
-                    if status.pid().is_some() && status.pid() == main {
-                        main_status = Some(status);
-                    }
-                }
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return reaped,
+                Ok(status) => reaped.push(status),
                 Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => {
                     eprintln!("runplane supervise: waitpid: {e}");
-                    return main_status;
+                    return reaped;
                 }
             }
         }
@@ -337,7 +362,7 @@ impl Supervisor {
     /// Once the main process has ended, nothing it started may survive it: SIGKILL every
     /// descendant, reap, and repeat until none is left (new orphans keep re-parenting to us
     /// while their parents die).
-    fn kill_leftovers(&self) {
+    pub(super) fn kill_leftovers(&self) {
         let deadline = Instant::now() + KILL_PATIENCE;
         let mut killed = std::collections::BTreeSet::new();
         loop {
@@ -360,7 +385,7 @@ impl Supervisor {
                 }
             }
             // Woken early by SIGCHLD when one of them dies.
-            let _ = self.signals.recv_timeout(Duration::from_millis(20));
+            let _ = self.wakes.recv_timeout(Duration::from_millis(20));
         }
         if !killed.is_empty() {
             let pids: Vec<i32> = killed.into_iter().collect();
@@ -371,7 +396,7 @@ impl Supervisor {
     }
 
     /// Waits for the reader threads to hit end of file on the job's pipes.
-    fn drain(&self, done: &mpsc::Receiver<Stream>, readers: usize) {
+    pub(super) fn drain(&self, done: &mpsc::Receiver<Stream>, readers: usize) {
         let deadline = Instant::now() + DRAIN_PATIENCE;
         for _ in 0..readers {
             let left = deadline.saturating_duration_since(Instant::now());

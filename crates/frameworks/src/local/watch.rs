@@ -1,7 +1,8 @@
 //! Waking on writes to log files (inotify), for executions re-attached after a server restart.
 //!
 //! A re-attached supervisor has no control pipe to this process any more, so its log offsets
-//! cannot be heard; instead its log file is watched. One inotify instance serves every watched
+//! cannot be heard; instead its log file is watched. A re-attached service is followed the
+//! same way through its attempt folder, where `service.json` is replaced by renames. One inotify instance serves every watched
 //! file: instances are a scarce per-user resource (128 by default), watches are not.
 
 use std::collections::HashMap;
@@ -82,16 +83,21 @@ impl LogWatcher {
 
     /// Starts watching `path` for writes.
     pub(crate) fn watch(&self, path: &Path) -> io::Result<Watch> {
+        self.add(path, libc::IN_MODIFY | libc::IN_CLOSE_WRITE)
+    }
+
+    /// Starts watching the folder `dir` for files renamed into it (atomic replacements such as
+    /// `service.json`'s): a watch on the file itself would follow the replaced inode.
+    pub(crate) fn watch_renames_in(&self, dir: &Path) -> io::Result<Watch> {
+        self.add(dir, libc::IN_MOVED_TO)
+    }
+
+    fn add(&self, path: &Path, mask: u32) -> io::Result<Watch> {
         let c_path = CString::new(path.as_os_str().as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
         // SAFETY: a valid inotify fd and a NUL-terminated path that outlives the call.
-        let wd = unsafe {
-            libc::inotify_add_watch(
-                self.inner.fd.as_raw_fd(),
-                c_path.as_ptr(),
-                libc::IN_MODIFY | libc::IN_CLOSE_WRITE,
-            )
-        };
+        let wd =
+            unsafe { libc::inotify_add_watch(self.inner.fd.as_raw_fd(), c_path.as_ptr(), mask) };
         if wd < 0 {
             return Err(io::Error::last_os_error());
         }
