@@ -150,7 +150,9 @@ async fn end_attempt(
         },
     };
     let mut from = state;
-    if state == RunState::Pending {
+    // A framework failure (a service never ready) means it never was RUNNING: a waiter for
+    // RUNNING must not see it pass through.
+    if state == RunState::Pending && outcome.failure.is_none() {
         // The process ended before its start was reported; record that it ran.
         record_start(controller, run).await?;
         from = RunState::Running;
