@@ -515,3 +515,40 @@ fn bad_replica_counts_are_rejected_with_their_field() {
     fields.sort();
     assert_eq!(fields, vec!["spec.ready_timeout_seconds", "spec.replicas"]);
 }
+
+#[test]
+fn a_service_keeps_serving_across_a_server_crash_and_its_rollout_finishes_after_it() {
+    let mut server = TestServer::start();
+    apply_service(&server, "durable", "v1");
+    let old = serve(&server, "durable", 1);
+    let pid_before = run_of(&server, &old)["status"]["service"]["replicas"][0]["pid"].clone();
+
+    server.kill9();
+    server.restart(&[]);
+    // The replica was never restarted: the new server re-attached it and routes to it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = get_json(&server, &gateway(&server, "durable", "/"));
+        if status == 200 {
+            assert_eq!(body["version"], "v1");
+            assert_eq!(body["pid"], pid_before, "the replica was restarted");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the service never answered after the restart: {status} {body}\n{}",
+            server.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // A redeploy after the restart replaces the run the previous server started.
+    apply_service(&server, "durable", "v2");
+    let new = serve(&server, "durable", 1);
+    let old_run = wait_run(&server, &old, "replaced", |r| r["status"]["state"] == "STOPPED");
+    assert_eq!(old_run["status"]["reason"], "replaced");
+    let (_, service) = server.get("/projects/p/services/durable");
+    assert_eq!(service["run_id"], new.as_str());
+    let (status, body) = get_json(&server, &gateway(&server, "durable", "/"));
+    assert_eq!((status, body["version"].clone()), (200, json!("v2")));
+}
