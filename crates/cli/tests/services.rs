@@ -545,7 +545,9 @@ fn a_service_keeps_serving_across_a_server_crash_and_its_rollout_finishes_after_
     // A redeploy after the restart replaces the run the previous server started.
     apply_service(&server, "durable", "v2");
     let new = serve(&server, "durable", 1);
-    let old_run = wait_run(&server, &old, "replaced", |r| r["status"]["state"] == "STOPPED");
+    let old_run = wait_run(&server, &old, "replaced", |r| {
+        r["status"]["state"] == "STOPPED"
+    });
     assert_eq!(old_run["status"]["reason"], "replaced");
     let (_, service) = server.get("/projects/p/services/durable");
     assert_eq!(service["run_id"], new.as_str());
