@@ -135,7 +135,15 @@ impl Server {
             bus.close();
         };
         let app = app.into_make_service_with_connect_info::<SocketAddr>();
-        let result = axum::serve(self.listener, app)
+        // Streamed answers (the gateway's, followed logs) go out as separate writes: with
+        // Nagle's algorithm on, each one after the first waits for the client's delayed ACK
+        // (40 ms).
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
+        let result = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
         for task in self.tasks {
