@@ -220,6 +220,7 @@ fn a_service_answers_through_the_gateway_and_is_stopped_and_resumed() {
         r["status"]["state"] == "STOPPED"
     });
     assert_eq!(server.get("/projects/p/services/greeter").0, 404);
+    assert_eq!(get_json(&server, &gateway(&server, "greeter", "/")).0, 404);
 }
 
 #[test]

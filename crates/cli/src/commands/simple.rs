@@ -67,6 +67,7 @@ fn singular(kind: Kind) -> &'static str {
     match kind {
         Kind::Functions => "function",
         Kind::Tasks => "task",
+        Kind::Services => "service",
         _ => "run",
     }
 }

@@ -188,8 +188,11 @@ impl Controller {
             entry.clone()
         };
         let (project, name) = &updated.key;
-        self.gateway()
-            .set_endpoints(project, name, &run.metadata.id, endpoints(&updated));
+        // A run being stopped reports its replicas going away: it must not rejoin the pool.
+        if updated.live() {
+            self.gateway()
+                .set_endpoints(project, name, &run.metadata.id, endpoints(&updated));
+        }
         self.store_service_status(&run.metadata.id, &updated).await;
         self.wake_rollout(&updated.key);
     }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    #[error("no service {name} in project {project}")]
+    #[error("no service {name} is running in project {project}")]
     UnknownService { project: String, name: String },
     #[error("service {name} in project {project} has no ready replica")]
     NoReadyReplica { project: String, name: String },
