@@ -9,28 +9,12 @@ Usage: bench/gateway.py RUNPLANE_BINARY LOADGEN_BINARY [CONNECTIONS,...] [SECOND
 """
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
+
+from benchlib import Server, call
 
 CODE = "def handler(request):\n    return {'ok': True}\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())
 
 
 def load(loadgen, url, connections, seconds):
@@ -47,20 +31,10 @@ def main():
     binary, loadgen = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     counts = [int(c) for c in (sys.argv[3] if len(sys.argv) > 3 else "1,8").split(",")]
     seconds = int(sys.argv[4]) if len(sys.argv) > 4 else 5
-    home = tempfile.mkdtemp(prefix="runplane-bench-")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api/v1/projects/bench"
-    server = subprocess.Popen(
-        [binary, "server", "--listen", f"127.0.0.1:{port}", "--home", home],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUNPLANE_LOG="warn"),
-    )
+    server = Server(binary)
+    port = server.port
+    api = f"{server.url}/api/v1/projects/bench"
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
         call("POST", f"{api}/functions", {"kind": "python", "metadata": {"name": "noop"},
                                           "spec": {"handler": "handler", "source": {"code": CODE}}})
         run = call("POST", f"{api}/runs", {"function": "noop", "action": "serve"})
@@ -77,11 +51,7 @@ def main():
             print(f"  {connections} connection(s): the gateway adds {gateway['p50_us'] - direct['p50_us']:.0f} µs at p50, "
                   f"{gateway['p99_us'] - direct['p99_us']:.0f} µs at p99; requests/s gateway/direct {gateway['rps'] / direct['rps']:.2f}")
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        for leftover in subprocess.run(["pgrep", "-f", home], capture_output=True, text=True).stdout.split():
-            subprocess.run(["kill", "-KILL", leftover])
-        shutil.rmtree(home, ignore_errors=True)
+        server.close()
 
 
 if __name__ == "__main__":

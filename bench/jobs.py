@@ -9,29 +9,16 @@ Usage: bench/jobs.py BINARY [N]
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+
+from benchlib import Server, call
 
 PYTHON = "/usr/bin/python3"
 CODE = "def handler(x=1):\n    return {'y': x + 1}\n"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def call(method, url, body=None):
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.loads(response.read())
 
 
 def rss_kib(pid):
@@ -72,20 +59,9 @@ def bare_runs(n, work):
 def main():
     binary = os.path.abspath(sys.argv[1])
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 200
-    home = tempfile.mkdtemp(prefix="runplane-bench-")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}/api/v1/projects/bench"
-    server = subprocess.Popen(
-        [binary, "server", "--listen", f"127.0.0.1:{port}", "--home", home],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUNPLANE_LOG="warn"),
-    )
+    server = Server(binary)
+    base = f"{server.url}/api/v1/projects/bench"
     try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.05)
         time.sleep(0.5)
         idle_rss_start = rss_kib(server.pid)
         call("POST", f"{base}/functions", {
@@ -107,9 +83,7 @@ def main():
         time.sleep(1.0)
         idle_rss_end = rss_kib(server.pid)
     finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(home, ignore_errors=True)
+        server.close()
 
     work = tempfile.mkdtemp(prefix="runplane-bare-")
     try:

@@ -181,16 +181,18 @@ fn report_service(run: &Value, format: Format) -> Result<(), CliError> {
     if run.pointer("/status/state").and_then(Value::as_str) != Some("RUNNING") {
         return report(run, format);
     }
-    let service = run
-        .pointer("/status/service")
-        .cloned()
-        .unwrap_or(Value::Null);
+    print_value(run, "/status/service", format)
+}
+
+/// Prints one part of a run; a table makes no sense for it, so YAML stands in.
+fn print_value(run: &Value, pointer: &str, format: Format) -> Result<(), CliError> {
+    let value = run.pointer(pointer).cloned().unwrap_or(Value::Null);
     let format = if format == Format::Table {
         Format::Yaml
     } else {
         format
     };
-    crate::output::print(&service, format, &[])
+    crate::output::print(&value, format, &[])
 }
 
 /// Prints results of a completed run, or why it did not complete (exit 1).
@@ -200,16 +202,7 @@ pub fn report(run: &Value, format: Format) -> Result<(), CliError> {
         .and_then(Value::as_str)
         .unwrap_or_default();
     if state == "COMPLETED" {
-        let results = run
-            .pointer("/status/results")
-            .cloned()
-            .unwrap_or(Value::Null);
-        let format = if format == Format::Table {
-            Format::Yaml
-        } else {
-            format
-        };
-        return crate::output::print(&results, format, &[]);
+        return print_value(run, "/status/results", format);
     }
     let reason = run
         .pointer("/status/reason")

@@ -30,7 +30,7 @@ use std::net::TcpListener;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -317,18 +317,8 @@ impl Service<'_> {
         let Some(replica) = self.replicas.get_mut(&index) else {
             return Err("no such replica".into());
         };
-        let (argv0, args) = match job.argv.split_first() {
-            Some((argv0, args)) => (argv0, args),
-            None => return Err("the job has an empty command".into()),
-        };
-        let mut command = Command::new(&job.program);
+        let mut command = super::supervise::process_command(job)?;
         command
-            .arg0(argv0)
-            .args(args)
-            .current_dir(&job.workdir)
-            .env_clear()
-            .envs(&job.env)
-            .env("RUNPLANE_OUTPUTS", &job.outputs_dir)
             .env("RUNPLANE_LISTEN_FD", LISTEN_FD.to_string())
             .env("RUNPLANE_PORT", replica.port.to_string())
             .env("RUNPLANE_REPLICA", index.to_string())

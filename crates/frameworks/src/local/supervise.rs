@@ -75,6 +75,24 @@ pub fn supervise_main(attempt_dir: &Path) -> i32 {
     }
 }
 
+/// The job's process as `job.json` describes it — program, argv, working directory, exactly
+/// its environment plus `RUNPLANE_OUTPUTS`, no stdin — for a job or one service replica.
+pub(super) fn process_command(job: &JobFile) -> Result<Command, String> {
+    let (Some(argv0), Some(args)) = (job.argv.first(), job.argv.get(1..)) else {
+        return Err("the job has an empty command".into());
+    };
+    let mut command = Command::new(&job.program);
+    command
+        .arg0(argv0)
+        .args(args)
+        .current_dir(&job.workdir)
+        .env_clear()
+        .envs(&job.env)
+        .env("RUNPLANE_OUTPUTS", &job.outputs_dir)
+        .stdin(Stdio::null());
+    Ok(command)
+}
+
 fn finish(attempt_dir: &Path, outcome: &ExitFile) -> i32 {
     let written = serde_json::to_vec_pretty(outcome)
         .map_err(|e| e.to_string())
@@ -170,18 +188,8 @@ impl Supervisor {
             return super::service::run(self, attempt_dir, service);
         }
         let job = &self.job;
-        let (Some(argv0), Some(args)) = (job.argv.first(), job.argv.get(1..)) else {
-            return Err("the job has an empty command".into());
-        };
-        let mut command = Command::new(&job.program);
+        let mut command = process_command(job)?;
         command
-            .arg0(argv0)
-            .args(args)
-            .current_dir(&job.workdir)
-            .env_clear()
-            .envs(&job.env)
-            .env("RUNPLANE_OUTPUTS", &job.outputs_dir)
-            .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own process group: a stop signals the job's group without signalling us.
