@@ -73,6 +73,10 @@ pub struct Job {
     /// [`DEFAULT_LOG_LIMIT_BYTES`] when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_limit_bytes: Option<u64>,
+    /// The container image to run it in, for frameworks that run containers (`engine`; the
+    /// framework's default image when absent). Frameworks that run host processes ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// The log cap of a job that names none: 64 MiB per attempt.
