@@ -7,6 +7,7 @@
 //! server process started, capture logs into the log store, and collect the outputs folder
 //! when a process ends.
 
+pub mod engine;
 pub mod local;
 
 use async_trait::async_trait;

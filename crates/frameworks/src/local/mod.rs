@@ -16,9 +16,9 @@
 //!
 //! [`FileLogStore`]: runplane_logstore::file::FileLogStore
 
-mod capture;
-mod monitor;
-mod prepare;
+pub(crate) mod capture;
+pub(crate) mod monitor;
+pub(crate) mod prepare;
 mod probe;
 mod procs;
 pub mod protocol;

@@ -51,7 +51,7 @@ pub(crate) fn attempt_dir(runs_dir: &Path, execution: &ExecutionId) -> Result<Pa
 }
 
 /// A job file path: relative, made of plain components only (no `..`, no `/x`, no `./`).
-fn check_file_path(path: &str) -> Result<PathBuf, String> {
+pub(crate) fn check_file_path(path: &str) -> Result<PathBuf, String> {
     // Checked on the raw text, not on `Path::components` (which quietly drops `.` and empty
     // segments): what is accepted is exactly what gets written.
     let plain = !path.contains('\0')
@@ -184,7 +184,7 @@ fn fill(
     .map_err(|e| format!("cannot write {JOB_FILE}: {}", describe(&e)))
 }
 
-fn write_job_file(workdir: &Path, relative: &Path, mode: u32, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_job_file(workdir: &Path, relative: &Path, mode: u32, contents: &[u8]) -> io::Result<()> {
     let path = workdir.join(relative);
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;

@@ -1,0 +1,100 @@
+//! What the engine is asked for: the container of one execution (image, command, mounts,
+//! labels) and the attempt folder it mounts. Pure apart from writing the job's files.
+
+use crate::local::prepare::{check_file_path, write_job_file};
+use crate::local::protocol::describe;
+use crate::ExecutionId;
+use bollard::models::{ContainerCreateBody, HostConfig};
+use runplane_domain::Job;
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+/// Where the job's files are mounted inside the container, and its working directory.
+pub const WORK_MOUNT: &str = "/runplane/work";
+/// Where the outputs folder is mounted; `RUNPLANE_OUTPUTS` names it.
+pub const OUTPUTS_MOUNT: &str = "/runplane/outputs";
+
+/// The labels a restarted server finds its containers by. `home` keeps two servers sharing
+/// one engine from taking each other's containers.
+pub const LABEL_RUN: &str = "runplane.run";
+pub const LABEL_ATTEMPT: &str = "runplane.attempt";
+pub const LABEL_HOME: &str = "runplane.home";
+
+/// Writes the job's files into `<attempt>/work` and makes an empty `<attempt>/outputs`.
+pub fn materialize(attempt_dir: &Path, job: &Job) -> Result<(), String> {
+    let files = job
+        .files
+        .iter()
+        .map(|file| Ok((check_file_path(&file.path)?, file)))
+        .collect::<Result<Vec<_>, String>>()?;
+    if attempt_dir.exists() {
+        // Left by a start that failed half-way or a crash before cleanup: never by a live
+        // container (the caller checked for one).
+        fs::remove_dir_all(attempt_dir)
+            .map_err(|e| format!("cannot clear {}: {}", attempt_dir.display(), describe(&e)))?;
+    }
+    let work = attempt_dir.join("work");
+    let outputs = attempt_dir.join("outputs");
+    for dir in [&work, &outputs] {
+        fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {}", dir.display(), describe(&e)))?;
+    }
+    for (relative, file) in files {
+        write_job_file(&work, &relative, file.mode, &file.contents)
+            .map_err(|e| format!("cannot write job file {}: {}", file.path, describe(&e)))?;
+    }
+    Ok(())
+}
+
+pub fn labels(home: &str, execution: &ExecutionId) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_RUN.to_string(), execution.run_id.clone()),
+        (LABEL_ATTEMPT.to_string(), execution.attempt.to_string()),
+        (LABEL_HOME.to_string(), home.to_string()),
+    ])
+}
+
+/// The create request: the command as the entrypoint (an image's own entrypoint would
+/// otherwise wrap it), an init process as PID 1 so that SIGTERM reaches the job.
+pub fn create_body(
+    image: &str,
+    home: &str,
+    execution: &ExecutionId,
+    job: &Job,
+    attempt_dir: &Path,
+) -> ContainerCreateBody {
+    let mut env: Vec<String> = job
+        .env
+        .iter()
+        .filter(|(name, _)| name.as_str() != "RUNPLANE_OUTPUTS")
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect();
+    env.push(format!("RUNPLANE_OUTPUTS={OUTPUTS_MOUNT}"));
+    let binds = vec![
+        format!("{}:{WORK_MOUNT}:rw", attempt_dir.join("work").display()),
+        format!("{}:{OUTPUTS_MOUNT}:rw", attempt_dir.join("outputs").display()),
+    ];
+    ContainerCreateBody {
+        image: Some(image.to_string()),
+        entrypoint: Some(job.command.clone()),
+        cmd: Some(Vec::new()),
+        env: Some(env),
+        working_dir: Some(WORK_MOUNT.to_string()),
+        labels: Some(labels(home, execution)),
+        host_config: Some(HostConfig {
+            binds: Some(binds),
+            init: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// An execution's identity read back from a container's labels.
+pub fn execution_of(labels: &HashMap<String, String>) -> Option<ExecutionId> {
+    Some(ExecutionId {
+        run_id: labels.get(LABEL_RUN)?.clone(),
+        attempt: labels.get(LABEL_ATTEMPT)?.parse().ok()?,
+    })
+}

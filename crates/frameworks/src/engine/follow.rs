@@ -1,0 +1,248 @@
+//! Following one container: its stdout/stderr into the run's log as line records, then its
+//! exit, then the outputs folder — and the events that tell the controller.
+
+use crate::local::capture::split_records;
+use crate::local::monitor::collect_outputs;
+use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use bollard::container::LogOutput;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{LogsOptionsBuilder, WaitContainerOptions};
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use runplane_domain::ExitOutcome;
+use runplane_logstore::file::{FileLogStore, FileLogWriter};
+use runplane_logstore::{LogStore, LogWriter, Stream};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct Follow {
+    pub docker: Docker,
+    pub events: EventSender,
+    pub execution: ExecutionId,
+    pub container: String,
+    pub logs: FileLogStore,
+    pub outputs_dir: PathBuf,
+    pub log_limit: u64,
+}
+
+impl Follow {
+    fn emit(&self, kind: EventKind) {
+        let _ = self.events.send(FrameworkEvent {
+            execution: self.execution.clone(),
+            kind,
+        });
+    }
+
+    /// Runs until the container has exited and its outcome is reported (`Exited`), or it
+    /// can no longer be followed (`Lost`).
+    pub async fn run(self) {
+        let kind = match self.follow().await {
+            Ok(outcome) => EventKind::Exited(outcome),
+            Err(message) => EventKind::Lost { message },
+        };
+        self.emit(kind);
+    }
+
+    async fn follow(&self) -> Result<ExitOutcome, String> {
+        let mut writer = open_writer(&self.logs, &self.execution).await?;
+        // After a restart the log already holds what the previous server copied: the engine
+        // replays from the last stored record's second and the records up to its time are
+        // skipped (records carry the engine's own timestamps).
+        let last = last_record_time(&self.logs, &self.execution);
+        let mut options = LogsOptionsBuilder::default()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true);
+        if let Some(last) = last {
+            options = options.since(i32::try_from(last.timestamp()).unwrap_or(0));
+        }
+        let mut stream = self.docker.logs(&self.container, Some(options.build()));
+        let mut lines = Lines::new(self.log_limit, writer.end_offset());
+        while let Some(frame) = stream.next().await {
+            let (kind, message) = match frame {
+                Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
+                Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(execution = ?self.execution, "container log stream: {e}");
+                    break;
+                }
+            };
+            let (time, data) = split_timestamp(&message);
+            if last.is_some_and(|last| time <= last) {
+                continue;
+            }
+            lines.push(&mut writer, kind, time, data, false)?;
+            if let Some(end) = lines.take_news() {
+                self.emit(EventKind::LogAppended { end_offset: end });
+            }
+        }
+        let now = Utc::now();
+        for kind in [Stream::Stdout, Stream::Stderr] {
+            lines.push(&mut writer, kind, now, &[], true)?;
+        }
+        writer.sync().map_err(|e| format!("cannot sync the log: {e}"))?;
+        if let Some(end) = lines.take_news() {
+            self.emit(EventKind::LogAppended { end_offset: end });
+        }
+        drop(writer);
+
+        let code = self.exit_code().await?;
+        // The engine reports a job killed by a signal as 128 + the signal (Docker's
+        // convention, which the init process keeps).
+        let (exit_code, signal) = match code {
+            129..=192 => (None, Some(code - 128)),
+            _ => (Some(code), None),
+        };
+        Ok(ExitOutcome {
+            exit_code,
+            signal,
+            outputs: collect_outputs(&self.outputs_dir),
+            failure: None,
+        })
+    }
+
+    async fn exit_code(&self) -> Result<i32, String> {
+        let options = WaitContainerOptions {
+            condition: "not-running".to_string(),
+        };
+        let mut wait = self.docker.wait_container(&self.container, Some(options));
+        match wait.next().await {
+            Some(Ok(response)) => return Ok(clamp(response.status_code)),
+            // A non-zero exit is an error carrying the code.
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => return Ok(clamp(code)),
+            Some(Err(e)) => tracing::debug!("wait on {}: {e}; inspecting", self.container),
+            None => {}
+        }
+        let inspected = self
+            .docker
+            .inspect_container(&self.container, None)
+            .await
+            .map_err(|e| format!("container {} vanished: {e}", self.container))?;
+        inspected
+            .state
+            .and_then(|state| state.exit_code)
+            .map(clamp)
+            .ok_or_else(|| format!("container {} has no exit code", self.container))
+    }
+}
+
+fn clamp(code: i64) -> i32 {
+    i32::try_from(code).unwrap_or(i32::MAX)
+}
+
+/// The log writer of the attempt. A follower of the same attempt that was just aborted (the
+/// previous framework instance in this process) may still hold its lock for a moment.
+async fn open_writer(
+    logs: &FileLogStore,
+    execution: &ExecutionId,
+) -> Result<FileLogWriter, String> {
+    let mut tries = 0;
+    loop {
+        match logs.open_writer(&execution.run_id, execution.attempt) {
+            Ok(writer) => return Ok(writer),
+            Err(e) if tries >= 50 => return Err(format!("cannot open the log: {e}")),
+            Err(_) => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+fn last_record_time(logs: &FileLogStore, execution: &ExecutionId) -> Option<DateTime<Utc>> {
+    let mut offset = 0;
+    let mut last = None;
+    while let Ok(chunk) = logs.read(&execution.run_id, execution.attempt, offset, 1 << 20) {
+        let Some(record) = chunk.records.last() else {
+            break;
+        };
+        last = Some(record.time);
+        offset = chunk.next_offset;
+    }
+    last
+}
+
+/// `2024-01-02T03:04:05.123456789Z <data>`: the engine's time of the line and the line.
+fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
+    if let Some(space) = message.iter().position(|b| *b == b' ') {
+        if let Some(time) = std::str::from_utf8(&message[..space])
+            .ok()
+            .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
+        {
+            return (time.with_timezone(&Utc), &message[space + 1..]);
+        }
+    }
+    (Utc::now(), message)
+}
+
+/// Per-stream line assembly and the attempt's log cap.
+struct Lines {
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    limit: u64,
+    written: u64,
+    capped: bool,
+    end: u64,
+    reported: u64,
+}
+
+impl Lines {
+    fn new(limit: u64, end: u64) -> Self {
+        Lines {
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            limit,
+            written: end,
+            capped: end >= limit,
+            end,
+            reported: end,
+        }
+    }
+
+    fn push(
+        &mut self,
+        writer: &mut FileLogWriter,
+        stream: Stream,
+        time: DateTime<Utc>,
+        data: &[u8],
+        at_eof: bool,
+    ) -> Result<(), String> {
+        let pending = match stream {
+            Stream::Stderr => &mut self.stderr,
+            _ => &mut self.stdout,
+        };
+        pending.extend_from_slice(data);
+        for record in split_records(pending, at_eof) {
+            if self.capped {
+                continue;
+            }
+            if self.written + record.len() as u64 > self.limit {
+                self.capped = true;
+                let note = format!(
+                    "log limit of {} bytes reached: the rest of the output is discarded\n",
+                    self.limit
+                );
+                self.end = writer
+                    .append(Stream::System, Utc::now(), note.as_bytes())
+                    .map_err(|e| format!("cannot write the log: {e}"))?;
+                continue;
+            }
+            self.written += record.len() as u64;
+            self.end = writer
+                .append(stream, time, &record)
+                .map_err(|e| format!("cannot write the log: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// The log's new end, when it moved since the last call.
+    fn take_news(&mut self) -> Option<u64> {
+        (self.end != self.reported).then(|| {
+            self.reported = self.end;
+            self.end
+        })
+    }
+}
