@@ -222,7 +222,10 @@ async fn files_in_and_outputs_out() {
     assert_eq!(result.contents, b"from the job's files\nhello\n");
     let attempt = h.tmp.path().join("runs/outputs/1");
     assert!(attempt.join("outputs").exists());
-    h.framework.cleanup(&exec("outputs")).await.expect("cleanup");
+    h.framework
+        .cleanup(&exec("outputs"))
+        .await
+        .expect("cleanup");
     assert!(!attempt.exists(), "cleanup removes the attempt folder");
 }
 
@@ -231,7 +234,10 @@ async fn stop_ends_a_job_within_its_grace_and_cleanup_keeps_the_log() {
     let mut h = harness().await;
     let execution = exec("sleeper");
     h.framework
-        .start(execution.clone(), Runnable::Job(sh("echo started; exec sleep 300")))
+        .start(
+            execution.clone(),
+            Runnable::Job(sh("echo started; exec sleep 300")),
+        )
         .await
         .expect("start");
     // Wait for its first line: it runs.
@@ -253,7 +259,10 @@ async fn stop_ends_a_job_within_its_grace_and_cleanup_keeps_the_log() {
     assert_eq!(outcome.signal, Some(15), "{outcome:?}");
     assert_eq!(containers_of(&h.framework).await.len(), 1);
     h.framework.cleanup(&execution).await.expect("cleanup");
-    h.framework.cleanup(&execution).await.expect("cleanup again");
+    h.framework
+        .cleanup(&execution)
+        .await
+        .expect("cleanup again");
     assert!(containers_of(&h.framework).await.is_empty());
     assert_eq!(
         log_lines(&h.logs, &execution),

@@ -18,7 +18,19 @@ pub struct ServerOptions {
     pub supervisor: Vec<String>,
     /// Allow listening on a non-loopback address without authentication.
     pub insecure_no_auth: bool,
+    /// Enables the `engine` framework (containers on a Docker-API engine) next to `local`.
+    pub engine: Option<EngineSettings>,
 }
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// The engine's Docker-API unix socket (Podman's `podman system service`, or Docker's).
+    pub socket: PathBuf,
+    /// The image of runs that name none; it must hold the configured Python interpreter.
+    pub image: String,
+}
+
+pub const DEFAULT_ENGINE_IMAGE: &str = "localhost/runplane-python:latest";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 pub const DEFAULT_PYTHON: &str = "/usr/bin/python3";
@@ -35,5 +47,11 @@ impl ServerOptions {
 
     pub fn runs_dir(&self) -> PathBuf {
         self.home.join("runs")
+    }
+
+    /// The engine framework's attempt folders: apart from the local framework's, whose
+    /// recovery removes every attempt folder it was not handed.
+    pub fn engine_runs_dir(&self) -> PathBuf {
+        self.home.join("engine")
     }
 }

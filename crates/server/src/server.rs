@@ -6,6 +6,7 @@ use crate::controller::{Controller, ControllerOptions, Frameworks};
 use crate::options::ServerOptions;
 use nix::fcntl::{Flock, FlockArg};
 use runplane_domain::{reason, Run, RunState};
+use runplane_frameworks::engine::{EngineFramework, EngineOptions};
 use runplane_frameworks::local::{LocalFramework, LocalOptions};
 use runplane_frameworks::{ExecutionId, FrameworkError};
 use runplane_logstore::file::FileLogStore;
@@ -39,6 +40,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot enable the engine framework: {0}")]
+    Engine(FrameworkError),
 }
 
 /// A bound, running server.
@@ -69,9 +72,23 @@ impl Server {
                 logs_dir: options.logs_dir(),
                 supervisor: options.supervisor.clone(),
             },
-            events,
+            events.clone(),
         );
-        let frameworks = Frameworks::default().with(Arc::new(local));
+        let mut frameworks = Frameworks::default().with(Arc::new(local));
+        if let Some(engine) = &options.engine {
+            let engine = EngineFramework::connect(
+                EngineOptions {
+                    socket: engine.socket.clone(),
+                    runs_dir: options.engine_runs_dir(),
+                    logs_dir: options.logs_dir(),
+                    default_image: engine.image.clone(),
+                },
+                events,
+            )
+            .await
+            .map_err(ServerError::Engine)?;
+            frameworks = frameworks.with(Arc::new(engine));
+        }
         let runtimes = Runtimes::new().with(Arc::new(PythonRuntime::new(PythonConfig {
             interpreter: options.python.clone(),
             ..PythonConfig::default()

@@ -1,7 +1,10 @@
 //! `runplane server`.
 
 use clap::Args;
-use runplane_server::options::{DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_PYTHON};
+use runplane_server::options::{
+    EngineSettings, DEFAULT_ENGINE_IMAGE, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_RUNS,
+    DEFAULT_PYTHON,
+};
 use runplane_server::{Server, ServerOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,6 +19,13 @@ pub struct ServerArgs {
     /// Listen on a non-loopback address without authentication (only behind a network policy).
     #[arg(long)]
     pub insecure_no_auth: bool,
+    /// Enable the `engine` framework (runs as containers) on this Docker-API socket, e.g.
+    /// Podman's `/run/runplane-podman.sock`. `local` stays the default framework.
+    #[arg(long, env = "RUNPLANE_ENGINE_SOCKET")]
+    pub engine_socket: Option<PathBuf>,
+    /// The image of engine runs that name none; it must hold the Python interpreter.
+    #[arg(long, env = "RUNPLANE_ENGINE_IMAGE", default_value = DEFAULT_ENGINE_IMAGE)]
+    pub engine_image: String,
 }
 
 /// Settings shared by `server` and `quickstart`.
@@ -52,12 +62,17 @@ impl HomeArgs {
             max_concurrent_runs: self.max_concurrent_runs,
             supervisor: vec![exe.display().to_string(), "supervise".to_string()],
             insecure_no_auth,
+            engine: None,
         })
     }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
-    let options = args.home.options(args.listen, args.insecure_no_auth)?;
+    let mut options = args.home.options(args.listen, args.insecure_no_auth)?;
+    options.engine = args.engine_socket.map(|socket| EngineSettings {
+        socket,
+        image: args.engine_image,
+    });
     let home = options.home.clone();
     let server = Server::bind(options).await?;
     eprintln!(

@@ -73,7 +73,10 @@ pub fn create_body(
     env.push(format!("RUNPLANE_OUTPUTS={OUTPUTS_MOUNT}"));
     let binds = vec![
         format!("{}:{WORK_MOUNT}:rw", attempt_dir.join("work").display()),
-        format!("{}:{OUTPUTS_MOUNT}:rw", attempt_dir.join("outputs").display()),
+        format!(
+            "{}:{OUTPUTS_MOUNT}:rw",
+            attempt_dir.join("outputs").display()
+        ),
     ];
     ContainerCreateBody {
         image: Some(image.to_string()),
@@ -82,6 +85,8 @@ pub fn create_body(
         env: Some(env),
         working_dir: Some(WORK_MOUNT.to_string()),
         labels: Some(labels(home, execution)),
+        // Kept by the engine: a restarted server stops a recovered job with its own grace.
+        stop_timeout: Some(i64::try_from(job.stop_grace_seconds).unwrap_or(i64::MAX)),
         host_config: Some(HostConfig {
             binds: Some(binds),
             init: Some(true),

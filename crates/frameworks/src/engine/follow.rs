@@ -83,7 +83,9 @@ impl Follow {
         for kind in [Stream::Stdout, Stream::Stderr] {
             lines.push(&mut writer, kind, now, &[], true)?;
         }
-        writer.sync().map_err(|e| format!("cannot sync the log: {e}"))?;
+        writer
+            .sync()
+            .map_err(|e| format!("cannot sync the log: {e}"))?;
         if let Some(end) = lines.take_news() {
             self.emit(EventKind::LogAppended { end_offset: end });
         }
@@ -112,7 +114,9 @@ impl Follow {
         match wait.next().await {
             Some(Ok(response)) => return Ok(clamp(response.status_code)),
             // A non-zero exit is an error carrying the code.
-            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => return Ok(clamp(code)),
+            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => {
+                return Ok(clamp(code))
+            }
             Some(Err(e)) => tracing::debug!("wait on {}: {e}; inspecting", self.container),
             None => {}
         }

@@ -54,7 +54,8 @@ pub struct EngineFramework {
 
 struct Followed {
     container: String,
-    grace: u64,
+    /// `None` when recovered: the container's own stop timeout (the job's grace) applies.
+    grace: Option<u64>,
     task: AbortHandle,
 }
 
@@ -143,7 +144,13 @@ impl EngineFramework {
     }
 
     /// Follows `container` from now on: its logs, its exit, its outputs.
-    fn follow(&self, execution: ExecutionId, container: String, job_grace: u64, log_limit: u64) {
+    fn follow(
+        &self,
+        execution: ExecutionId,
+        container: String,
+        grace: Option<u64>,
+        log_limit: u64,
+    ) {
         let follow = Follow {
             docker: self.docker.clone(),
             events: self.events.clone(),
@@ -161,7 +168,7 @@ impl EngineFramework {
             execution,
             Followed {
                 container,
-                grace: job_grace,
+                grace,
                 task,
             },
         );
@@ -190,7 +197,10 @@ impl EngineFramework {
             Ok(created) => created,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
-                return Err(format!("cannot create a container from image {image}: {}", message(&e)));
+                return Err(format!(
+                    "cannot create a container from image {image}: {}",
+                    message(&e)
+                ));
             }
         };
         if let Err(e) = self.docker.start_container(&created.id, None).await {
@@ -202,7 +212,7 @@ impl EngineFramework {
         self.follow(
             execution.clone(),
             created.id,
-            job.stop_grace_seconds,
+            Some(job.stop_grace_seconds),
             job.log_limit_bytes.unwrap_or(DEFAULT_LOG_LIMIT_BYTES),
         );
         Ok(())
@@ -286,8 +296,8 @@ impl Framework for EngineFramework {
             if running {
                 self.emit(&execution, EventKind::Started);
             }
-            // The job's own grace and log cap are not on the container; the defaults stand in.
-            self.follow(execution, container, 10, DEFAULT_LOG_LIMIT_BYTES);
+            // The job's log cap is not on the container: the default stands in.
+            self.follow(execution, container, None, DEFAULT_LOG_LIMIT_BYTES);
         }
         Ok(())
     }
@@ -305,7 +315,7 @@ impl Framework for EngineFramework {
                     .await
                     .map_err(|e| engine_error("cannot list the engine's containers", e))?;
                 match found.into_iter().next() {
-                    Some((id, _, _)) => (id, 10),
+                    Some((id, _, _)) => (id, None),
                     None => return Err(FrameworkError::UnknownExecution(execution.clone())),
                 }
             }
@@ -315,7 +325,7 @@ impl Framework for EngineFramework {
         // caller is not held that long; `Exited` tells the end.
         tokio::spawn(async move {
             let options = StopContainerOptions {
-                t: Some(i32::try_from(grace).unwrap_or(i32::MAX)),
+                t: grace.map(|grace| i32::try_from(grace).unwrap_or(i32::MAX)),
                 signal: None,
             };
             if let Err(e) = docker.stop_container(&container, Some(options)).await {
@@ -376,5 +386,8 @@ fn message(error: &DockerError) -> String {
 }
 
 fn engine_error(context: &str, error: DockerError) -> FrameworkError {
-    FrameworkError::Io(std::io::Error::other(format!("{context}: {}", message(&error))))
+    FrameworkError::Io(std::io::Error::other(format!(
+        "{context}: {}",
+        message(&error)
+    )))
 }

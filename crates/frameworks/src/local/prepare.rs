@@ -184,7 +184,12 @@ fn fill(
     .map_err(|e| format!("cannot write {JOB_FILE}: {}", describe(&e)))
 }
 
-pub(crate) fn write_job_file(workdir: &Path, relative: &Path, mode: u32, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_job_file(
+    workdir: &Path,
+    relative: &Path,
+    mode: u32,
+    contents: &[u8],
+) -> io::Result<()> {
     let path = workdir.join(relative);
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
