@@ -313,7 +313,7 @@ async fn services_are_refused_for_now() {
 
 #[tokio::test]
 async fn a_new_instance_recovers_running_containers_and_reports_missing_ones() {
-    let mut h = harness().await;
+    let h = harness().await;
     let running = exec("survivor");
     h.framework
         .start(
