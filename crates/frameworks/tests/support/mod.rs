@@ -108,6 +108,7 @@ pub fn job(command: &[&str]) -> Job {
         files: Vec::new(),
         stop_grace_seconds: 5,
         log_limit_bytes: None,
+        redact: Vec::new(),
     }
 }
 
