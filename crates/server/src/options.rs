@@ -18,6 +18,8 @@ pub struct ServerOptions {
     pub supervisor: Vec<String>,
     /// Allow listening on a non-loopback address without authentication.
     pub insecure_no_auth: bool,
+    /// The key that encrypts secrets; `secret_key_path()` when None (created if missing).
+    pub secret_key_file: Option<PathBuf>,
 }
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
@@ -35,5 +37,15 @@ impl ServerOptions {
 
     pub fn runs_dir(&self) -> PathBuf {
         self.home.join("runs")
+    }
+
+    /// The secret key's file, and whether the server may create it: only the default one is
+    /// created; a named file that is missing is an error (a typo must not silently start a
+    /// server whose secrets nothing can decrypt).
+    pub fn secret_key_path(&self) -> (PathBuf, bool) {
+        match &self.secret_key_file {
+            Some(path) => (path.clone(), false),
+            None => (self.home.join("secret.key"), true),
+        }
     }
 }

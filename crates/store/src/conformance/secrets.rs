@@ -88,7 +88,10 @@ pub async fn secrets_put_get_list_delete(store: Arc<dyn Store>) {
 }
 
 pub async fn secrets_upsert_keeps_created(store: Arc<dyn Store>) {
-    store.ensure_project("demo", "alice").await.expect("project");
+    store
+        .ensure_project("demo", "alice")
+        .await
+        .expect("project");
     let first = store
         .put_secret("demo", "token", b"one", "alice")
         .await
@@ -123,7 +126,10 @@ pub async fn secrets_need_their_project(store: Arc<dyn Store>) {
 }
 
 pub async fn secrets_events_never_carry_the_value(store: Arc<dyn Store>) {
-    store.ensure_project("demo", "alice").await.expect("project");
+    store
+        .ensure_project("demo", "alice")
+        .await
+        .expect("project");
     let start = store.latest_event_id().await.expect("latest");
     let value = b"very-secret-ciphertext";
     store
@@ -141,7 +147,11 @@ pub async fn secrets_events_never_carry_the_value(store: Arc<dyn Store>) {
         .events_after(start, None, 100)
         .await
         .expect("events_after");
-    assert_eq!(events.len(), 3, "a put, a replace and one delete: {events:?}");
+    assert_eq!(
+        events.len(),
+        3,
+        "a put, a replace and one delete: {events:?}"
+    );
     for event in &events {
         assert_eq!(event.kind, "secret");
         assert_eq!(event.project, "demo");
