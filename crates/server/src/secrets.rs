@@ -24,11 +24,10 @@ pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretKeyError {
-    #[error("cannot use the secret key file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    // `error`, not `source`: the message already says it, and a source would be printed
+    // twice by error chains (`{:#}`).
+    #[error("cannot use the secret key file {path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("the secret key file {path} holds {len} bytes, expected {KEY_LEN}: it is not a runplane key (restore the right file, or move it away to start without the existing secrets)")]
     WrongSize { path: String, len: u64 },
     #[error("the secret key file {path} is readable by others (mode {mode:o}): chmod 600 it")]
@@ -75,9 +74,9 @@ impl SecretKey {
     /// Reads the key at `path`; when it does not exist and `create` is set, writes a new one
     /// there (mode 0600, never replacing a file that appeared meanwhile).
     pub fn load_or_create(path: &Path, create: bool) -> Result<SecretKey, SecretKeyError> {
-        let io = |source| SecretKeyError::Io {
+        let io = |error| SecretKeyError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         match std::fs::metadata(path) {
             Ok(_) => Self::load(path),
@@ -99,9 +98,9 @@ impl SecretKey {
     }
 
     fn load(path: &Path) -> Result<SecretKey, SecretKeyError> {
-        let io = |source| SecretKeyError::Io {
+        let io = |error| SecretKeyError::Io {
             path: path.display().to_string(),
-            source,
+            error,
         };
         let metadata = std::fs::metadata(path).map_err(io)?;
         // Checked before reading: a key others could read may already be known to them.
