@@ -46,6 +46,9 @@ enum Command {
     Quickstart(commands::quickstart::QuickstartArgs),
     /// Create or update functions and tasks from YAML/JSON files.
     Apply(commands::apply::ApplyArgs),
+    /// Create an entity that is not a document (secrets).
+    #[command(subcommand)]
+    Create(commands::create::CreateCommand),
     /// List or show entities.
     Get(commands::get::GetArgs),
     /// Show one entity in full.

@@ -114,6 +114,10 @@ pub struct TaskSpec {
     /// Environment variables for the run's process.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variables set from the project's secrets: variable name → secret name.
+    /// The values are decrypted at dispatch and never enter the run's spec.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     /// Seconds between SIGTERM and SIGKILL when a run is stopped (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_grace_seconds: Option<u64>,
@@ -281,6 +285,9 @@ pub struct RunRequest {
     /// Services: how many replicas (overrides the task's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<u32>,
+    /// Environment variable → secret name, added to (and overriding) the task's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// One execution of a task.
@@ -333,6 +340,10 @@ pub struct RunSettings {
     pub max_concurrency: Option<u32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// Environment variable → secret name (the task's and the request's). Names only: the
+    /// values are read and decrypted when an attempt is dispatched, never stored here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
     pub stop_grace_seconds: u64,
     /// See [`TaskSpec::timeout_seconds`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -417,6 +428,16 @@ pub struct ServiceRecord {
     pub run_id: String,
     pub created: DateTime<Utc>,
     pub updated: DateTime<Utc>,
+}
+
+/// What the store and the API tell about a secret: never its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SecretMeta {
+    pub project: String,
+    pub name: String,
+    pub created: DateTime<Utc>,
+    pub updated: DateTime<Utc>,
+    pub created_by: String,
 }
 
 /// The gateway path prefix of a service.

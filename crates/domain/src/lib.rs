@@ -18,5 +18,5 @@ pub use entity::*;
 pub use invalid::{FieldError, Invalid};
 pub use lifecycle::RunState;
 pub use runnable::{
-    ExitOutcome, Failure, FileEntry, Job, OutputFile, ReplicaStatus, Runnable, Service,
+    ExitOutcome, Failure, FileEntry, Job, OutputFile, ReplicaStatus, Runnable, Service, REDACTED,
 };

@@ -24,6 +24,8 @@ pub const USER: &str = "user";
 pub const REPLACED: &str = "replaced";
 /// A service replica did not answer its readiness check in time.
 pub const NOT_READY: &str = "not_ready";
+/// A secret the run refers to was deleted after the run was submitted.
+pub const SECRET_MISSING: &str = "secret_missing";
 pub const RESUMED: &str = "resumed";
 pub const DELETED: &str = "deleted";
 /// READY runs waiting for a slot: the global concurrency limit is reached.

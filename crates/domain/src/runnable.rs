@@ -77,7 +77,14 @@ pub struct Job {
     /// framework's default image when absent). Frameworks that run host processes ignore it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Values the framework must never write to the job's log (secrets handed in `env`): each
+    /// occurrence in the captured output is replaced with [`REDACTED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
 }
+
+/// What a redacted value is replaced with in logs.
+pub const REDACTED: &str = "[REDACTED]";
 
 /// The log cap of a job that names none: 64 MiB per attempt.
 pub const DEFAULT_LOG_LIMIT_BYTES: u64 = 64 * 1024 * 1024;

@@ -79,6 +79,7 @@ fn job(command: &[&str]) -> Job {
         stop_grace_seconds: 5,
         log_limit_bytes: None,
         image: None,
+        redact: Vec::new(),
     }
 }
 
@@ -203,6 +204,25 @@ async fn stdout_and_stderr_lines_are_logged_in_order() {
         ]
     );
     h.framework.cleanup(&exec("logs")).await.expect("cleanup");
+}
+
+#[tokio::test]
+async fn secrets_are_redacted_from_the_log() {
+    let mut h = harness().await;
+    let mut job = sh("echo \"token=$API_TOKEN\"; echo \"$API_TOKEN\" >&2");
+    job.env
+        .insert("API_TOKEN".to_string(), "s3cr3t-value".to_string());
+    job.redact = vec!["s3cr3t-value".to_string()];
+    let events = run_to_end(&mut h, "redact", job).await;
+    assert_eq!(outcome(&events).exit_code, Some(0));
+    assert_eq!(
+        log_lines(&h.logs, &exec("redact")),
+        vec![
+            (Stream::Stdout, "token=[REDACTED]\n".to_string()),
+            (Stream::Stderr, "[REDACTED]\n".to_string()),
+        ]
+    );
+    h.framework.cleanup(&exec("redact")).await.expect("cleanup");
 }
 
 #[tokio::test]

@@ -633,6 +633,7 @@ fn supervisor_reports_exec_failures_in_exit_json() -> TestResult {
         outputs_dir: dir.join("outputs"),
         log_root: tmp.path().join("logs"),
         service: None,
+        redact: Vec::new(),
     };
     std::fs::write(
         dir.join("job.json"),
@@ -702,6 +703,7 @@ fn supervisor_keeps_going_without_a_server() -> TestResult {
         outputs_dir: dir.join("outputs"),
         log_root: tmp.path().join("logs"),
         service: None,
+        redact: Vec::new(),
     };
     std::fs::write(
         dir.join("job.json"),
@@ -768,6 +770,7 @@ fn orphan_attempt(h: &Harness, execution: &ExecutionId, argv: &[&str]) -> Result
         outputs_dir: dir.join("outputs"),
         log_root: h.logs.root().to_path_buf(),
         service: None,
+        redact: Vec::new(),
     };
     std::fs::write(
         dir.join("job.json"),

@@ -192,6 +192,10 @@ impl Catalog {
                     );
                 }
             }
+            problems.check(crate::controller::secrets::validate_secret_refs(
+                "spec.secrets",
+                &spec.secrets,
+            ));
             if spec.max_concurrency == Some(0) {
                 problems.add("spec.max_concurrency", "must be at least 1");
             }

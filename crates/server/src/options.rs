@@ -20,6 +20,8 @@ pub struct ServerOptions {
     pub insecure_no_auth: bool,
     /// Enables the `engine` framework (containers on a Docker-API engine) next to `local`.
     pub engine: Option<EngineSettings>,
+    /// The key that encrypts secrets; `secret_key_path()` when None (created if missing).
+    pub secret_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -53,5 +55,15 @@ impl ServerOptions {
     /// recovery removes every attempt folder it was not handed.
     pub fn engine_runs_dir(&self) -> PathBuf {
         self.home.join("engine")
+    }
+
+    /// The secret key's file, and whether the server may create it: only the default one is
+    /// created; a named file that is missing is an error (a typo must not silently start a
+    /// server whose secrets nothing can decrypt).
+    pub fn secret_key_path(&self) -> (PathBuf, bool) {
+        match &self.secret_key_file {
+            Some(path) => (path.clone(), false),
+            None => (self.home.join("secret.key"), true),
+        }
     }
 }

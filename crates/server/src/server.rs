@@ -42,6 +42,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot enable the engine framework: {0}")]
     Engine(FrameworkError),
+    #[error(transparent)]
+    SecretKey(#[from] crate::secrets::SecretKeyError),
 }
 
 /// A bound, running server.
@@ -63,6 +65,8 @@ impl Server {
         }
         crate::failpoints::init();
         let home_lock = lock_home(&options)?;
+        let (key_path, create_key) = options.secret_key_path();
+        let secret_key = crate::secrets::SecretKey::load_or_create(&key_path, create_key)?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options.database_path()).await?);
         let logs = Arc::new(FileLogStore::new(options.logs_dir()));
         let (events, framework_events) = tokio::sync::mpsc::unbounded_channel();
@@ -108,6 +112,7 @@ impl Server {
                 max_concurrent_runs: options.max_concurrent_runs,
                 default_framework: "local".to_string(),
                 gateway: crate::gateway::GatewayOptions::default(),
+                secrets: crate::secrets::SecretBox::new(&secret_key),
             },
         );
         let listener =

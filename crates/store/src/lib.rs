@@ -11,8 +11,8 @@ pub mod sqlite;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, Utc};
 use runplane_domain::{
-    lifecycle::IllegalTransition, FunctionVersion, Project, Run, RunState, ServiceRecord,
-    ServiceStatus, Task,
+    lifecycle::IllegalTransition, FunctionVersion, Project, Run, RunState, SecretMeta,
+    ServiceRecord, ServiceStatus, Task,
 };
 use serde_json::Value;
 
@@ -155,7 +155,8 @@ pub struct StoredEvent {
     pub id: u64,
     pub at: DateTime<Utc>,
     pub project: String,
-    /// What changed: `run`, `function`, `task` or `service` (also the SSE event name).
+    /// What changed: `run`, `function`, `task`, `service` or `secret` (also the SSE event
+    /// name).
     pub kind: String,
     /// The change, as JSON (`type` repeats `kind`).
     pub data: Value,
@@ -262,11 +263,37 @@ pub trait Store: Send + Sync + 'static {
         status: &ServiceStatus,
     ) -> StoreResult<bool>;
 
+    /// Creates the secret `(project, name)` or replaces its value (keeping `created` and
+    /// `created_by`). `ciphertext` is opaque to the store: the server encrypts before and
+    /// decrypts after. Appends a `secret` event (`{"type":"secret","project","name","at"}`,
+    /// never the value) in the same transaction. `NotFound` when the project does not exist.
+    async fn put_secret(
+        &self,
+        project: &str,
+        name: &str,
+        ciphertext: &[u8],
+        caller: &str,
+    ) -> StoreResult<SecretMeta>;
+    /// A secret's metadata, never its value.
+    async fn get_secret(&self, project: &str, name: &str) -> StoreResult<Option<SecretMeta>>;
+    /// The stored ciphertext, for the controller to decrypt at dispatch.
+    async fn get_secret_ciphertext(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Option<Vec<u8>>>;
+    /// The project's secrets (metadata only), by name.
+    async fn list_secrets(&self, project: &str) -> StoreResult<Vec<SecretMeta>>;
+    /// Removes the secret; appends a `secret` event with `"deleted": true`. False when there
+    /// was none.
+    async fn delete_secret(&self, project: &str, name: &str) -> StoreResult<bool>;
+
     /// Events with an id greater than `after`, oldest first, at most `limit` of them (0 means
     /// 100, capped at [`MAX_EVENTS_PAGE`]); only those of `project` when given. Every change
     /// method above appends its events in its own transaction (`transition`, `create_run`, a
-    /// `put_function_version` that creates a version, `put_task`, `put_service`, a
-    /// `delete_service` or `set_service_status` that changed something). Implementations must make
+    /// `put_function_version` that creates a version, `put_task`, `put_service`,
+    /// `put_secret`, a `delete_secret`, `delete_service` or `set_service_status` that changed
+    /// something). Implementations must make
     /// ids visible in increasing order (a reader that saw id N never finds a smaller one
     /// later): resuming after an id relies on it. SQLite has it for free (one writer at a
     /// time); a concurrent backend has to serialize its appends.

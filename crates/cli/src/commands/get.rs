@@ -35,7 +35,6 @@ impl Kind {
             Kind::Workflows => "workflows",
             Kind::Triggers => "triggers",
             Kind::Artifacts => "artifacts",
-            Kind::Secrets => "secrets",
             _ => return None,
         };
         Some(CliError::invalid(format!(
@@ -159,6 +158,12 @@ async fn list(client: &Client, args: &GetArgs) -> Result<(), CliError> {
                 .get_json(&client.project_url(&format!("/services/{name}")))
                 .await?
         }
+        (Kind::Secrets, None) => client.get_json(&client.project_url("/secrets")).await?,
+        (Kind::Secrets, Some(name)) => {
+            client
+                .get_json(&client.project_url(&format!("/secrets/{name}")))
+                .await?
+        }
         _ => unreachable!("kinds that are not yet available returned above"),
     };
     output::print(&value, args.output, columns(args.kind))
@@ -182,6 +187,7 @@ pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliErro
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
         Kind::Services => format!("/services/{}", args.name),
+        Kind::Secrets => format!("/secrets/{}", args.name),
         _ => unreachable!("kinds that are not yet available returned above"),
     };
     let value: Value = client.get_json(&client.project_url(&path)).await?;
@@ -243,6 +249,20 @@ fn columns(kind: Kind) -> &'static [Column] {
             Column {
                 header: "MAX CONCURRENCY",
                 cell: |v| text(v, "/spec/max_concurrency"),
+            },
+        ],
+        Kind::Secrets => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/name"),
+            },
+            Column {
+                header: "CREATED",
+                cell: |v| time(v, "/created"),
+            },
+            Column {
+                header: "UPDATED",
+                cell: |v| time(v, "/updated"),
             },
         ],
         Kind::Services => &[

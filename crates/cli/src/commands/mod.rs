@@ -1,6 +1,7 @@
 //! One module per group of CLI commands.
 
 pub mod apply;
+pub mod create;
 pub mod get;
 pub mod invoke;
 pub mod logs;
@@ -19,6 +20,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => server::run(args).await,
         Command::Quickstart(args) => quickstart::run(args, &cli.url, &cli.project).await,
         Command::Apply(args) => Ok(apply::run(&client()?, args).await?),
+        Command::Create(command) => Ok(create::run(&client()?, command).await?),
         Command::Get(args) => Ok(get::get(&client()?, args).await?),
         Command::Describe(args) => Ok(get::describe(&client()?, args).await?),
         Command::Run(args) => Ok(run::run(&client()?, args).await?),

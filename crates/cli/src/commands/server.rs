@@ -40,6 +40,10 @@ pub struct HomeArgs {
     /// At most this many runs execute at once.
     #[arg(long, env = "RUNPLANE_MAX_CONCURRENT_RUNS", default_value_t = DEFAULT_MAX_CONCURRENT_RUNS)]
     pub max_concurrent_runs: u32,
+    /// The key that encrypts secrets (32 bytes, mode 0600); default
+    /// $RUNPLANE_HOME/secret.key, created on first start.
+    #[arg(long, env = "RUNPLANE_SECRET_KEY_FILE")]
+    pub secret_key_file: Option<PathBuf>,
 }
 
 impl HomeArgs {
@@ -63,6 +67,7 @@ impl HomeArgs {
             supervisor: vec![exe.display().to_string(), "supervise".to_string()],
             insecure_no_auth,
             engine: None,
+            secret_key_file: self.secret_key_file.clone(),
         })
     }
 }

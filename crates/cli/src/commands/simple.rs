@@ -54,6 +54,7 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> Result<(), CliError> {
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
         Kind::Services => format!("/services/{}", args.name),
+        Kind::Secrets => format!("/secrets/{}", args.name),
         _ => return Err(CliError::invalid("projects cannot be deleted yet")),
     };
     client
@@ -68,6 +69,7 @@ fn singular(kind: Kind) -> &'static str {
         Kind::Functions => "function",
         Kind::Tasks => "task",
         Kind::Services => "service",
+        Kind::Secrets => "secret",
         _ => "run",
     }
 }

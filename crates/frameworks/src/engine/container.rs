@@ -44,7 +44,25 @@ pub fn materialize(attempt_dir: &Path, job: &Job) -> Result<(), String> {
         write_job_file(&work, &relative, file.mode, &file.contents)
             .map_err(|e| format!("cannot write job file {}: {}", file.path, describe(&e)))?;
     }
+    if !job.redact.is_empty() {
+        // Outside the mounted folders, for a restarted server's follower; removed with the
+        // attempt folder at cleanup.
+        let json = serde_json::to_vec(&job.redact).map_err(|e| e.to_string())?;
+        write_job_file(attempt_dir, Path::new(REDACT_FILE), 0o600, &json)
+            .map_err(|e| format!("cannot write {REDACT_FILE}: {}", describe(&e)))?;
+    }
     Ok(())
+}
+
+/// The values to redact from an attempt's log (secrets), beside its `work/` folder.
+pub const REDACT_FILE: &str = "redact.json";
+
+/// What `materialize` recorded to redact; nothing when there is no such file.
+pub fn redactions(attempt_dir: &Path) -> Vec<String> {
+    fs::read(attempt_dir.join(REDACT_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
 }
 
 pub fn labels(home: &str, execution: &ExecutionId) -> HashMap<String, String> {

@@ -1,7 +1,7 @@
 //! Following one container: its stdout/stderr into the run's log as line records, then its
 //! exit, then the outputs folder — and the events that tell the controller.
 
-use crate::local::capture::split_records;
+use crate::local::capture::{split_records, Redactor};
 use crate::local::monitor::collect_outputs;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use bollard::container::LogOutput;
@@ -24,6 +24,8 @@ pub struct Follow {
     pub logs: FileLogStore,
     pub outputs_dir: PathBuf,
     pub log_limit: u64,
+    /// Secrets the job's output must never reveal.
+    pub redactor: Redactor,
 }
 
 impl Follow {
@@ -59,7 +61,7 @@ impl Follow {
             options = options.since(i32::try_from(last.timestamp()).unwrap_or(0));
         }
         let mut stream = self.docker.logs(&self.container, Some(options.build()));
-        let mut lines = Lines::new(self.log_limit, writer.end_offset());
+        let mut lines = Lines::new(self.log_limit, writer.end_offset(), &self.redactor);
         while let Some(frame) = stream.next().await {
             let (kind, message) = match frame {
                 Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
@@ -182,8 +184,9 @@ fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
     (Utc::now(), message)
 }
 
-/// Per-stream line assembly and the attempt's log cap.
-struct Lines {
+/// Per-stream line assembly, redaction and the attempt's log cap.
+struct Lines<'r> {
+    redactor: &'r Redactor,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     limit: u64,
@@ -193,9 +196,10 @@ struct Lines {
     reported: u64,
 }
 
-impl Lines {
-    fn new(limit: u64, end: u64) -> Self {
+impl<'r> Lines<'r> {
+    fn new(limit: u64, end: u64, redactor: &'r Redactor) -> Self {
         Lines {
+            redactor,
             stdout: Vec::new(),
             stderr: Vec::new(),
             limit,
@@ -223,6 +227,7 @@ impl Lines {
             if self.capped {
                 continue;
             }
+            let record = self.redactor.apply(&record);
             if self.written + record.len() as u64 > self.limit {
                 self.capped = true;
                 let note = format!(

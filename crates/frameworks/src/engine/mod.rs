@@ -11,6 +11,7 @@ mod follow;
 
 pub use container::{LABEL_ATTEMPT, LABEL_HOME, LABEL_RUN, OUTPUTS_MOUNT, WORK_MOUNT};
 
+use crate::local::capture::Redactor;
 use crate::local::prepare::attempt_dir;
 use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError, FrameworkEvent};
 use async_trait::async_trait;
@@ -161,6 +162,9 @@ impl EngineFramework {
                 .unwrap_or_default()
                 .join("outputs"),
             log_limit,
+            redactor: Redactor::new(&container::redactions(
+                &attempt_dir(&self.options.runs_dir, &execution).unwrap_or_default(),
+            )),
         };
         let mut followed = self.followed();
         let task = tokio::spawn(follow.run()).abort_handle();

@@ -4,6 +4,7 @@
 
 use super::protocol::ControlMessage;
 use chrono::Utc;
+use runplane_domain::REDACTED;
 use runplane_logstore::file::FileLogWriter;
 use runplane_logstore::{LogWriter, Stream};
 use std::io::{self, Read};
@@ -125,6 +126,72 @@ struct SinkState {
 pub(crate) struct LogSink {
     state: Mutex<SinkState>,
     control: ControlChannel,
+    redactor: Redactor,
+}
+
+/// Replaces secret values in the job's output with [`REDACTED`] before it reaches the log.
+///
+/// It works on records, which are whole lines (see [`split_records`]): a value is found
+/// wherever it sits in a line, however many writes the job used to print it. It escapes only
+/// when a line longer than [`MAX_LINE`] is cut inside the value, or when the job transforms
+/// it (encodes, reverses, prints it a character per line).
+#[derive(Default)]
+pub(crate) struct Redactor {
+    /// Longest first, so that a value containing another is replaced whole.
+    values: Vec<Vec<u8>>,
+}
+
+/// Shorter values are not redacted: replacing every `a` or `42` would wreck the log and
+/// protect nothing.
+pub(crate) const MIN_REDACTED_LEN: usize = 4;
+
+impl Redactor {
+    pub(crate) fn new(values: &[String]) -> Redactor {
+        let mut values: Vec<Vec<u8>> = values
+            .iter()
+            .filter(|value| value.len() >= MIN_REDACTED_LEN)
+            .map(|value| value.as_bytes().to_vec())
+            .collect();
+        values.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        values.dedup();
+        Redactor { values }
+    }
+
+    /// `record` with every value replaced; borrowed when nothing matched (the common case).
+    pub(crate) fn apply<'a>(&self, record: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let mut out = std::borrow::Cow::Borrowed(record);
+        for value in &self.values {
+            if let Some(replaced) = replace_all(&out, value, REDACTED.as_bytes()) {
+                out = std::borrow::Cow::Owned(replaced);
+            }
+        }
+        out
+    }
+}
+
+/// `haystack` with every `needle` replaced, or None when there is none.
+fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Option<Vec<u8>> {
+    let first = find(haystack, needle)?;
+    let mut out = Vec::with_capacity(haystack.len());
+    out.extend_from_slice(&haystack[..first]);
+    out.extend_from_slice(with);
+    let mut rest = &haystack[first + needle.len()..];
+    while let Some(at) = find(rest, needle) {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(with);
+        rest = &rest[at + needle.len()..];
+    }
+    out.extend_from_slice(rest);
+    Some(out)
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    if needle.is_empty() || needle.len() > haystack.len() {
+        return None;
+    }
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
 }
 
 impl LogSink {
@@ -139,7 +206,15 @@ impl LogSink {
                 capped: false,
             }),
             control,
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Redacts `values` from the job's output (not from runplane's own `system` lines, which
+    /// never contain them).
+    pub(crate) fn redacting(mut self, values: &[String]) -> Self {
+        self.redactor = Redactor::new(values);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, SinkState> {
@@ -163,6 +238,13 @@ impl LogSink {
         let mut state = self.lock();
         let time = Utc::now();
         for record in records {
+            let redacted;
+            let record: &[u8] = if stream == Stream::System {
+                record
+            } else {
+                redacted = self.redactor.apply(record);
+                &redacted
+            };
             if stream != Stream::System {
                 if state.capped {
                     continue;
@@ -286,6 +368,39 @@ mod tests {
         assert_eq!(split_records(&mut pending, true), vec![b"next".to_vec()]);
         assert!(pending.is_empty());
         assert!(split_records(&mut pending, true).is_empty());
+    }
+
+    #[test]
+    fn redaction_replaces_every_value_longest_first() {
+        let redactor = Redactor::new(&[
+            "s3cr3t".to_string(),
+            "s3cr3t-and-more".to_string(),
+            "abc".to_string(), // too short: left alone
+        ]);
+        assert_eq!(
+            &*redactor.apply(b"token=s3cr3t-and-more, again s3cr3t s3cr3ts3cr3t abc\n"),
+            b"token=[REDACTED], again [REDACTED] [REDACTED][REDACTED] abc\n"
+        );
+        assert!(matches!(
+            redactor.apply(b"nothing here\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(&*Redactor::new(&[]).apply(b"s3cr3t"), b"s3cr3t");
+    }
+
+    /// A value printed in pieces (several writes of one unterminated line) is still one
+    /// record once the line ends, and is redacted in it.
+    #[test]
+    fn redaction_sees_a_line_written_in_pieces() {
+        let redactor = Redactor::new(&["hunter2-value".to_string()]);
+        let mut pending = b"key=hunt".to_vec();
+        assert!(split_records(&mut pending, false).is_empty());
+        pending.extend_from_slice(b"er2-val");
+        assert!(split_records(&mut pending, false).is_empty());
+        pending.extend_from_slice(b"ue!\n");
+        let records = split_records(&mut pending, false);
+        assert_eq!(records.len(), 1);
+        assert_eq!(&*redactor.apply(&records[0]), b"key=[REDACTED]!\n");
     }
 
     #[test]

@@ -171,6 +171,7 @@ fn fill(
         outputs_dir,
         log_root: logs_dir.to_path_buf(),
         service,
+        redact: job.redact.clone(),
     };
     let json =
         serde_json::to_vec_pretty(&spec).map_err(|e| format!("cannot encode {JOB_FILE}: {e}"))?;

@@ -68,6 +68,10 @@ pub struct JobFile {
     /// Set for a service: the job is one replica, kept running `replicas` times.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceFile>,
+    /// Values (secrets) to replace with `[REDACTED]` in the captured output. They are also in
+    /// `env`: this file is mode 0600 and removed by cleanup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redact: Vec<String>,
 }
 
 /// The service part of `job.json`.

@@ -165,11 +165,9 @@ impl Supervisor {
         let writer = FileLogStore::new(job.log_root.clone())
             .open_writer(&job.run_id, job.attempt)
             .map_err(|e| format!("cannot open the log: {e}"))?;
-        let sink = Arc::new(LogSink::new(
-            writer,
-            ControlChannel::new(),
-            job.log_limit_bytes,
-        ));
+        let sink = Arc::new(
+            LogSink::new(writer, ControlChannel::new(), job.log_limit_bytes).redacting(&job.redact),
+        );
 
         let supervisor = Supervisor {
             job,

@@ -109,6 +109,7 @@ pub fn job(command: &[&str]) -> Job {
         stop_grace_seconds: 5,
         log_limit_bytes: None,
         image: None,
+        redact: Vec::new(),
     }
 }
 

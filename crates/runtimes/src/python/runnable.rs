@@ -91,6 +91,8 @@ pub(crate) fn replica_job(
         stop_grace_seconds: run.spec.settings.stop_grace_seconds,
         log_limit_bytes: run.spec.settings.log_limit_bytes,
         image: None,
+        // Secrets are the controller's to add, at dispatch: the runtime never sees them.
+        redact: Vec::new(),
     })
 }
 

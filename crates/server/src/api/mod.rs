@@ -12,6 +12,7 @@ pub mod problem;
 mod projects;
 mod runs;
 mod schemas;
+mod secrets;
 mod services;
 mod tasks;
 
@@ -66,6 +67,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(functions::routes())
         .merge(tasks::routes())
         .merge(services::routes())
+        .merge(secrets::routes())
         .merge(runs::routes())
         .merge(schemas::routes())
         .merge(logs::routes())

@@ -117,6 +117,7 @@ impl From<ControllerError> for Problem {
             }
             ControllerError::Store(error) => error.into(),
             ControllerError::Logs(error) => Problem::internal(error),
+            ControllerError::Secret(error) => Problem::internal(error),
         }
     }
 }

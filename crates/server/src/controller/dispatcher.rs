@@ -6,6 +6,7 @@
 //! and freed a slot, or a retry's backoff ended (one wake-up at the earliest end, armed through
 //! the deadlines task). No polling.
 
+use super::secrets::SecretsForRunError;
 use super::Controller;
 use chrono::{DateTime, Utc};
 use runplane_domain::{reason, Run, RunState, Runnable};
@@ -133,32 +134,30 @@ async fn start(controller: &Controller, run: Run) {
         run_id: run.metadata.id.clone(),
         attempt: run.status.attempt,
     };
-    let started = match controller.inner.runtimes.get(&run.spec.runtime) {
-        None => Err(format!("this server has no runtime {:?}", run.spec.runtime)),
-        Some(runtime) => match runtime.to_runnable(&run) {
-            Err(error) => Err(error.to_string()),
-            Ok(runnable) => match controller.inner.frameworks.get(&run.spec.framework) {
-                Some(framework) if matches!(runnable, Runnable::Service(_)) => {
-                    if let Runnable::Service(service) = &runnable {
-                        controller
-                            .register_service_run(&run, service.replicas)
-                            .await;
-                    }
-                    framework
-                        .start(execution.clone(), runnable)
-                        .await
-                        .map_err(|error| error.to_string())
+    let started = match runnable_of(controller, &run).await {
+        Err(failed) => Err(failed),
+        Ok(runnable) => match controller.inner.frameworks.get(&run.spec.framework) {
+            Some(framework) if matches!(runnable, Runnable::Service(_)) => {
+                if let Runnable::Service(service) = &runnable {
+                    controller
+                        .register_service_run(&run, service.replicas)
+                        .await;
                 }
-                None => Err(format!(
-                    "framework {:?} is not enabled on this server",
-                    run.spec.framework
-                )),
-                Some(framework) => framework
+                framework
                     .start(execution.clone(), runnable)
                     .await
-                    .map_err(|error| error.to_string()),
-            },
-        },
+                    .map_err(|error| error.to_string())
+            }
+            None => Err(format!(
+                "framework {:?} is not enabled on this server",
+                run.spec.framework
+            )),
+            Some(framework) => framework
+                .start(execution.clone(), runnable)
+                .await
+                .map_err(|error| error.to_string()),
+        }
+        .map_err(|message| (reason::START_FAILED, message)),
     };
     crate::failpoints::hit("after_start");
     match started {
@@ -175,18 +174,49 @@ async fn start(controller: &Controller, run: Run) {
                 }
             }
         }
-        Err(message) => {
+        Err((why, message)) => {
             tracing::warn!(run = %run.metadata.id, %message, "run could not start");
             controller
-                .finish_without_execution(
-                    &run.metadata.project,
-                    &run.metadata.id,
-                    reason::START_FAILED,
-                    &message,
-                )
+                .finish_without_execution(&run.metadata.project, &run.metadata.id, why, &message)
                 .await;
         }
     }
+}
+
+/// The run's `Runnable`, with its secrets decrypted into the env (of the job, or of every
+/// replica) and listed for redaction. The values live only here and in what the framework is
+/// handed; the run's stored spec keeps the names.
+async fn runnable_of(
+    controller: &Controller,
+    run: &Run,
+) -> Result<Runnable, (&'static str, String)> {
+    let runtime = controller
+        .inner
+        .runtimes
+        .get(&run.spec.runtime)
+        .ok_or_else(|| {
+            (
+                reason::START_FAILED,
+                format!("this server has no runtime {:?}", run.spec.runtime),
+            )
+        })?;
+    let mut runnable = runtime
+        .to_runnable(run)
+        .map_err(|error| (reason::START_FAILED, error.to_string()))?;
+    let secrets = controller
+        .secret_env(&run.metadata.project, &run.spec.settings.secrets)
+        .await
+        .map_err(|error| match error {
+            SecretsForRunError::Missing { .. } => (reason::SECRET_MISSING, error.to_string()),
+            SecretsForRunError::Other(error) => (reason::START_FAILED, error.to_string()),
+        })?;
+    let job = match &mut runnable {
+        Runnable::Job(job) => job,
+        Runnable::Service(service) => &mut service.replica,
+    };
+    job.env.extend(secrets.env);
+    job.redact.extend(secrets.redact);
+    Ok(runnable)
 }
 
 #[cfg(test)]

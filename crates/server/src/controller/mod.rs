@@ -16,6 +16,7 @@ pub mod bus;
 mod deadlines;
 pub mod dispatcher;
 pub mod reconciler;
+pub mod secrets;
 mod services;
 pub mod submit;
 
@@ -44,6 +45,8 @@ pub enum ControllerError {
     Store(#[from] StoreError),
     #[error("log store: {0}")]
     Logs(#[from] runplane_logstore::LogError),
+    #[error(transparent)]
+    Secret(#[from] crate::secrets::SecretError),
 }
 
 impl From<CatalogError> for ControllerError {
@@ -81,6 +84,8 @@ pub struct ControllerOptions {
     pub max_concurrent_runs: u32,
     pub default_framework: String,
     pub gateway: crate::gateway::GatewayOptions,
+    /// Encrypts secrets on their way into the store, decrypts them at dispatch.
+    pub secrets: crate::secrets::SecretBox,
 }
 
 /// A cheap, cloneable handle on the controller.

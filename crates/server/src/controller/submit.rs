@@ -37,6 +37,10 @@ impl Controller {
         });
         let mut problems = Problems::new();
         problems.check(validate_labels("labels", &request.labels));
+        problems.check(super::secrets::validate_secret_refs(
+            "secrets",
+            &request.secrets,
+        ));
         let (function_name, pinned_version) = split_name_version(&request.function);
         problems.check(validate_name("function", function_name));
         problems.finish()?;
@@ -66,6 +70,10 @@ impl Controller {
                 other => other.into(),
             })?;
         let spec = self.build_spec(&function, task.as_ref(), &action, &request)?;
+        // Checked at submit so that a typo is a 422 now rather than an ERROR later; a secret
+        // deleted in between is caught again at dispatch (`secret_missing`).
+        self.check_secrets_exist(project, &spec.settings.secrets)
+            .await?;
         let run = new_run(project, caller, spec, request.labels, None);
         self.store_new_run(run, idempotency).await
     }
@@ -232,6 +240,14 @@ impl Controller {
         let settings = RunSettings {
             max_concurrency: task.and_then(|task| task.spec.max_concurrency),
             env: task.map(|task| task.spec.env.clone()).unwrap_or_default(),
+            // Names only: values are decrypted at dispatch and never enter the snapshot.
+            secrets: {
+                let mut secrets = task
+                    .map(|task| task.spec.secrets.clone())
+                    .unwrap_or_default();
+                secrets.extend(request.secrets.clone());
+                secrets
+            },
             stop_grace_seconds: task
                 .and_then(|task| task.spec.stop_grace_seconds)
                 .unwrap_or(DEFAULT_STOP_GRACE_SECONDS),

@@ -21,6 +21,7 @@ mod catalog;
 mod events;
 mod listing;
 mod runs;
+mod secrets;
 mod services;
 mod transitions;
 
@@ -28,6 +29,7 @@ pub use catalog::*;
 pub use events::*;
 pub use listing::*;
 pub use runs::*;
+pub use secrets::*;
 pub use services::*;
 pub use transitions::*;
 
@@ -78,6 +80,10 @@ macro_rules! store_conformance_tests {
             services_delete_only_with_the_matching_run,
             services_events,
             service_status_round_trips,
+            secrets_put_get_list_delete,
+            secrets_upsert_keeps_created,
+            secrets_need_their_project,
+            secrets_events_never_carry_the_value,
             service_status_refused_changes_nothing,
         );
     };

@@ -170,6 +170,27 @@ pub(super) async fn service_deleted(
     append(conn, at, project, "service", &data).await
 }
 
+/// A secret was created, given a new value, or (`deleted`) removed. Names only: an event
+/// never carries a secret's value, encrypted or not.
+pub(super) async fn secret_changed(
+    conn: &mut SqliteConnection,
+    project: &str,
+    name: &str,
+    deleted: bool,
+    at: &DateTime<Utc>,
+) -> StoreResult<()> {
+    let mut data = json!({
+        "type": "secret",
+        "project": project,
+        "name": name,
+        "at": ts(at),
+    });
+    if deleted {
+        data["deleted"] = json!(true);
+    }
+    append(conn, at, project, "secret", &data).await
+}
+
 pub(super) async fn events_after(
     conn: &mut SqliteConnection,
     after: u64,

@@ -9,6 +9,7 @@ mod catalog;
 mod codec;
 mod events;
 mod runs;
+mod secrets;
 mod services;
 mod transition;
 
@@ -19,7 +20,7 @@ use crate::{
 use async_trait::async_trait;
 use codec::db;
 use runplane_domain::{
-    FunctionVersion, Project, Run, RunState, ServiceRecord, ServiceStatus, Task,
+    FunctionVersion, Project, Run, RunState, SecretMeta, ServiceRecord, ServiceStatus, Task,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Sqlite, SqlitePool, Transaction};
@@ -293,6 +294,45 @@ impl Store for SqliteStore {
     async fn delete_service(&self, project: &str, name: &str, run_id: &str) -> StoreResult<bool> {
         let mut tx = self.write().await?;
         let deleted = services::delete_service(&mut tx, project, name, run_id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    async fn put_secret(
+        &self,
+        project: &str,
+        name: &str,
+        ciphertext: &[u8],
+        caller: &str,
+    ) -> StoreResult<SecretMeta> {
+        let mut tx = self.write().await?;
+        let meta = secrets::put_secret(&mut tx, project, name, ciphertext, caller).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(meta)
+    }
+
+    async fn get_secret(&self, project: &str, name: &str) -> StoreResult<Option<SecretMeta>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        secrets::get_secret(&mut conn, project, name).await
+    }
+
+    async fn get_secret_ciphertext(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        secrets::get_secret_ciphertext(&mut conn, project, name).await
+    }
+
+    async fn list_secrets(&self, project: &str) -> StoreResult<Vec<SecretMeta>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        secrets::list_secrets(&mut conn, project).await
+    }
+
+    async fn delete_secret(&self, project: &str, name: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = secrets::delete_secret(&mut tx, project, name).await?;
         tx.commit().await.map_err(db)?;
         Ok(deleted)
     }
