@@ -137,7 +137,12 @@ async fn start(controller: &Controller, run: Run) {
     let started = match runnable_of(controller, &run).await {
         Err(failed) => Err(failed),
         Ok(runnable) => match controller.inner.frameworks.get(&run.spec.framework) {
-            Some(framework) if matches!(runnable, Runnable::Service(_)) => {
+            None => Err(format!(
+                "framework {:?} is not enabled on this server",
+                run.spec.framework
+            )),
+            Some(framework) => {
+                // Known to the gateway (503 until ready) before its replicas start.
                 if let Runnable::Service(service) = &runnable {
                     controller
                         .register_service_run(&run, service.replicas)
@@ -148,14 +153,6 @@ async fn start(controller: &Controller, run: Run) {
                     .await
                     .map_err(|error| error.to_string())
             }
-            None => Err(format!(
-                "framework {:?} is not enabled on this server",
-                run.spec.framework
-            )),
-            Some(framework) => framework
-                .start(execution.clone(), runnable)
-                .await
-                .map_err(|error| error.to_string()),
         }
         .map_err(|message| (reason::START_FAILED, message)),
     };
