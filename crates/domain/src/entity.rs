@@ -140,6 +140,105 @@ pub struct TaskSpec {
     /// `not_ready` (default 60).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_timeout_seconds: Option<u64>,
+    /// cpu/memory limits, applied by container frameworks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    pub resources: Option<Resources>,
+}
+
+/// cpu/memory limits as users write them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// CPU cores (0.5 = half a core), from 0.01 to 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// Memory: bytes as a number, or a string with a unit (`512Mi`, `2Gi`, `100M`, `1G`).
+    /// At least 6 MiB (the engines' floor).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub memory: Option<Value>,
+}
+
+/// The smallest memory limit engines accept.
+pub const MIN_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+
+impl Resources {
+    /// Field errors under `field` (`spec.resources`, `resources`).
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        let mut problems = Problems::new();
+        if let Some(cpu) = self.cpu {
+            if !cpu.is_finite() || !(0.01..=1024.0).contains(&cpu) {
+                problems.add(
+                    format!("{field}.cpu"),
+                    format!("must be a number of cores between 0.01 and 1024, not {cpu}"),
+                );
+            }
+        }
+        if let Err(message) = self.memory_bytes() {
+            problems.add(format!("{field}.memory"), message);
+        }
+        problems.finish()
+    }
+
+    /// `memory` in bytes.
+    pub fn memory_bytes(&self) -> Result<Option<u64>, String> {
+        let Some(memory) = &self.memory else {
+            return Ok(None);
+        };
+        let bytes = match memory {
+            Value::Number(n) => n
+                .as_u64()
+                .ok_or_else(|| format!("must be a whole number of bytes, not {n}"))?,
+            Value::String(text) => parse_quantity(text)?,
+            other => return Err(format!("must be bytes or a string like 512Mi, not {other}")),
+        };
+        if bytes < MIN_MEMORY_BYTES {
+            return Err(format!(
+                "must be at least 6Mi ({MIN_MEMORY_BYTES} bytes), not {bytes} bytes"
+            ));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// As a framework takes them; invalid values (never stored) count as absent.
+    pub fn limits(&self) -> crate::runnable::Limits {
+        crate::runnable::Limits {
+            cpus: self.cpu,
+            memory_bytes: self.memory_bytes().ok().flatten(),
+        }
+    }
+}
+
+/// `512Mi`, `2Gi`, `100M`, `1G`, `1024k`, `4096`: Kubernetes-style quantities of bytes.
+fn parse_quantity(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a quantity like 512Mi or 1G"))?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "k" | "K" => 1000,
+        "M" => 1000_u64.pow(2),
+        "G" => 1000_u64.pow(3),
+        "T" => 1000_u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?} has an unknown unit {unit:?} (use Ki, Mi, Gi, Ti, k, M, G or T)"
+            ))
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text:?} is too large"))
 }
 
 pub const DEFAULT_STOP_GRACE_SECONDS: u64 = 5;
@@ -288,6 +387,10 @@ pub struct RunRequest {
     /// Environment variable → secret name, added to (and overriding) the task's.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secrets: BTreeMap<String, String>,
+    /// Overrides the task's cpu/memory limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
+    pub resources: Option<Resources>,
 }
 
 /// One execution of a task.
@@ -360,6 +463,9 @@ pub struct RunSettings {
     /// Services: see [`TaskSpec::ready_timeout_seconds`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_timeout_seconds: Option<u64>,
+    /// See [`TaskSpec::resources`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
 }
 
 impl RunSettings {

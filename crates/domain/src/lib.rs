@@ -18,5 +18,6 @@ pub use entity::*;
 pub use invalid::{FieldError, Invalid};
 pub use lifecycle::RunState;
 pub use runnable::{
-    ExitOutcome, Failure, FileEntry, Job, OutputFile, ReplicaStatus, Runnable, Service, REDACTED,
+    Build, BuiltImage, ContextDir, ExitOutcome, Failure, FileEntry, Job, Limits, OutputFile,
+    ReplicaStatus, Runnable, Service, Volume, BUILD_OUTPUT, REDACTED,
 };

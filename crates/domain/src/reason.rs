@@ -15,7 +15,10 @@ pub const TIMEOUT: &str = "timeout";
 pub const OOM_KILLED: &str = "oom_killed";
 /// Killed by a signal nobody in runplane sent.
 pub const KILLED: &str = "killed";
+/// The build the run needed (its environment or image) failed, or this build run failed.
 pub const BUILD_FAILED: &str = "build_failed";
+/// READY runs waiting for a build they need (an environment for their lock).
+pub const WAITING_FOR_BUILD: &str = "waiting_for_build";
 /// The run's outputs broke a rule (results too large, not JSON...).
 pub const INVALID_OUTPUT: &str = "invalid_output";
 /// A person (or API client) asked to stop the run.

@@ -4,12 +4,91 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Something a framework can execute. Builds join them in a later issue.
+/// Something a framework can execute.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Runnable {
     Job(Job),
     Service(Service),
+    Build(Build),
+}
+
+/// An image to build from a Containerfile and a context, on frameworks that have a builder
+/// (`engine`; the others refuse it with `StartFailed`).
+///
+/// The framework assembles the context (`context` files, then each of `context_dirs` copied in
+/// whole), builds it, tags the result `image`, pushes it when `push` is set, and ends the
+/// execution with exit code 0 and an output file [`BUILD_OUTPUT`] (a JSON
+/// [`BuiltImage`]). A build that fails ends with exit code 1 and `failure` reason
+/// `build_failed`, the builder's output in the log; nothing is left tagged `image`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Build {
+    /// The Containerfile's text (`FROM`... ).
+    pub containerfile: String,
+    /// Files of the build context; paths relative, without `..`.
+    #[serde(default)]
+    pub context: Vec<FileEntry>,
+    /// Host folders copied into the context whole (symlinks kept as links).
+    #[serde(default)]
+    pub context_dirs: Vec<ContextDir>,
+    /// The reference to tag the built image with (`repo:tag`); unique per build.
+    pub image: String,
+    /// Push `image` to its registry once built (plain HTTP is allowed for loopback registries).
+    #[serde(default)]
+    pub push: bool,
+    /// Build arguments (`ARG` values).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub args: BTreeMap<String, String>,
+    /// See [`Job::log_limit_bytes`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_limit_bytes: Option<u64>,
+}
+
+/// A host folder added to a build context.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContextDir {
+    /// Absolute path on the framework's host.
+    pub host_path: String,
+    /// Where it goes in the context (relative, without `..`).
+    pub path: String,
+}
+
+/// The output file a successful [`Build`] leaves.
+pub const BUILD_OUTPUT: &str = "image.json";
+
+/// What a build made: the content of [`BUILD_OUTPUT`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuiltImage {
+    /// The reference it was tagged with (`Build::image`).
+    pub image: String,
+    /// The engine's image id (`sha256:...`).
+    pub id: String,
+    /// `repo@sha256:...` once pushed to a registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// A host folder made visible to a job. Frameworks that run containers bind-mount it at
+/// `container_path`; frameworks that run host processes leave it where it is (runtimes that
+/// want both to work use the same path on both sides).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub host_path: String,
+    pub container_path: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Resource limits of a job's process (containers: the engine's cgroup limits; host processes
+/// ignore them).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPU cores, fractions allowed (0.5 = half a core).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Memory in bytes; a container that goes past it is killed (`oom_killed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
 }
 
 /// A long-running HTTP server kept up as `replicas` identical processes until it is stopped.
@@ -34,6 +113,19 @@ pub struct Service {
     pub replicas: u32,
     pub readiness_path: String,
     pub ready_timeout_seconds: u64,
+    /// The fixed port each replica listens on inside its container (container images that
+    /// choose their own port). Frameworks that run host processes refuse it: they hand out
+    /// ports (`RUNPLANE_LISTEN_FD` / `RUNPLANE_PORT`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// Whether replicas serve HTTP (default). When false (a `deploy`: a long-running worker),
+    /// a replica is ready once it runs, has no endpoint (`""`), and nothing routes to it.
+    #[serde(default = "serves_http")]
+    pub http: bool,
+}
+
+fn serves_http() -> bool {
+    true
 }
 
 /// One replica of a service execution, as its framework reports it.
@@ -60,7 +152,7 @@ pub struct ReplicaStatus {
 /// The framework materializes `files` into a fresh working directory, starts `command` there
 /// with `env` (plus `RUNPLANE_OUTPUTS`, the absolute path of an empty folder whose files it
 /// collects when the process ends), and never interprets the process's stdout.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Job {
     /// argv; `command[0]` is an absolute path or a name looked up in `PATH`.
     pub command: Vec<String>,
@@ -81,6 +173,12 @@ pub struct Job {
     /// occurrence in the captured output is replaced with [`REDACTED`].
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
+    /// Host folders to mount (container frameworks); see [`Volume`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<Volume>,
+    /// cpu/memory limits (container frameworks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// What a redacted value is replaced with in logs.

@@ -80,6 +80,8 @@ fn job(command: &[&str]) -> Job {
         log_limit_bytes: None,
         image: None,
         redact: Vec::new(),
+        volumes: Vec::new(),
+        limits: None,
     }
 }
 
@@ -318,6 +320,8 @@ async fn services_are_refused_for_now() {
         replicas: 1,
         readiness_path: "/".into(),
         ready_timeout_seconds: 5,
+        port: None,
+        http: true,
     };
     let error = h
         .framework

@@ -99,6 +99,8 @@ fn service(replicas: u32, marker: &str) -> Service {
         replicas,
         readiness_path: READY_PATH.into(),
         ready_timeout_seconds: 20,
+        port: None,
+        http: true,
     }
 }
 

@@ -35,6 +35,44 @@ pub struct Interpretation {
     pub reason: String,
     pub message: Option<String>,
     pub results: Option<Value>,
+    /// A build run that made a new function version: its normalized spec (same kind, same
+    /// name), which the controller stores as a new version and names in `results`.
+    pub new_version: Option<Value>,
+}
+
+/// Something a run needs built before it can execute, e.g. the Python environment of its
+/// lock. The controller checks `ready_path`, and when it is missing starts one build run per
+/// `key` (the run's function version, `action`, `parameters`, on `framework`) and holds the
+/// run READY (`waiting_for_build`) until that build ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prerequisite {
+    /// The same for every run needing the same build (e.g. `python-env:<lock hash>`).
+    pub key: String,
+    /// Exists once the build is done (absolute path on the server's host).
+    pub ready_path: String,
+    /// The build run: an action of the same function version, its parameters and framework.
+    pub action: String,
+    pub parameters: Map<String, Value>,
+    pub framework: String,
+}
+
+/// Dependencies a function version declares, which the server resolves (IO) into a lock once,
+/// when the version is first stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dependencies {
+    /// Requirement specifiers (`requests>=2`, `six==1.16.0`).
+    pub requirements: Vec<String>,
+    /// The interpreter version to resolve for (`3.11`), when the spec names one.
+    pub python_version: Option<String>,
+}
+
+/// The resolved, pinned form of [`Dependencies`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lock {
+    /// The lock file (`uv pip compile` output: `name==version` lines).
+    pub text: String,
+    /// sha256 hex of `text`.
+    pub hash: String,
 }
 
 pub trait Runtime: Send + Sync {
@@ -63,6 +101,19 @@ pub trait Runtime: Send + Sync {
     fn interpret(&self, run: &Run, outcome: &ExitOutcome) -> Interpretation;
     /// JSON Schema (draft 2020-12) of the spec users write for this kind (`/schemas/{kind}`).
     fn spec_schema(&self) -> Value;
+    /// What a normalized spec asks the server to resolve before it is stored (None: nothing).
+    fn dependencies(&self, _normalized: &Value) -> Option<Dependencies> {
+        None
+    }
+    /// The normalized spec with its resolved lock recorded. The lock is not part of the
+    /// content hash (`hash_input` leaves it out): re-applying the same spec makes no version.
+    fn with_lock(&self, normalized: Value, _lock: &Lock) -> Value {
+        normalized
+    }
+    /// What must be built before `run` can execute (checked at every dispatch).
+    fn prerequisite(&self, _run: &Run) -> Option<Prerequisite> {
+        None
+    }
 }
 
 /// The registry of runtimes, by kind.

@@ -204,6 +204,9 @@ impl Catalog {
                 spec.timeout_seconds,
             ));
             problems.check(validate_replicas("spec.replicas", spec.replicas));
+            if let Some(resources) = &spec.resources {
+                problems.check(resources.validate("spec.resources"));
+            }
             if spec.ready_timeout_seconds == Some(0) {
                 problems.add("spec.ready_timeout_seconds", "must be at least 1");
             }

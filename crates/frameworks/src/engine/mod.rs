@@ -6,8 +6,10 @@
 //! container exits). The container's labels (`runplane.run`, `runplane.attempt`,
 //! `runplane.home`) are what a restarted server finds it by; nothing else is stored.
 
+mod build;
 mod container;
 mod follow;
+mod service;
 
 pub use container::{LABEL_ATTEMPT, LABEL_HOME, LABEL_RUN, OUTPUTS_MOUNT, WORK_MOUNT};
 
@@ -251,19 +253,13 @@ impl Framework for EngineFramework {
         execution: ExecutionId,
         runnable: Runnable,
     ) -> Result<(), FrameworkError> {
-        let job = match runnable {
-            Runnable::Job(job) => job,
-            Runnable::Service(_) => {
-                return Err(FrameworkError::StartFailed {
-                    execution,
-                    message: "services are not supported on the engine framework yet".into(),
-                })
-            }
-        };
         self.attempt_dir(&execution)?;
-        self.start_job(&execution, &job)
-            .await
-            .map_err(|message| FrameworkError::StartFailed { execution, message })
+        let started = match &runnable {
+            Runnable::Job(job) => self.start_job(&execution, job).await,
+            Runnable::Service(service) => self.start_service(&execution, service).await,
+            Runnable::Build(build) => self.start_build(&execution, build).await,
+        };
+        started.map_err(|message| FrameworkError::StartFailed { execution, message })
     }
 
     async fn recover(&self, executions: Vec<ExecutionId>) -> Result<(), FrameworkError> {

@@ -304,7 +304,24 @@ impl Framework for LocalFramework {
     ) -> Result<(), FrameworkError> {
         let (job, service) = match runnable {
             Runnable::Job(job) => (job, None),
+            Runnable::Build(_) => {
+                return Err(FrameworkError::StartFailed {
+                    execution,
+                    message: "the local framework cannot build images: run builds on a \
+                              framework with an image builder (engine)"
+                        .into(),
+                })
+            }
             Runnable::Service(service) => {
+                if service.port.is_some() || !service.http {
+                    return Err(FrameworkError::StartFailed {
+                        execution,
+                        message: "the local framework runs host processes: it cannot give \
+                                  them a fixed port or run workers without HTTP; use a \
+                                  container framework (engine)"
+                            .into(),
+                    });
+                }
                 if let Err(message) = prepare::check_readiness_path(&service.readiness_path) {
                     return Err(FrameworkError::StartFailed { execution, message });
                 }

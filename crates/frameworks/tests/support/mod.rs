@@ -110,6 +110,8 @@ pub fn job(command: &[&str]) -> Job {
         log_limit_bytes: None,
         image: None,
         redact: Vec::new(),
+        volumes: Vec::new(),
+        limits: None,
     }
 }
 

@@ -51,6 +51,15 @@ pub struct PythonConfig {
     pub max_results_bytes: usize,
     /// Largest source accepted: inline code, or the total unpacked size of a packed source.
     pub max_source_bytes: usize,
+    /// Absolute folder where environments built from locks live, one `<lock hash>` folder
+    /// each (`$RUNPLANE_HOME/envs` on a server).
+    pub environments_dir: String,
+    /// The `uv` executable environment builds run (absolute, or looked up in `PATH`).
+    pub uv: String,
+    /// The image `build` starts from: it must hold `interpreter`.
+    pub base_image: String,
+    /// Where built images are pushed (`host:port[/prefix]`); kept on the engine when None.
+    pub registry: Option<String>,
 }
 
 impl Default for PythonConfig {
@@ -59,6 +68,10 @@ impl Default for PythonConfig {
             interpreter: "/usr/bin/python3".to_string(),
             max_results_bytes: 1024 * 1024,
             max_source_bytes: 16 * 1024 * 1024,
+            environments_dir: "/var/lib/runplane/envs".to_string(),
+            uv: "uv".to_string(),
+            base_image: "localhost/runplane-python:latest".to_string(),
+            registry: None,
         }
     }
 }

@@ -48,6 +48,7 @@ fn error(reason: &str, message: String) -> Interpretation {
         reason: reason.to_string(),
         message: Some(message),
         results: None,
+        new_version: None,
     }
 }
 
@@ -110,6 +111,7 @@ fn succeeded(outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
         reason: reason::SUCCEEDED.to_string(),
         message: None,
         results,
+        new_version: None,
     }
 }
 
@@ -176,6 +178,7 @@ fn stopped(run: &Run, message: String) -> Interpretation {
         reason: stop_reason,
         message: Some(message),
         results: None,
+        new_version: None,
     }
 }
 

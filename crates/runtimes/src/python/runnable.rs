@@ -93,6 +93,8 @@ pub(crate) fn replica_job(
         image: None,
         // Secrets are the controller's to add, at dispatch: the runtime never sees them.
         redact: Vec::new(),
+        volumes: Vec::new(),
+        limits: run.spec.settings.resources.as_ref().map(|r| r.limits()),
     })
 }
 

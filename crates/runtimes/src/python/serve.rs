@@ -78,6 +78,8 @@ pub(crate) fn service(run: &Run, config: &PythonConfig) -> Result<Service, Runti
         replicas: run.spec.settings.replicas(),
         readiness_path: READINESS_PATH.to_string(),
         ready_timeout_seconds: run.spec.settings.ready_timeout_seconds(),
+        port: None,
+        http: true,
     })
 }
 

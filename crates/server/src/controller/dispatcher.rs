@@ -210,6 +210,8 @@ async fn runnable_of(
     let job = match &mut runnable {
         Runnable::Job(job) => job,
         Runnable::Service(service) => &mut service.replica,
+        // A build's context is stored with the image: secrets never go into it.
+        Runnable::Build(_) => return Ok(runnable),
     };
     job.env.extend(secrets.env);
     job.redact.extend(secrets.redact);

@@ -140,6 +140,7 @@ async fn end_attempt(
             reason: failure.reason.clone(),
             message: Some(failure.message.clone()),
             results: None,
+            new_version: None,
         },
         (None, Some(runtime)) => runtime.interpret(run, outcome),
         (None, None) => runplane_runtimes::Interpretation {
@@ -147,6 +148,7 @@ async fn end_attempt(
             reason: reason::FAILED.to_string(),
             message: Some(format!("this server has no runtime {:?}", run.spec.runtime)),
             results: None,
+            new_version: None,
         },
     };
     let mut from = state;

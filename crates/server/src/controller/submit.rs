@@ -236,6 +236,9 @@ impl Controller {
             problems.check(retry.validate().map_err(|invalid| invalid.within("retry")));
         }
         problems.check(validate_replicas("replicas", request.replicas));
+        if let Some(resources) = &request.resources {
+            problems.check(resources.validate("resources"));
+        }
         problems.finish()?;
         let settings = RunSettings {
             max_concurrency: task.and_then(|task| task.spec.max_concurrency),
@@ -264,6 +267,10 @@ impl Controller {
                 .replicas
                 .or_else(|| task.and_then(|task| task.spec.replicas)),
             ready_timeout_seconds: task.and_then(|task| task.spec.ready_timeout_seconds),
+            resources: request
+                .resources
+                .clone()
+                .or_else(|| task.and_then(|task| task.spec.resources.clone())),
         };
         Ok(RunSpec {
             function: function.status.key.clone(),
