@@ -115,6 +115,8 @@ pub fn is_allowed(from: RunState, to: RunState) -> bool {
         (Running, Completed) | (Running, Error) => true,
         // The spec could not be built, or the framework could not start the attempt.
         (Created, Error) | (Built, Error) | (Pending, Error) => true,
+        // A build the run waited for in the queue failed (`build_failed`).
+        (Ready, Error) => true,
         // A failed attempt with retries left goes back to the queue (attempt + 1).
         (Pending, Ready) | (Running, Ready) => true,
         // Any non-terminal state can be asked to stop (a run that never started too).
@@ -167,6 +169,7 @@ mod tests {
         (Created, Error),
         (Built, Error),
         (Pending, Error),
+        (Ready, Error),
         (Pending, Ready),
         (Running, Ready),
         (Created, Stop),

@@ -3,6 +3,7 @@
 //! controller's.
 
 use crate::controller::bus::EventBus;
+use crate::resolver::{ResolveError, Resolver};
 use chrono::{DateTime, SubsecRound, Utc};
 use runplane_domain::hash::{content_hash, version_id};
 use runplane_domain::invalid::Problems;
@@ -26,6 +27,9 @@ pub enum CatalogError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Dependencies could not be resolved for a reason of the server's (no resolver).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Timestamps are kept at microsecond precision everywhere, so that what is read back from
@@ -40,14 +44,21 @@ pub struct Catalog {
     runtimes: Runtimes,
     /// Told after each committed change, so that `/events` readers look again.
     bus: EventBus,
+    resolver: Resolver,
 }
 
 impl Catalog {
-    pub fn new(store: Arc<dyn Store>, runtimes: Runtimes, bus: EventBus) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        runtimes: Runtimes,
+        bus: EventBus,
+        resolver: Resolver,
+    ) -> Self {
         Catalog {
             store,
             runtimes,
             bus,
+            resolver,
         }
     }
 
@@ -118,6 +129,34 @@ impl Catalog {
             &document.metadata.name,
             Some(&version),
         );
+        let spec = match runtime.dependencies(&spec) {
+            // Resolved once, when the version is new: an existing version keeps its lock.
+            Some(dependencies)
+                if self
+                    .store
+                    .get_function(project, &document.metadata.name, Some(&version))
+                    .await?
+                    .is_none() =>
+            {
+                let lock =
+                    self.resolver
+                        .lock(&dependencies)
+                        .await
+                        .map_err(|error| match error {
+                            ResolveError::Unsatisfiable(message) => {
+                                CatalogError::Invalid(Invalid::field(
+                                    "spec.requirements",
+                                    format!("cannot be resolved: {message}"),
+                                ))
+                            }
+                            ResolveError::Unavailable(_) => {
+                                CatalogError::Unavailable(error.to_string())
+                            }
+                        })?;
+                runtime.with_lock(spec, &lock)
+            }
+            _ => spec,
+        };
         let function = FunctionVersion {
             kind: document.kind,
             metadata: Metadata {

@@ -11,6 +11,7 @@ pub mod controller;
 pub mod failpoints;
 pub mod gateway;
 pub mod options;
+pub mod resolver;
 pub mod secrets;
 mod server;
 

@@ -22,20 +22,28 @@ pub struct ServerOptions {
     pub engine: Option<EngineSettings>,
     /// The key that encrypts secrets; `secret_key_path()` when None (created if missing).
     pub secret_key_file: Option<PathBuf>,
+    /// The `uv` executable: resolves requirements into locks, builds environments.
+    pub uv: String,
+    /// The framework of runs that name none; it must be enabled.
+    pub default_framework: String,
 }
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     /// The engine's Docker-API unix socket (Podman's `podman system service`, or Docker's).
     pub socket: PathBuf,
-    /// The image of runs that name none; it must hold the configured Python interpreter.
+    /// The image of runs that name none, and the base of Python images built on the engine;
+    /// it must hold the configured Python interpreter.
     pub image: String,
+    /// Where images built on the engine are pushed (`host:port[/prefix]`).
+    pub registry: Option<String>,
 }
 
 pub const DEFAULT_ENGINE_IMAGE: &str = "localhost/runplane-python:latest";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
 pub const DEFAULT_PYTHON: &str = "/usr/bin/python3";
+pub const DEFAULT_UV: &str = "uv";
 pub const DEFAULT_MAX_CONCURRENT_RUNS: u32 = 64;
 
 impl ServerOptions {
@@ -45,6 +53,11 @@ impl ServerOptions {
 
     pub fn logs_dir(&self) -> PathBuf {
         self.home.join("logs")
+    }
+
+    /// Python environments built from locks, one folder per lock hash.
+    pub fn environments_dir(&self) -> PathBuf {
+        self.home.join("envs")
     }
 
     pub fn runs_dir(&self) -> PathBuf {

@@ -3,7 +3,7 @@
 //! local run lives under its own supervisor, in its own session).
 
 use crate::controller::{Controller, ControllerOptions, Frameworks};
-use crate::options::ServerOptions;
+use crate::options::{ServerOptions, DEFAULT_ENGINE_IMAGE};
 use nix::fcntl::{Flock, FlockArg};
 use runplane_domain::{reason, Run, RunState};
 use runplane_frameworks::engine::{EngineFramework, EngineOptions};
@@ -42,6 +42,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot enable the engine framework: {0}")]
     Engine(FrameworkError),
+    #[error("the default framework {name:?} is not enabled (enabled: {enabled})")]
+    DefaultFramework { name: String, enabled: String },
     #[error(transparent)]
     SecretKey(#[from] crate::secrets::SecretKeyError),
 }
@@ -93,8 +95,30 @@ impl Server {
             .map_err(ServerError::Engine)?;
             frameworks = frameworks.with(Arc::new(engine));
         }
+        if frameworks.get(&options.default_framework).is_none() {
+            return Err(ServerError::DefaultFramework {
+                name: options.default_framework.clone(),
+                enabled: frameworks.names().join(", "),
+            });
+        }
+        let environments_dir =
+            std::path::absolute(options.environments_dir()).map_err(|source| {
+                ServerError::Home {
+                    path: options.environments_dir().display().to_string(),
+                    source,
+                }
+            })?;
+        let registry = options.engine.as_ref().and_then(|e| e.registry.clone());
+        let base_image = options
+            .engine
+            .as_ref()
+            .map_or(DEFAULT_ENGINE_IMAGE.to_string(), |e| e.image.clone());
         let runtimes = Runtimes::new().with(Arc::new(PythonRuntime::new(PythonConfig {
             interpreter: options.python.clone(),
+            environments_dir: environments_dir.to_string_lossy().into_owned(),
+            uv: options.uv.clone(),
+            base_image,
+            registry,
             ..PythonConfig::default()
         })));
         // Before the controller starts: every execution is followed (and stoppable) before any
@@ -110,9 +134,13 @@ impl Server {
             framework_events,
             ControllerOptions {
                 max_concurrent_runs: options.max_concurrent_runs,
-                default_framework: "local".to_string(),
+                default_framework: options.default_framework.clone(),
                 gateway: crate::gateway::GatewayOptions::default(),
                 secrets: crate::secrets::SecretBox::new(&secret_key),
+                resolver: crate::resolver::Resolver {
+                    uv: options.uv.clone(),
+                    python: options.python.clone(),
+                },
             },
         );
         let listener =

@@ -220,14 +220,16 @@ pub trait Store: Send + Sync + 'static {
     /// The compare-and-set: applies `request` only if the run is in (`from`, `attempt`), and
     /// only if the lifecycle table allows `from → to`. Returns the updated run.
     async fn transition(&self, request: TransitionRequest) -> StoreResult<Run>;
-    /// Sets `status.reason` of a run that stays in `state` (why a READY run waits). Returns
-    /// false if the run is no longer in (`state`, `attempt`).
+    /// Sets `status.reason` and `status.message` of a run that stays in `state` (why a READY
+    /// run waits, e.g. for which build). Returns false if the run is no longer in (`state`,
+    /// `attempt`).
     async fn set_wait_reason(
         &self,
         run_id: &str,
         state: RunState,
         attempt: u32,
         reason: Option<&str>,
+        message: Option<&str>,
     ) -> StoreResult<bool>;
     /// Removes the run and its transitions and attempts; false when there was none.
     async fn delete_run(&self, project: &str, id: &str) -> StoreResult<bool>;

@@ -3,7 +3,7 @@
 use clap::Args;
 use runplane_server::options::{
     EngineSettings, DEFAULT_ENGINE_IMAGE, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_RUNS,
-    DEFAULT_PYTHON,
+    DEFAULT_PYTHON, DEFAULT_UV,
 };
 use runplane_server::{Server, ServerOptions};
 use std::net::SocketAddr;
@@ -26,6 +26,14 @@ pub struct ServerArgs {
     /// The image of engine runs that name none; it must hold the Python interpreter.
     #[arg(long, env = "RUNPLANE_ENGINE_IMAGE", default_value = DEFAULT_ENGINE_IMAGE)]
     pub engine_image: String,
+    /// Push images built on the engine to this registry (`host:port[/prefix]`); without it
+    /// they stay in the engine's own store.
+    #[arg(long, env = "RUNPLANE_REGISTRY")]
+    pub registry: Option<String>,
+    /// The framework of runs whose task and request name none (`local`, or `engine` when
+    /// enabled).
+    #[arg(long, env = "RUNPLANE_DEFAULT_FRAMEWORK", default_value = "local")]
+    pub default_framework: String,
 }
 
 /// Settings shared by `server` and `quickstart`.
@@ -44,6 +52,9 @@ pub struct HomeArgs {
     /// $RUNPLANE_HOME/secret.key, created on first start.
     #[arg(long, env = "RUNPLANE_SECRET_KEY_FILE")]
     pub secret_key_file: Option<PathBuf>,
+    /// The `uv` executable that resolves Python requirements and builds environments.
+    #[arg(long, env = "RUNPLANE_UV", default_value = DEFAULT_UV)]
+    pub uv: String,
 }
 
 impl HomeArgs {
@@ -68,6 +79,8 @@ impl HomeArgs {
             insecure_no_auth,
             engine: None,
             secret_key_file: self.secret_key_file.clone(),
+            uv: self.uv.clone(),
+            default_framework: "local".to_string(),
         })
     }
 }
@@ -77,7 +90,9 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     options.engine = args.engine_socket.map(|socket| EngineSettings {
         socket,
         image: args.engine_image,
+        registry: args.registry,
     });
+    options.default_framework = args.default_framework;
     let home = options.home.clone();
     let server = Server::bind(options).await?;
     eprintln!(

@@ -103,6 +103,9 @@ impl From<CatalogError> for Problem {
             CatalogError::Invalid(invalid) => invalid.into(),
             CatalogError::NotFound(what) => Problem::not_found(format!("{what} not found")),
             CatalogError::Store(error) => error.into(),
+            CatalogError::Unavailable(detail) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+            }
         }
     }
 }
@@ -118,6 +121,9 @@ impl From<ControllerError> for Problem {
             ControllerError::Store(error) => error.into(),
             ControllerError::Logs(error) => Problem::internal(error),
             ControllerError::Secret(error) => Problem::internal(error),
+            ControllerError::Unavailable(detail) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+            }
         }
     }
 }

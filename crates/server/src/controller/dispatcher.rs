@@ -6,6 +6,7 @@
 //! and freed a slot, or a retry's backoff ended (one wake-up at the earliest end, armed through
 //! the deadlines task). No polling.
 
+use super::builds::Gate;
 use super::secrets::SecretsForRunError;
 use super::Controller;
 use chrono::{DateTime, Utc};
@@ -40,6 +41,43 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
     // The earliest end of a backoff among the runs held back for one.
     let mut next_due: Option<DateTime<Utc>> = None;
     for run in queue {
+        match controller.prerequisite_gate(&run).await {
+            Ok(Gate::Open) => {}
+            Ok(Gate::Wait { build_run, key }) => {
+                let message = format!("waits for build run {build_run} ({key})");
+                if run.status.reason.as_deref() != Some(reason::WAITING_FOR_BUILD)
+                    || run.status.message.as_deref() != Some(message.as_str())
+                {
+                    store
+                        .set_wait_reason(
+                            &run.metadata.id,
+                            RunState::Ready,
+                            run.status.attempt,
+                            Some(reason::WAITING_FOR_BUILD),
+                            Some(&message),
+                        )
+                        .await?;
+                }
+                continue;
+            }
+            Ok(Gate::Failed { build_run, message }) => {
+                if let Err(error) = controller.fail_for_build(&run, &build_run, &message).await {
+                    tracing::error!(run = %run.metadata.id, %error, "cannot end a run whose build failed");
+                }
+                continue;
+            }
+            Err(error) => {
+                // The build could not even be submitted: the run cannot go on.
+                tracing::error!(run = %run.metadata.id, %error, "cannot start the build a run needs");
+                if let Err(error) = controller
+                    .fail_for_build(&run, "(not started)", &error.to_string())
+                    .await
+                {
+                    tracing::error!(run = %run.metadata.id, %error, "cannot end a run whose build failed");
+                }
+                continue;
+            }
+        }
         let due = retry_due(&run).filter(|due| *due > now);
         if let Some(due) = due {
             next_due = Some(next_due.map_or(due, |next| next.min(due)));
@@ -68,6 +106,7 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
                         RunState::Ready,
                         run.status.attempt,
                         Some(wait_reason),
+                        None,
                     )
                     .await?;
             }

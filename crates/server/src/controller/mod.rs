@@ -12,6 +12,7 @@
 //! depends on it (the claim before the start, STOP before the signal).
 
 pub mod actions;
+mod builds;
 pub mod bus;
 mod deadlines;
 pub mod dispatcher;
@@ -47,6 +48,9 @@ pub enum ControllerError {
     Logs(#[from] runplane_logstore::LogError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// Something the server depends on cannot be used right now.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<CatalogError> for ControllerError {
@@ -55,6 +59,7 @@ impl From<CatalogError> for ControllerError {
             CatalogError::Invalid(invalid) => ControllerError::Invalid(invalid),
             CatalogError::NotFound(what) => ControllerError::NotFound(what),
             CatalogError::Store(error) => ControllerError::Store(error),
+            CatalogError::Unavailable(detail) => ControllerError::Unavailable(detail),
         }
     }
 }
@@ -86,6 +91,8 @@ pub struct ControllerOptions {
     pub gateway: crate::gateway::GatewayOptions,
     /// Encrypts secrets on their way into the store, decrypts them at dispatch.
     pub secrets: crate::secrets::SecretBox,
+    /// Locks the dependencies of new function versions.
+    pub resolver: crate::resolver::Resolver,
 }
 
 /// A cheap, cloneable handle on the controller.
@@ -106,6 +113,8 @@ struct Inner {
     deadlines: deadlines::Deadlines,
     /// Service runs and rollouts (`services.rs`).
     services: services::Services,
+    /// The build run of each missing prerequisite (`builds.rs`).
+    builds: builds::Builds,
     gateway: crate::gateway::Gateway,
     gateway_options: crate::gateway::GatewayOptions,
     options: ControllerOptions,
@@ -126,7 +135,12 @@ impl Controller {
         let bus = EventBus::new();
         let controller = Controller {
             inner: Arc::new(Inner {
-                catalog: Catalog::new(store.clone(), runtimes.clone(), bus.clone()),
+                catalog: Catalog::new(
+                    store.clone(),
+                    runtimes.clone(),
+                    bus.clone(),
+                    options.resolver.clone(),
+                ),
                 store,
                 runtimes,
                 frameworks,
@@ -135,6 +149,7 @@ impl Controller {
                 dispatch_wanted: Notify::new(),
                 deadlines,
                 services: services::Services::default(),
+                builds: builds::Builds::default(),
                 gateway: crate::gateway::Gateway::new(options.gateway.clone()),
                 gateway_options: options.gateway.clone(),
                 options,

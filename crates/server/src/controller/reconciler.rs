@@ -181,10 +181,33 @@ async fn end_attempt(
             return controller.transition(retry).await.map(|_| ());
         }
     }
+    let (mut to, mut to_reason) = (to, to_reason);
+    let mut message = interpretation.message.clone();
+    let mut results = interpretation.results.clone();
+    if let (RunState::Completed, Some(spec)) = (to, &interpretation.new_version) {
+        // Stored before the run says COMPLETED: a finished build always names its version
+        // (storing it twice, after a replayed event, finds the same content hash).
+        match controller.store_built_version(run, spec.clone()).await {
+            Ok(version) => {
+                let mut object = match results.take() {
+                    Some(serde_json::Value::Object(object)) => object,
+                    _ => serde_json::Map::new(),
+                };
+                object.insert("function".into(), version.status.key.clone().into());
+                object.insert("version".into(), version.metadata.version.clone().into());
+                results = Some(serde_json::Value::Object(object));
+            }
+            Err(error) => {
+                to = RunState::Error;
+                to_reason = reason::BUILD_FAILED.to_string();
+                message = Some(format!("the built version cannot be stored: {error}"));
+            }
+        }
+    }
     let request = TransitionRequest {
         reason: Some(to_reason.clone()),
-        message: interpretation.message.clone(),
-        results: interpretation.results.clone(),
+        message,
+        results,
         attempt_update: Some(AttemptUpdate::Ended {
             exit_code: outcome.exit_code,
             signal: outcome.signal,

@@ -347,7 +347,13 @@ pub async fn set_wait_reason_is_not_a_transition(store: Arc<dyn Store>) {
     let id = &run.metadata.id;
 
     assert!(store
-        .set_wait_reason(id, RunState::Ready, 1, Some("concurrency_limit"))
+        .set_wait_reason(
+            id,
+            RunState::Ready,
+            1,
+            Some("concurrency_limit"),
+            Some("3 runs ahead")
+        )
         .await
         .expect("set"));
     let stored = store
@@ -356,6 +362,7 @@ pub async fn set_wait_reason_is_not_a_transition(store: Arc<dyn Store>) {
         .expect("get")
         .expect("exists");
     assert_eq!(stored.status.reason.as_deref(), Some("concurrency_limit"));
+    assert_eq!(stored.status.message.as_deref(), Some("3 runs ahead"));
     assert_eq!(stored.status.state, RunState::Ready);
     assert_eq!(
         stored.status.transitions, run.status.transitions,
@@ -364,15 +371,15 @@ pub async fn set_wait_reason_is_not_a_transition(store: Arc<dyn Store>) {
 
     // Not in that state, or not that attempt: nothing changes.
     assert!(!store
-        .set_wait_reason(id, RunState::Pending, 1, Some("nope"))
+        .set_wait_reason(id, RunState::Pending, 1, Some("nope"), None)
         .await
         .expect("set"));
     assert!(!store
-        .set_wait_reason(id, RunState::Ready, 2, Some("nope"))
+        .set_wait_reason(id, RunState::Ready, 2, Some("nope"), None)
         .await
         .expect("set"));
     assert!(!store
-        .set_wait_reason("no-such-run", RunState::Ready, 1, Some("nope"))
+        .set_wait_reason("no-such-run", RunState::Ready, 1, Some("nope"), None)
         .await
         .expect("set"));
     let stored = store
@@ -383,7 +390,7 @@ pub async fn set_wait_reason_is_not_a_transition(store: Arc<dyn Store>) {
     assert_eq!(stored.status.reason.as_deref(), Some("concurrency_limit"));
 
     assert!(store
-        .set_wait_reason(id, RunState::Ready, 1, None)
+        .set_wait_reason(id, RunState::Ready, 1, None, None)
         .await
         .expect("clear"));
     let stored = store
@@ -392,6 +399,7 @@ pub async fn set_wait_reason_is_not_a_transition(store: Arc<dyn Store>) {
         .expect("get")
         .expect("exists");
     assert_eq!(stored.status.reason, None);
+    assert_eq!(stored.status.message, None);
     assert_eq!(
         stored.status.transitions.len(),
         run.status.transitions.len()
@@ -399,7 +407,7 @@ pub async fn set_wait_reason_is_not_a_transition(store: Arc<dyn Store>) {
 
     // The claim still works with the reason set (the CAS looks at state and attempt only).
     store
-        .set_wait_reason(id, RunState::Ready, 1, Some("waiting"))
+        .set_wait_reason(id, RunState::Ready, 1, Some("waiting"), None)
         .await
         .expect("set");
     let claim = request(&run, RunState::Ready, 1, RunState::Pending);

@@ -240,9 +240,11 @@ impl Store for SqliteStore {
         state: RunState,
         attempt: u32,
         reason: Option<&str>,
+        message: Option<&str>,
     ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
-        let changed = transition::set_wait_reason(&mut tx, run_id, state, attempt, reason).await?;
+        let changed =
+            transition::set_wait_reason(&mut tx, run_id, state, attempt, reason, message).await?;
         tx.commit().await.map_err(db)?;
         Ok(changed)
     }

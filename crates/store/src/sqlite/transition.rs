@@ -194,12 +194,15 @@ pub(super) async fn set_wait_reason(
     state: RunState,
     attempt: u32,
     reason: Option<&str>,
+    message: Option<&str>,
 ) -> StoreResult<bool> {
     let updated = ts(&now());
     let done = sqlx::query(
-        "UPDATE runs SET reason = ?, updated = ? WHERE id = ? AND state = ? AND attempt = ?",
+        "UPDATE runs SET reason = ?, message = ?, updated = ? \
+         WHERE id = ? AND state = ? AND attempt = ?",
     )
     .bind(reason)
+    .bind(message)
     .bind(updated)
     .bind(run_id)
     .bind(state.as_str())
