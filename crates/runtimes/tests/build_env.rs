@@ -47,7 +47,7 @@ fn lock_of(text: &str) -> Lock {
 /// The environment build of a function whose requirements resolved to `lock`.
 fn build_run(runtime: &PythonRuntime, lock: &Lock) -> Run {
     let mut run = run_with_action(
-        json!({"source": {"code": "import six\n\ndef handler():\n    return six.__version__\n"}, "handler": "handler", "requirements": ["six"]}),
+        json!({"source": {"code": "import six\n\ndef handler():\n    return {'version': six.__version__, 'file': six.__file__}\n"}, "handler": "handler", "requirements": ["six"]}),
         json!({"target": "environment"}),
         "build",
     );
@@ -189,17 +189,16 @@ fn an_environment_is_built_once_and_then_reused() {
     assert_eq!(got.state, RunState::Completed);
     assert_eq!(got.results, Some(results(&first)));
 
-    // The environment works: the interpreter imports six from it.
-    let imported = Command::new(PYTHON)
-        .args(["-c", "import six; print(six.__file__)"])
-        .env_clear()
-        .env("PYTHONPATH", &folder)
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&imported.stdout).starts_with(&*folder.to_string_lossy()),
-        "{imported:?}"
+    // The environment works: a job of the locked function imports six from it.
+    let job_run = run_with_lock_as_job(&runtime, &lock);
+    let used = start(&job_of(&runtime, &job_run)).wait();
+    assert_eq!(used.outcome.exit_code, Some(0), "{}", used.log);
+    assert_eq!(results(&used)["version"], "1.17.0");
+    assert_eq!(
+        results(&used)["file"],
+        json!(folder.join("six.py").to_string_lossy())
     );
+    assert!(!folder.join(".lock").exists(), "uv's own lock is removed");
 
     let started = std::time::Instant::now();
     let second = start(&job).wait();
@@ -301,4 +300,59 @@ fn a_lock_that_cannot_be_installed_leaves_nothing() {
         "{got:?}"
     );
     assert!(!environments.join(&lock.hash).exists());
+}
+
+#[test]
+fn a_stopped_build_leaves_nothing() {
+    if python_missing() {
+        return;
+    }
+    let envs = tempfile::tempdir().unwrap();
+    let environments = envs.path().join("envs");
+    // A uv that starts installing and never finishes: the build is stopped meanwhile.
+    let slow_uv = envs.path().join("slow-uv");
+    std::fs::write(
+        &slow_uv,
+        "#!/bin/sh\nmkdir -p \"$4\" && touch \"$4/partial.py\"\nexec sleep 60\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &slow_uv,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let runtime = PythonRuntime::new(PythonConfig {
+        uv: slow_uv.to_string_lossy().into_owned(),
+        ..runtime(&environments).config().clone()
+    });
+    let lock = lock_of("six==1.17.0\n");
+    let run = build_run(&runtime, &lock);
+    let started = start(&job_of(&runtime, &run));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while leftovers_with(&environments, "partial.py").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the install never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = i32::try_from(started.child.id()).unwrap();
+    // SAFETY: signalling our own child, which has not been waited for yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let finished = started.wait();
+    assert_eq!(finished.outcome.exit_code, Some(143), "{}", finished.log);
+    assert!(finished.log.contains("stopped"), "{}", finished.log);
+    assert!(leftovers(&environments).is_empty());
+    assert!(!environments.join(&lock.hash).exists());
+}
+
+/// Temporary folders under `dir` that hold `file`.
+fn leftovers_with(dir: &Path, file: &str) -> Vec<String> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    leftovers(dir)
+        .into_iter()
+        .filter(|name| dir.join(name).join(file).exists())
+        .collect()
 }
