@@ -193,6 +193,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn requirements_are_resolved_once_into_a_lock() {
+        let runtime = runtime();
+        let spec = runtime
+            .normalize_function(&json!({"source": {"code": "def handler():\n    pass\n"}, "handler": "handler", "requirements": ["six>=1", "requests"], "python_version": "3.11"}))
+            .unwrap();
+        let wanted = runtime.dependencies(&spec).unwrap();
+        assert_eq!(wanted.requirements, ["six>=1", "requests"]);
+        assert_eq!(wanted.python_version.as_deref(), Some("3.11"));
+        let lock = crate::Lock {
+            text: LOCK.to_string(),
+            hash: lock_hash(LOCK),
+        };
+        let locked = runtime.with_lock(spec.clone(), &lock);
+        assert_eq!(
+            locked["lock"],
+            json!({"text": LOCK, "hash": lock_hash(LOCK)})
+        );
+        // Still a valid spec, the same version, and still what the server resolves.
+        assert_eq!(runtime.normalize_function(&locked).unwrap(), locked);
+        assert_eq!(runtime.hash_input(&locked), runtime.hash_input(&spec));
+        assert_eq!(runtime.dependencies(&locked), Some(wanted));
+
+        let plain = runtime
+            .normalize_function(&json!({"source": {"code": "def handler():\n    pass\n"}, "handler": "handler", "requirements": []}))
+            .unwrap();
+        assert_eq!(runtime.dependencies(&plain), None);
+    }
+
+    #[test]
     fn locked_runs_need_their_environment_built_once_per_lock() {
         let runtime = runtime();
         let hash = lock_hash(LOCK);
