@@ -38,7 +38,7 @@ fn bad_documents_get_problems_naming_the_field_and_store_nothing() {
             "spec.source.code",
         ),
         (
-            json!({"kind": "python", "metadata": {"name": "x"}, "spec": {"handler": "handler", "source": {"code": CODE}, "requirements": ["numpy"]}}),
+            json!({"kind": "python", "metadata": {"name": "x"}, "spec": {"handler": "handler", "source": {"code": CODE}, "requirements": ["-r numpy.txt"]}}),
             "spec.requirements",
         ),
         (

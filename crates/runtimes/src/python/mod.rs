@@ -7,17 +7,25 @@
 //! the function's files; the runner leaves `results.json` / `error.json` in the outputs folder
 //! and `outcome.rs` reads them back.
 //!
-//! Actions: `job` (above) and `serve` (`serve.rs`: the same runner kept running as an HTTP
-//! server, one per replica, as a [`Service`]); `build` comes later.
+//! Actions: `job` (above), `serve` (`serve.rs`: the same runner kept running as an HTTP
+//! server, one per replica, as a [`Service`]) and `build` (`build.rs`: the function's
+//! environment, or an image holding it and the code, which becomes a new version).
+//!
+//! `requirements` (`requirements.rs`) are resolved by the server into a `lock` once per
+//! version; every run of a locked version needs the lock's environment, built once per lock
+//! (`environment.rs`) and put on the run's `PYTHONPATH`.
 //!
 //! [`Job`]: runplane_domain::Job
 //! [`Service`]: runplane_domain::Service
 
 mod archive;
+mod build;
+mod environment;
 mod handler;
 mod nesting;
 mod outcome;
 mod params;
+mod requirements;
 mod runnable;
 mod schema;
 mod serve;
@@ -25,11 +33,12 @@ mod signature;
 mod source;
 mod spec;
 
+pub use requirements::{BuiltFrom, LockSpec};
 pub use serve::{MAX_JSON_BODY_BYTES, READINESS_PATH};
 pub use signature::{Parameter, ParameterKind, Signature};
 pub use spec::{PythonSpec, Source};
 
-use crate::{Interpretation, Runtime, RuntimeError};
+use crate::{Dependencies, Interpretation, Lock, Prerequisite, Runtime, RuntimeError};
 use runplane_domain::{ExitOutcome, Invalid, Run, Runnable};
 use serde_json::{Map, Value};
 
@@ -39,7 +48,9 @@ pub const KIND: &str = "python";
 pub const JOB: &str = "job";
 /// Keep the handler running as an HTTP service (`serve.rs`).
 pub const SERVE: &str = "serve";
-const ACTIONS: &[&str] = &[JOB, SERVE];
+/// Build the function's environment or an image of it (`build.rs`).
+pub const BUILD: &str = "build";
+const ACTIONS: &[&str] = &[JOB, SERVE, BUILD];
 
 /// Settings of the python runtime, fixed when the server starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,10 +141,7 @@ impl Runtime for PythonRuntime {
         parameters: &Map<String, Value>,
     ) -> Result<(), Invalid> {
         if !ACTIONS.contains(&action) {
-            return Err(Invalid::field(
-                "action",
-                format!("{}; build is not available yet", unknown_action(action)),
-            ));
+            return Err(Invalid::field("action", unknown_action(action).to_string()));
         }
         let spec = PythonSpec::from_value(function_spec).map_err(|error| {
             Invalid::field(
@@ -141,10 +149,10 @@ impl Runtime for PythonRuntime {
                 format!("the function's stored spec is unusable: {error}"),
             )
         })?;
-        if action == SERVE {
-            serve::check_run(&spec, parameters)
-        } else {
-            params::check_run(&spec, parameters)
+        match action {
+            SERVE => serve::check_run(&spec, parameters),
+            BUILD => build::check_run(&spec, parameters),
+            _ => params::check_run(&spec, parameters),
         }
     }
 
@@ -152,11 +160,38 @@ impl Runtime for PythonRuntime {
         match run.spec.action.as_str() {
             JOB => runnable::job(run, &self.config).map(Runnable::Job),
             SERVE => serve::service(run, &self.config).map(Runnable::Service),
+            BUILD => build::runnable(run, &self.config),
             other => Err(unknown_action(other)),
         }
     }
 
     fn interpret(&self, run: &Run, outcome: &ExitOutcome) -> Interpretation {
         outcome::interpret(run, outcome, &self.config)
+    }
+
+    fn dependencies(&self, normalized: &Value) -> Option<Dependencies> {
+        let spec = PythonSpec::from_value(normalized).ok()?;
+        if spec.requirements.is_empty() {
+            return None;
+        }
+        Some(Dependencies {
+            requirements: spec.requirements,
+            python_version: spec.python_version,
+        })
+    }
+
+    fn with_lock(&self, normalized: Value, lock: &Lock) -> Value {
+        let mut normalized = normalized;
+        if let Some(object) = normalized.as_object_mut() {
+            object.insert(
+                "lock".to_string(),
+                serde_json::json!({"text": lock.text, "hash": lock.hash}),
+            );
+        }
+        normalized
+    }
+
+    fn prerequisite(&self, run: &Run) -> Option<Prerequisite> {
+        environment::prerequisite(run, &self.config)
     }
 }

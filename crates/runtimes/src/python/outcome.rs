@@ -19,8 +19,11 @@
 //! outcome of a serve run that reaches [`interpret`] outside STOP means its processes ended on
 //! their own: ERROR `failed`, with the runner's `error.json` (an import or init failure) when
 //! there is one.
+//!
+//! Build runs are read by `build.rs` (an environment build like a job, its failures
+//! `build_failed`; an image build from the framework's `image.json`).
 
-use super::{PythonConfig, SERVE};
+use super::{build, PythonConfig, BUILD, SERVE};
 use crate::Interpretation;
 use runplane_domain::{reason, ExitOutcome, Run, RunState};
 use serde::Deserialize;
@@ -52,12 +55,20 @@ fn error(reason: &str, message: String) -> Interpretation {
     }
 }
 
-/// See the module documentation.
+/// See the module documentation; builds are `build.rs`'s.
 pub(crate) fn interpret(run: &Run, outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
-    let stopping = run.status.state == RunState::Stop;
     if run.spec.action == SERVE {
-        return service_ended(run, outcome, stopping);
+        return service_ended(run, outcome, run.status.state == RunState::Stop);
     }
+    if run.spec.action == BUILD {
+        return build::interpret(run, outcome, config);
+    }
+    job_ended(run, outcome, config)
+}
+
+/// A process that runs to completion ended: the table in the module documentation.
+pub(crate) fn job_ended(run: &Run, outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
+    let stopping = run.status.state == RunState::Stop;
     match (outcome.exit_code, outcome.signal) {
         (Some(0), _) => succeeded(outcome, config),
         (Some(code), _) if stopping => stopped(

@@ -154,10 +154,10 @@ mod tests {
     #[test]
     fn other_actions_and_broken_specs_are_refused() {
         let spec = function("def handler():\n    pass\n", json!({}));
-        let got = problems(&spec, "build", json!({}));
+        let got = problems(&spec, "train", json!({}));
         assert_eq!(got[0].0, "action");
         assert!(
-            got[0].1.contains("build") && got[0].1.contains("job, serve"),
+            got[0].1.contains("train") && got[0].1.contains("job, serve, build"),
             "{}",
             got[0].1
         );

@@ -11,6 +11,7 @@
 //! ```
 
 use super::archive::{self, SourceFile};
+use super::environment;
 use super::params::merged;
 use super::spec::{PythonSpec, Source};
 use super::PythonConfig;
@@ -84,7 +85,7 @@ pub(crate) fn replica_job(
     env.insert("RUNPLANE_RUN_ID".to_string(), run.metadata.id.clone());
     env.insert("RUNPLANE_PROJECT".to_string(), run.metadata.project.clone());
 
-    Ok(Job {
+    let mut job = Job {
         command: vec![config.interpreter.clone(), RUNNER_FILE.to_string()],
         env,
         files,
@@ -95,12 +96,17 @@ pub(crate) fn replica_job(
         redact: Vec::new(),
         volumes: Vec::new(),
         limits: run.spec.settings.resources.as_ref().map(|r| r.limits()),
-    })
+    };
+    environment::attach(&mut job, spec, config);
+    Ok(job)
 }
 
 /// The function's files, checked again: the snapshot is trusted, but not blindly (a stored
 /// archive that no longer matches its digest is not run).
-fn source_files(spec: &PythonSpec, config: &PythonConfig) -> Result<Vec<SourceFile>, RuntimeError> {
+pub(crate) fn source_files(
+    spec: &PythonSpec,
+    config: &PythonConfig,
+) -> Result<Vec<SourceFile>, RuntimeError> {
     match &spec.source {
         Source::Code { code } => Ok(vec![SourceFile {
             path: "main.py".to_string(),
@@ -261,7 +267,7 @@ pub(crate) mod tests {
             json!({"source": {"code": "def handler():\n    pass\n"}, "handler": "handler"}),
             json!({}),
         );
-        run.spec.action = "build".into();
+        run.spec.action = "train".into();
         let error = PythonRuntime::default().to_runnable(&run).unwrap_err();
         assert!(
             matches!(error, RuntimeError::UnknownAction { .. }),

@@ -11,7 +11,11 @@ pub(super) fn spec_schema() -> Value {
         "type": "object",
         "additionalProperties": false,
         "required": ["source", "handler"],
-        "dependentRequired": { "init_parameters": ["init_function"] },
+        "dependentRequired": {
+            "init_parameters": ["init_function"],
+            "lock": ["requirements"],
+            "built_from": ["image"]
+        },
         "properties": {
             "source": {
                 "description": "The function's code: inline `code` (the module `main`), or an `archive` (base64 of a gzip'd tar) that `runplane apply` makes from `path`.",
@@ -30,10 +34,36 @@ pub(super) fn spec_schema() -> Value {
                 "minLength": 1
             },
             "requirements": {
-                "description": "Python dependencies. Must be empty until environments arrive.",
+                "description": "Python dependencies: PEP 508 requirement specifiers (`requests>=2`, `six==1.17.0`), no pip options. The server resolves them into `lock` once; runs use an environment built from the lock.",
                 "type": "array",
-                "items": { "type": "string" },
-                "maxItems": 0
+                "items": { "type": "string", "minLength": 1, "pattern": "^\\s*[A-Za-z0-9][^\\n\\r]*$" },
+                "maxItems": 200
+            },
+            "lock": {
+                "description": "The resolved `requirements`, recorded by the server (accepted so that a stored spec can be re-applied; not part of the version's hash).",
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["text", "hash"],
+                "properties": {
+                    "text": { "type": "string", "description": "`uv pip compile` output: pinned requirements." },
+                    "hash": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "sha256 of `text`." }
+                }
+            },
+            "image": {
+                "description": "The image a `build` run made of this function; its runs execute in it.",
+                "type": "string",
+                "minLength": 1,
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9._/:@-]*$"
+            },
+            "built_from": {
+                "description": "The version and the build run that made `image`.",
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["version", "run"],
+                "properties": {
+                    "version": { "type": "string", "minLength": 1 },
+                    "run": { "type": "string", "minLength": 1 }
+                }
             },
             "python_version": { "type": "string", "pattern": "^3(\\.[0-9]+)?$" },
             "default_parameters": {
@@ -88,6 +118,18 @@ mod tests {
         assert_eq!(
             keys(&schema["properties"]["source"]["properties"]),
             sorted(SOURCE_FIELDS)
+        );
+        assert_eq!(
+            keys(&schema["properties"]["lock"]["properties"]),
+            ["hash", "text"]
+        );
+        assert_eq!(
+            keys(&schema["properties"]["built_from"]["properties"]),
+            ["run", "version"]
+        );
+        assert_eq!(
+            schema["properties"]["requirements"]["maxItems"],
+            super::super::requirements::MAX_REQUIREMENTS
         );
     }
 }

@@ -8,7 +8,7 @@
 //!   archive: "<base64 of a gzip'd tar>"      # a packed file or directory (the CLI packs it)
 //!   digest: "sha256:..."                     # optional on input, checked; always stored
 //! handler: handler                 # `function` (in `main`) or `module:function`, `pkg.mod:function`
-//! requirements: []                 # must be empty for now
+//! requirements: ["six==1.17.0"]    # optional: PEP 508 specifiers, resolved once by the server
 //! python_version: "3.11"           # optional, stored as given (not checked against the interpreter)
 //! default_parameters: {}           # optional, merged under each job run's parameters
 //! init_function: load              # optional, serve only: a function of the handler's module,
@@ -16,6 +16,11 @@
 //! init_parameters: {}              # optional (needs init_function), merged under each serve
 //!                                  # run's parameters
 //! ```
+//!
+//! A version may also carry what the server and builds add (`requirements.rs`): `lock` (the
+//! resolved requirements, recorded by the server; not part of the content hash), and on a
+//! version made by a `build` run, `image` and `built_from` (part of the hash: a built version
+//! is a version of its own). They are accepted on input so that stored specs can be re-applied.
 //!
 //! The normalized spec adds `signature` (the handler's parameters, read from its `def`) and,
 //! with an init function, `init_signature` (the same for it), so that runs are checked without
@@ -25,6 +30,7 @@
 use super::archive::{self, SourceFile};
 use super::handler::{is_identifier, HandlerRef, MAIN_MODULE};
 use super::params;
+use super::requirements::{self, BuiltFrom, LockSpec};
 use super::serve;
 use super::signature::{find_inline, HandlerError, ParameterKind, Signature, SourceTree};
 use super::source::{parse_module, strip_bom};
@@ -44,6 +50,9 @@ pub(super) const FIELDS: &[&str] = &[
     "init_parameters",
     "signature",
     "init_signature",
+    "lock",
+    "image",
+    "built_from",
 ];
 pub(super) const SOURCE_FIELDS: &[&str] = &["code", "archive", "digest"];
 /// Syntax errors reported per apply; more are summarized.
@@ -56,6 +65,9 @@ pub struct PythonSpec {
     pub source: Source,
     /// Always `module:function`.
     pub handler: String,
+    /// PEP 508 requirement specifiers, trimmed, in the order given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requirements: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python_version: Option<String>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
@@ -70,6 +82,15 @@ pub struct PythonSpec {
     /// The parameters of `init_function` (present exactly when it is).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_signature: Option<Signature>,
+    /// `requirements` resolved by the server (present only with requirements).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockSpec>,
+    /// The image a `build` run made of this function (its runs execute in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The version and run that built `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built_from: Option<BuiltFrom>,
 }
 
 /// Where the function's code is.
@@ -118,6 +139,12 @@ struct SpecInput {
     /// Recomputed, like `signature`.
     #[serde(default, rename = "init_signature")]
     _init_signature: Option<Value>,
+    #[serde(default)]
+    lock: Option<LockSpec>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    built_from: Option<BuiltFrom>,
 }
 
 #[derive(Deserialize)]
@@ -207,12 +234,15 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
     let input = read_input(spec)?;
     let mut problems = Problems::new();
 
-    if !input.requirements.is_empty() {
-        problems.add(
-            "requirements",
-            "not supported yet: Python dependencies arrive with environments (containers issue); leave `requirements` empty and use what the interpreter has installed",
-        );
+    let requirements = requirements::check_requirements(&input.requirements, &mut problems);
+    if let Some(lock) = &input.lock {
+        requirements::check_lock(lock, !input.requirements.is_empty(), &mut problems);
     }
+    requirements::check_built(
+        input.image.as_deref(),
+        input.built_from.as_ref(),
+        &mut problems,
+    );
     if let Some(version) = &input.python_version {
         if !valid_python_version(version) {
             problems.add(
@@ -287,12 +317,16 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
     let normalized = PythonSpec {
         source: normalized_source,
         handler: handler.to_string(),
+        requirements,
         python_version: input.python_version,
         default_parameters: input.default_parameters,
         init_function,
         init_parameters: input.init_parameters,
         signature,
         init_signature,
+        lock: input.lock,
+        image: input.image,
+        built_from: input.built_from,
     };
     serde_json::to_value(&normalized)
         .map_err(|error| Invalid::field("", format!("cannot be stored: {error}")))
@@ -511,7 +545,8 @@ fn check_signature_usable(handler: &HandlerRef, signature: &Signature, problems:
 }
 
 /// What a version's content hash covers: the normalized spec without what is derived from it
-/// (`signature`, `init_signature`: a newer runplane may read them differently) and without a
+/// (`signature`, `init_signature`: a newer runplane may read them differently; `lock`: resolved
+/// from `requirements` once, so the same spec applied again is the same version) and without a
 /// packed source's bytes (only its `digest`, so that the same files packed twice make the same
 /// version).
 pub(crate) fn hash_input(normalized: &Value) -> Value {
@@ -519,6 +554,7 @@ pub(crate) fn hash_input(normalized: &Value) -> Value {
     if let Some(object) = value.as_object_mut() {
         object.remove("signature");
         object.remove("init_signature");
+        object.remove("lock");
         if let Some(source) = object.get_mut("source").and_then(Value::as_object_mut) {
             if source.contains_key("digest") {
                 source.remove("archive");
@@ -587,10 +623,15 @@ mod tests {
         mixed["source"]["digest"] = json!("sha256:00");
         assert!(PythonSpec::from_value(&mixed).is_err());
         let mut extra = normalized.clone();
-        extra["image"] = json!("x");
+        extra["registry"] = json!("x");
         assert!(PythonSpec::from_value(&extra)
             .unwrap_err()
-            .contains("image"));
+            .contains("registry"));
+        let mut bad_lock = normalized.clone();
+        bad_lock["lock"] = json!({"text": "six==1", "hash": "00", "extra": 1});
+        assert!(PythonSpec::from_value(&bad_lock)
+            .unwrap_err()
+            .contains("lock"));
         assert!(PythonSpec::from_value(&json!({"handler": 1})).is_err());
     }
 
@@ -617,7 +658,7 @@ mod tests {
             (json!({"source": {"code": HELLO}}), "handler"),
             (json!({"handler": "handler"}), "source"),
             (
-                json!({"source": {"code": HELLO}, "handler": "handler", "image": "x"}),
+                json!({"source": {"code": HELLO}, "handler": "handler", "image": ""}),
                 "image",
             ),
             (
@@ -638,8 +679,32 @@ mod tests {
                 "requirements",
             ),
             (
-                json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["numpy"]}),
-                "requirements",
+                json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["numpy", "-r x"]}),
+                "requirements[1]",
+            ),
+            (
+                json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["numpy", 3]}),
+                "requirements[1]",
+            ),
+            (
+                json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["six"], "lock": {"text": "six==1"}}),
+                "lock",
+            ),
+            (
+                json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["six"], "lock": {"text": "six==1", "hash": 1}}),
+                "lock.hash",
+            ),
+            (
+                json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["six"], "lock": {"text": "six==1", "hash": "ab"}}),
+                "lock.hash",
+            ),
+            (
+                json!({"source": {"code": HELLO}, "handler": "handler", "built_from": {"version": "a", "run": "b"}}),
+                "built_from",
+            ),
+            (
+                json!({"source": {"code": HELLO}, "handler": "handler", "image": "i", "built_from": {"version": "a"}}),
+                "built_from",
             ),
             (
                 json!({"source": {"code": HELLO}, "handler": "handler", "python_version": 3.1}),
@@ -706,22 +771,22 @@ mod tests {
             .map(|(f, _)| f)
             .collect();
         assert_eq!(got, ["extra"]); // structure first
-        let spec = json!({"source": {"code": HELLO}, "handler": "bad handler", "requirements": ["x"], "python_version": "4"});
+        let spec = json!({"source": {"code": HELLO}, "handler": "bad handler", "requirements": ["-e ."], "python_version": "4"});
         let got: Vec<String> = fields(normalize(&spec, &config()))
             .into_iter()
             .map(|(f, _)| f)
             .collect();
-        assert_eq!(got, ["requirements", "python_version", "handler"]);
+        assert_eq!(got, ["requirements[0]", "python_version", "handler"]);
     }
 
     #[test]
     fn messages_say_what_to_do() {
-        let spec =
-            json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["numpy"]});
+        let spec = json!({"source": {"code": HELLO}, "handler": "handler", "requirements": ["--index-url=http://x"]});
         let (_, problem) = only_field(normalize(&spec, &config()));
-        assert!(problem.starts_with(
-            "not supported yet: Python dependencies arrive with environments (containers issue)"
-        ));
+        assert!(
+            problem.contains("is a pip option") && problem.contains("`requests>=2`"),
+            "{problem}"
+        );
 
         let spec = json!({"source": {"code": "x = 1\ny = )\ndef handler():\n    pass\n"}, "handler": "handler"});
         let (_, problem) = only_field(normalize(&spec, &config()));
@@ -1036,6 +1101,60 @@ mod tests {
         assert_eq!(hash_input(&inline)["source"]["code"], HELLO);
     }
 
+    const SIX_LOCK: &str = "six==1.17.0\n    # via -r requirements.in\n";
+
+    fn locked() -> Value {
+        let spec = normalize(
+            &json!({"source": {"code": HELLO}, "handler": "handler", "requirements": [" six==1.17.0 "], "python_version": "3.11"}),
+            &config(),
+        )
+        .unwrap();
+        let mut locked = spec.clone();
+        locked["lock"] = json!({"text": SIX_LOCK, "hash": requirements::lock_hash(SIX_LOCK)});
+        locked
+    }
+
+    #[test]
+    fn requirements_are_kept_and_locks_are_not_hashed() {
+        let locked = locked();
+        assert_eq!(locked["requirements"], json!(["six==1.17.0"]));
+        // A stored spec with its lock normalizes to itself, lock included.
+        assert_eq!(normalize(&locked, &config()).unwrap(), locked);
+        let parsed = PythonSpec::from_value(&locked).unwrap();
+        assert_eq!(parsed.lock.unwrap().text, SIX_LOCK);
+        // The lock is not part of the version: the same spec without it hashes the same.
+        let mut unlocked = locked.clone();
+        unlocked.as_object_mut().unwrap().remove("lock");
+        assert_eq!(hash_input(&locked), hash_input(&unlocked));
+        assert!(hash_input(&locked).get("lock").is_none());
+        // ...but requirements are.
+        let mut other = unlocked.clone();
+        other["requirements"] = json!(["six==1.16.0"]);
+        assert_ne!(hash_input(&other), hash_input(&unlocked));
+
+        // A lock whose text was changed after hashing is refused.
+        let mut tampered = locked.clone();
+        tampered["lock"]["text"] = json!("six==1.16.0\n");
+        let (field, problem) = only_field(normalize(&tampered, &config()));
+        assert_eq!(field, "lock.hash");
+        assert!(problem.contains("does not match lock.text"), "{problem}");
+    }
+
+    #[test]
+    fn built_versions_are_versions_of_their_own() {
+        let source = locked();
+        let mut built = source.clone();
+        built["image"] = json!("localhost/runplane/demo-hello:0123456789ab-000000000001");
+        built["built_from"] =
+            json!({"version": "0123456789abcdef", "run": "0190d7a8-0000-7000-8000-000000000001"});
+        assert_eq!(normalize(&built, &config()).unwrap(), built);
+        assert_ne!(hash_input(&built), hash_input(&source));
+        assert_eq!(hash_input(&built)["image"], built["image"]);
+        assert_eq!(hash_input(&built)["built_from"], built["built_from"]);
+        let parsed = PythonSpec::from_value(&built).unwrap();
+        assert_eq!(parsed.built_from.unwrap().version, "0123456789abcdef");
+    }
+
     fn arbitrary_json() -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
@@ -1072,6 +1191,11 @@ mod tests {
                         "python_version",
                         "default_parameters",
                         "signature",
+                        "lock",
+                        "text",
+                        "hash",
+                        "image",
+                        "built_from",
                         "x"
                     ]),
                     inner,
