@@ -25,12 +25,12 @@ def call(method, url, body=None):
 class Server:
     """`runplane server` on a free port with a temporary home, healthy once constructed."""
 
-    def __init__(self, binary):
+    def __init__(self, binary, extra_args=()):
         self.home = tempfile.mkdtemp(prefix="runplane-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [binary, "server", "--listen", f"127.0.0.1:{self.port}", "--home", self.home],
+            [binary, "server", "--listen", f"127.0.0.1:{self.port}", "--home", self.home, *extra_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUNPLANE_LOG="warn"),
         )
         for _ in range(200):

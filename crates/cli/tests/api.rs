@@ -407,7 +407,10 @@ fn schemas_describe_every_spec_kind() {
     let server = TestServer::start();
     let (status, kinds) = server.get("/schemas");
     assert_eq!(status, 200);
-    assert_eq!(kinds, json!(["python", "python+job", "python+serve"]));
+    assert_eq!(
+        kinds,
+        json!(["python", "python+job", "python+serve", "python+build"])
+    );
     let (status, python) = server.get("/schemas/python");
     assert_eq!(status, 200);
     assert_eq!(python["required"], json!(["source", "handler"]));

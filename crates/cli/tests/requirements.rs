@@ -49,18 +49,23 @@ fn requirements_are_locked_once_and_their_environment_built_once() {
         .map(|_| submit(&server, json!({"function": "sixer"})))
         .collect();
     // While the build runs they wait in the queue, saying for which build.
-    let (_, waiting) = server.get(&format!("/projects/p/runs/{}", ids[2]));
-    if waiting["status"]["state"] == "READY" {
-        assert_eq!(
-            waiting["status"]["reason"], "waiting_for_build",
-            "{waiting:#}"
-        );
-        assert!(
-            waiting["status"]["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("build run")),
-            "{waiting:#}"
-        );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, waiting) = server.get(&format!("/projects/p/runs/{}", ids[2]));
+        if waiting["status"]["reason"] == "waiting_for_build" {
+            assert_eq!(waiting["status"]["state"], "READY", "{waiting:#}");
+            assert!(
+                waiting["status"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("build run")),
+                "{waiting:#}"
+            );
+            break;
+        }
+        if waiting["status"]["state"] != "READY" || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let mut files = vec![];
     for id in &ids {

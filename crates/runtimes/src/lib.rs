@@ -101,9 +101,9 @@ pub trait Runtime: Send + Sync {
     fn interpret(&self, run: &Run, outcome: &ExitOutcome) -> Interpretation;
     /// JSON Schema (draft 2020-12) of the spec users write for this kind (`/schemas/{kind}`).
     fn spec_schema(&self) -> Value;
-    /// What a normalized spec asks the server to resolve before it is stored. None when there
-    /// is nothing to resolve, or when the spec already carries its lock (a version made by a
-    /// build keeps the lock of the version it was built from).
+    /// What a normalized spec asks the server to resolve before it is stored (None: nothing).
+    /// The server resolves every new version a user applies (a lock in the submitted spec is
+    /// replaced); a version made by a build keeps the lock it was built with.
     fn dependencies(&self, _normalized: &Value) -> Option<Dependencies> {
         None
     }

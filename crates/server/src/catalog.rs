@@ -38,6 +38,13 @@ pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// Whether a function version's dependencies are resolved when it is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Resolve {
+    NewVersions,
+    Never,
+}
+
 #[derive(Clone)]
 pub struct Catalog {
     store: Arc<dyn Store>,
@@ -92,8 +99,30 @@ impl Catalog {
     pub async fn apply_function(
         &self,
         project: &str,
+        document: Document,
+        caller: &str,
+    ) -> Result<Put<FunctionVersion>, CatalogError> {
+        self.put_function(project, document, caller, Resolve::NewVersions)
+            .await
+    }
+
+    /// Stores the version a build made: its spec keeps the lock it was built with.
+    pub async fn apply_built_function(
+        &self,
+        project: &str,
+        document: Document,
+        caller: &str,
+    ) -> Result<Put<FunctionVersion>, CatalogError> {
+        self.put_function(project, document, caller, Resolve::Never)
+            .await
+    }
+
+    async fn put_function(
+        &self,
+        project: &str,
         mut document: Document,
         caller: &str,
+        resolve: Resolve,
     ) -> Result<Put<FunctionVersion>, CatalogError> {
         validate_name("project", project)?;
         let mut problems = Problems::new();
@@ -132,11 +161,12 @@ impl Catalog {
         let spec = match runtime.dependencies(&spec) {
             // Resolved once, when the version is new: an existing version keeps its lock.
             Some(dependencies)
-                if self
-                    .store
-                    .get_function(project, &document.metadata.name, Some(&version))
-                    .await?
-                    .is_none() =>
+                if resolve == Resolve::NewVersions
+                    && self
+                        .store
+                        .get_function(project, &document.metadata.name, Some(&version))
+                        .await?
+                        .is_none() =>
             {
                 let lock =
                     self.resolver

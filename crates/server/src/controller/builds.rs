@@ -153,7 +153,7 @@ impl Controller {
         };
         let put = self
             .catalog()
-            .apply_function(&run.metadata.project, document, BUILD_CALLER)
+            .apply_built_function(&run.metadata.project, document, BUILD_CALLER)
             .await?;
         Ok(put.value)
     }
