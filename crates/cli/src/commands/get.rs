@@ -225,6 +225,14 @@ fn columns(kind: Kind) -> &'static [Column] {
                 cell: |v| text(v, "/metadata/version"),
             },
             Column {
+                header: "IMAGE",
+                cell: |v| text(v, "/spec/image"),
+            },
+            Column {
+                header: "BUILT FROM",
+                cell: |v| text(v, "/spec/built_from/version"),
+            },
+            Column {
                 header: "CREATED",
                 cell: |v| time(v, "/metadata/created"),
             },

@@ -35,6 +35,10 @@ pub struct RunArgs {
     /// Services: how many replicas (overrides the task's).
     #[arg(long)]
     pub replicas: Option<u32>,
+    /// `ENV=SECRET`: set environment variable ENV from the project's secret SECRET
+    /// (repeatable; adds to the task's).
+    #[arg(long = "secret")]
+    pub secrets: Vec<String>,
     #[command(flatten)]
     pub watch: Watch,
 }
@@ -69,7 +73,17 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<(), CliError> {
             .ok_or_else(|| CliError::invalid(format!("--label {pair:?}: expected key=value")))?;
         labels.insert(key.to_string(), Value::String(value.to_string()));
     }
+    let mut secrets = Map::new();
+    for pair in &args.secrets {
+        let (env, secret) = pair.split_once('=').ok_or_else(|| {
+            CliError::invalid(format!("--secret {pair:?}: expected ENV=SECRET_NAME"))
+        })?;
+        secrets.insert(env.to_string(), Value::String(secret.to_string()));
+    }
     let mut body = json!({ "function": args.name, "parameters": parameters, "labels": labels });
+    if !secrets.is_empty() {
+        body["secrets"] = Value::Object(secrets);
+    }
     for (key, value) in [
         ("action", &args.action),
         ("task", &args.task),
