@@ -92,7 +92,9 @@ fn endpoints(run: &ServiceRun) -> Vec<Endpoint> {
     }
     run.replicas
         .iter()
+        // Workers (`deploy`) have no endpoint: nothing routes to them.
         .filter(|replica| replica.ready && replica.index < run.desired)
+        .filter(|replica| !replica.endpoint.is_empty())
         .filter_map(|replica| {
             let addr = replica.endpoint.parse::<SocketAddr>().ok()?;
             Some(Endpoint {
