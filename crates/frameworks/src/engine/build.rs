@@ -1,16 +1,427 @@
-//! Image builds on the engine: the context assembled as a tar stream, the engine's builder
-//! run on it, its output into the run's log, the image tagged (and pushed) or nothing left.
+//! Image builds on the engine: the context assembled as a tar file, the engine's builder run on
+//! it, its output into the run's log, the image tagged (and pushed) or nothing left.
+//!
+//! A build has no container: its attempt folder holds [`BUILD_MARKER`] so that a restarted
+//! server can tell it from a job whose container vanished. A build cannot be re-attached (the
+//! engine ends it once the connection that asked for it is gone), so recovery reports it lost.
 
-use super::EngineFramework;
-use crate::ExecutionId;
-use runplane_domain::Build;
+mod context;
+mod log;
+
+use super::{message, EngineFramework};
+use crate::local::prepare::attempt_dir;
+use crate::local::protocol::describe;
+use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::{
+    BuildImageOptionsBuilder, PushImageOptions, RemoveImageOptions,
+};
+use bollard::{body_try_stream, Docker};
+use bytes::Bytes;
+use futures::StreamExt;
+use self::log::BuildLog;
+use runplane_domain::runnable::DEFAULT_LOG_LIMIT_BYTES;
+use runplane_domain::{reason, Build, BuiltImage, ExitOutcome, Failure, OutputFile, BUILD_OUTPUT};
+use runplane_logstore::file::FileLogStore;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::io::AsyncReadExt;
+use tokio::task::AbortHandle;
+
+/// The file that marks an attempt folder as a build's (it holds the image reference).
+pub(super) const BUILD_MARKER: &str = "build.json";
+/// The context handed to the builder, removed once the builder has it.
+const CONTEXT_TAR: &str = "context.tar";
+/// What a stopped build reports: ended by a stop, as a job killed by SIGTERM would.
+const STOP_SIGNAL: i32 = 15;
+
+/// The builds this framework instance runs.
+#[derive(Default)]
+pub(super) struct Builds(Mutex<HashMap<ExecutionId, Handle>>);
+
+struct Handle {
+    task: AbortHandle,
+    /// Set by whichever of the build's end and a stop comes first: only that one reports
+    /// `Exited`.
+    ended: Arc<AtomicBool>,
+    image: String,
+}
+
+impl Builds {
+    fn lock(&self) -> MutexGuard<'_, HashMap<ExecutionId, Handle>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn contains(&self, execution: &ExecutionId) -> bool {
+        self.lock().contains_key(execution)
+    }
+
+    /// Forgets a build (its cleanup), aborting it if it still runs.
+    pub(super) fn forget(&self, execution: &ExecutionId) {
+        if let Some(handle) = self.lock().remove(execution) {
+            handle.task.abort();
+        }
+    }
+
+    pub(super) fn abort_all(&self) {
+        for (_, handle) in self.lock().drain() {
+            handle.task.abort();
+        }
+    }
+}
+
+/// Whether an attempt folder is a build's.
+pub(super) fn is_build(attempt_dir: &Path) -> bool {
+    attempt_dir.join(BUILD_MARKER).exists()
+}
 
 impl EngineFramework {
     pub(super) async fn start_build(
         &self,
-        _execution: &ExecutionId,
-        _build: &Build,
+        execution: &ExecutionId,
+        build: &Build,
     ) -> Result<(), String> {
-        Err("builds are not supported on the engine framework yet".into())
+        context::check(build)?;
+        if self.builds.contains(execution) {
+            return Err("a build of this attempt is already running".into());
+        }
+        let dir = attempt_dir(&self.options.runs_dir, execution)?;
+        let tar = prepare(&dir, build).await?;
+        let writer = FileLogStore::new(self.options.logs_dir.clone())
+            .open_writer(&execution.run_id, execution.attempt)
+            .map_err(|e| format!("cannot open the log: {e}"))?;
+        let ended = Arc::new(AtomicBool::new(false));
+        let runner = Runner {
+            docker: self.docker.clone(),
+            events: self.events.clone(),
+            execution: execution.clone(),
+            build: build.clone(),
+            tar,
+            log: BuildLog::new(
+                writer,
+                build.log_limit_bytes.unwrap_or(DEFAULT_LOG_LIMIT_BYTES),
+            ),
+            ended: ended.clone(),
+        };
+        self.emit(execution, EventKind::Started);
+        let mut builds = self.builds.lock();
+        let task = tokio::spawn(runner.run()).abort_handle();
+        builds.insert(
+            execution.clone(),
+            Handle {
+                task,
+                ended,
+                image: build.image.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Stops a build this instance runs: the builder is abandoned (the engine ends it after
+    /// its current step and tags nothing), whatever got tagged is removed, `Exited` is sent
+    /// now. False when `execution` is not a build of this instance.
+    pub(super) fn stop_build(&self, execution: &ExecutionId) -> bool {
+        let builds = self.builds.lock();
+        let Some(handle) = builds.get(execution) else {
+            return false;
+        };
+        if handle.ended.swap(true, Ordering::SeqCst) {
+            return true;
+        }
+        handle.task.abort();
+        let image = handle.image.clone();
+        drop(builds);
+        self.emit(
+            execution,
+            EventKind::Exited(ExitOutcome {
+                exit_code: None,
+                signal: Some(STOP_SIGNAL),
+                outputs: BTreeMap::new(),
+                failure: None,
+            }),
+        );
+        let docker = self.docker.clone();
+        tokio::spawn(async move { untag(&docker, &image).await });
+        true
+    }
+}
+
+/// A fresh attempt folder holding the marker and the context tar.
+async fn prepare(dir: &Path, build: &Build) -> Result<PathBuf, String> {
+    let dir = dir.to_path_buf();
+    let build = build.clone();
+    tokio::task::spawn_blocking(move || {
+        if dir.exists() {
+            // Left by a start that failed half-way or a crash before cleanup.
+            std::fs::remove_dir_all(&dir)
+                .map_err(|e| format!("cannot clear {}: {}", dir.display(), describe(&e)))?;
+        }
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {}", dir.display(), describe(&e)))?;
+        let marker = serde_json::json!({ "image": build.image }).to_string();
+        std::fs::write(dir.join(BUILD_MARKER), marker)
+            .map_err(|e| format!("cannot write {BUILD_MARKER}: {}", describe(&e)))?;
+        let tar = dir.join(CONTEXT_TAR);
+        context::write_tar(&build, &tar)?;
+        Ok(tar)
+    })
+    .await
+    .map_err(|e| format!("the build context could not be assembled: {e}"))?
+}
+
+/// One build, from handing the context over to `Exited`.
+struct Runner {
+    docker: Docker,
+    events: EventSender,
+    execution: ExecutionId,
+    build: Build,
+    tar: PathBuf,
+    log: BuildLog,
+    ended: Arc<AtomicBool>,
+}
+
+impl Runner {
+    fn emit(&self, kind: EventKind) {
+        let _ = self.events.send(FrameworkEvent {
+            execution: self.execution.clone(),
+            kind,
+        });
+    }
+
+    fn report_log(&mut self) {
+        if let Some(end) = self.log.take_news() {
+            if !self.ended.load(Ordering::SeqCst) {
+                self.emit(EventKind::LogAppended { end_offset: end });
+            }
+        }
+    }
+
+    async fn run(mut self) {
+        let outcome = match self.build_and_push().await {
+            Ok(built) => success(&built),
+            Err(message) => {
+                untag(&self.docker, &self.build.image).await;
+                if let Err(e) = self.log.system(&format!("build failed: {message}")) {
+                    tracing::warn!(execution = ?self.execution, "{e}");
+                }
+                ExitOutcome {
+                    exit_code: Some(1),
+                    signal: None,
+                    outputs: BTreeMap::new(),
+                    failure: Some(Failure {
+                        reason: reason::BUILD_FAILED.to_string(),
+                        message,
+                    }),
+                }
+            }
+        };
+        let _ = tokio::fs::remove_file(&self.tar).await;
+        if let Err(e) = self.log.finish() {
+            tracing::warn!(execution = ?self.execution, "{e}");
+        }
+        self.report_log();
+        if !self.ended.swap(true, Ordering::SeqCst) {
+            self.emit(EventKind::Exited(outcome));
+        }
+    }
+
+    async fn build_and_push(&mut self) -> Result<BuiltImage, String> {
+        let id = self.run_builder().await?;
+        let digest = if self.build.push {
+            Some(self.push().await?)
+        } else {
+            None
+        };
+        Ok(BuiltImage {
+            image: self.build.image.clone(),
+            id,
+            digest,
+        })
+    }
+
+    /// Runs the builder; the new image's id once it is tagged.
+    async fn run_builder(&mut self) -> Result<String, String> {
+        let image = self.build.image.clone();
+        let args: HashMap<String, String> = self.build.args.clone().into_iter().collect();
+        let mut options = BuildImageOptionsBuilder::default()
+            .dockerfile(context::CONTAINERFILE)
+            .t(&image)
+            .rm(true)
+            .forcerm(true);
+        if !args.is_empty() {
+            options = options.buildargs(&args);
+        }
+        let body = body_try_stream(file_chunks(tokio::fs::File::open(&self.tar).await.map_err(
+            |e| format!("cannot read the build context: {}", describe(&e)),
+        )?));
+        let docker = self.docker.clone();
+        let mut stream = docker.build_image(options.build(), None, Some(body));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(text) = info.stream {
+                        self.log.output(&text)?;
+                        self.report_log();
+                    }
+                }
+                // The builder's own error (a failed step, a bad Containerfile, a missing base).
+                Err(DockerError::DockerStreamError { error }) => {
+                    return Err(error.trim_end().to_string())
+                }
+                Err(e) => return Err(format!("the engine's builder failed: {}", message(&e))),
+            }
+        }
+        let inspected = self.docker.inspect_image(&image).await.map_err(|e| {
+            format!(
+                "the builder ended without tagging {image}: {}",
+                message(&e)
+            )
+        })?;
+        inspected
+            .id
+            .ok_or_else(|| format!("the engine reports no id for {image}"))
+    }
+
+    /// Pushes the tag to its registry; the pushed manifest's `repo@sha256:...`.
+    async fn push(&mut self) -> Result<String, String> {
+        let image = self.build.image.clone();
+        let (repo, tag) = context::split_reference(&image);
+        self.log.system(&format!("pushing {image}"))?;
+        self.report_log();
+        let pusher = pusher(&self.docker, &image);
+        let options = PushImageOptions {
+            tag: Some(tag.to_string()),
+            platform: None,
+        };
+        let mut stream = pusher.push_image(repo, Some(options), None);
+        let mut digest = None;
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(status) = info.status {
+                        digest = digest.or_else(|| pushed_digest(&status));
+                        self.log.system(&status)?;
+                        self.report_log();
+                    }
+                }
+                Err(DockerError::DockerStreamError { error }) => {
+                    return Err(format!("pushing {image}: {}", error.trim_end()))
+                }
+                Err(e) => return Err(format!("pushing {image}: {}", message(&e))),
+            }
+        }
+        let digest = match digest {
+            Some(digest) => digest,
+            None => self.repo_digest(repo).await?,
+        };
+        Ok(format!("{repo}@{digest}"))
+    }
+
+    /// The digest the engine recorded for `repo`, when the push output did not say it.
+    async fn repo_digest(&self, repo: &str) -> Result<String, String> {
+        let inspected = self
+            .docker
+            .inspect_image(&self.build.image)
+            .await
+            .map_err(|e| format!("cannot inspect {}: {}", self.build.image, message(&e)))?;
+        inspected
+            .repo_digests
+            .unwrap_or_default()
+            .iter()
+            .find_map(|found| found.strip_prefix(repo)?.strip_prefix('@').map(String::from))
+            .ok_or_else(|| format!("the push of {} reported no digest", self.build.image))
+    }
+}
+
+fn success(built: &BuiltImage) -> ExitOutcome {
+    let contents = serde_json::to_vec(built).unwrap_or_default();
+    let size = contents.len() as u64;
+    ExitOutcome {
+        exit_code: Some(0),
+        signal: None,
+        outputs: BTreeMap::from([(BUILD_OUTPUT.to_string(), OutputFile { contents, size })]),
+        failure: None,
+    }
+}
+
+/// `<tag>: digest: sha256:... size: N`, the engine's last push status.
+fn pushed_digest(status: &str) -> Option<String> {
+    let (_, rest) = status.split_once(": digest: ")?;
+    let digest = rest.split_whitespace().next()?;
+    digest.starts_with("sha256:").then(|| digest.to_string())
+}
+
+/// The client pushes go through. Podman refuses plain HTTP unless told otherwise; a loopback
+/// registry (the only kind that can be trusted without TLS) gets `tlsVerify=false`.
+fn pusher(docker: &Docker, image: &str) -> Docker {
+    let loopback = context::registry_host(image).is_some_and(|host| {
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    if !loopback {
+        return docker.clone();
+    }
+    docker.clone().with_request_modifier(|mut request| {
+        let uri = request.uri().to_string();
+        if request.uri().path().ends_with("/push") {
+            let separator = if uri.contains('?') { '&' } else { '?' };
+            if let Ok(with_flag) = format!("{uri}{separator}tlsVerify=false").parse() {
+                *request.uri_mut() = with_flag;
+            }
+        }
+        request
+    })
+}
+
+/// Removes the tag a failed or stopped build may have left (the image too when nothing else
+/// names it).
+async fn untag(docker: &Docker, image: &str) {
+    let options = RemoveImageOptions {
+        force: false,
+        noprune: false,
+        platforms: None,
+    };
+    match docker.remove_image(image, Some(options), None).await {
+        Ok(_) => tracing::debug!("removed the tag {image} of a build that did not succeed"),
+        Err(DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        }) => {}
+        Err(e) => tracing::warn!("cannot remove the tag {image}: {}", message(&e)),
+    }
+}
+
+/// The context file as a stream of chunks; ends after the first error.
+fn file_chunks(
+    file: tokio::fs::File,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::unfold(Some(file), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pushed_digest;
+
+    #[test]
+    fn the_digest_is_read_from_the_push_status() {
+        assert_eq!(
+            pushed_digest("one: digest: sha256:6151b9 size: 735").as_deref(),
+            Some("sha256:6151b9")
+        );
+        assert_eq!(pushed_digest("The push refers to repository [x]"), None);
     }
 }

@@ -53,6 +53,7 @@ pub struct EngineFramework {
     home: String,
     events: EventSender,
     followed: Arc<Mutex<HashMap<ExecutionId, Followed>>>,
+    builds: build::Builds,
 }
 
 struct Followed {
@@ -85,6 +86,7 @@ impl EngineFramework {
             },
             events,
             followed: Arc::new(Mutex::new(HashMap::new())),
+            builds: build::Builds::default(),
         })
     }
 
@@ -239,6 +241,7 @@ impl Drop for EngineFramework {
         for (_, followed) in self.followed().drain() {
             followed.task.abort();
         }
+        self.builds.abort_all();
     }
 }
 
@@ -281,14 +284,21 @@ impl Framework for EngineFramework {
             }
         }
         for execution in executions {
-            if self.followed().contains_key(&execution) {
+            if self.followed().contains_key(&execution) || self.builds.contains(&execution) {
                 continue;
             }
             let Some((container, running)) = by_execution.remove(&execution) else {
+                let is_build = attempt_dir(&self.options.runs_dir, &execution)
+                    .is_ok_and(|dir| build::is_build(&dir));
+                let message = if is_build {
+                    "its image build was cut off when the server stopped (builds cannot be re-attached)"
+                } else {
+                    "its container no longer exists"
+                };
                 self.emit(
                     &execution,
                     EventKind::Lost {
-                        message: "its container no longer exists".into(),
+                        message: message.into(),
                     },
                 );
                 continue;
@@ -303,6 +313,9 @@ impl Framework for EngineFramework {
     }
 
     async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
+        if self.stop_build(execution) {
+            return Ok(());
+        }
         let known = self
             .followed()
             .get(execution)
@@ -342,6 +355,7 @@ impl Framework for EngineFramework {
     }
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
+        self.builds.forget(execution);
         let followed = self.followed().remove(execution);
         let containers = match followed {
             Some(followed) => vec![followed.container],
