@@ -252,7 +252,11 @@ async fn a_build_tags_an_image_holding_its_context_files_and_dirs() {
     let built = built_image(&ended);
     assert_eq!(built.image, image);
     assert_eq!(built.digest, None, "not pushed");
-    let inspected = h.docker.inspect_image(&image).await.expect("the tag exists");
+    let inspected = h
+        .docker
+        .inspect_image(&image)
+        .await
+        .expect("the tag exists");
     assert_eq!(inspected.id.as_deref(), Some(built.id.as_str()));
     assert!(built.id.starts_with("sha256:"), "{built:?}");
 
@@ -263,7 +267,10 @@ async fn a_build_tags_an_image_holding_its_context_files_and_dirs() {
         "file a from the host folder",
         "greeting=bonjour",
     ] {
-        assert!(log_has(&log, Stream::Stdout, needle), "{needle:?} not in {log:?}");
+        assert!(
+            log_has(&log, Stream::Stdout, needle),
+            "{needle:?} not in {log:?}"
+        );
     }
 
     // The image runs, with every context file in place and the link kept as a link.
@@ -327,7 +334,10 @@ async fn a_failing_step_fails_the_build_with_its_output_and_tags_nothing() {
     );
     assert!(log_has(&log, Stream::System, "build failed"), "{log:?}");
     assert!(!h.image_exists(&image).await, "{image} is tagged");
-    h.framework.cleanup(&exec("failing")).await.expect("cleanup");
+    h.framework
+        .cleanup(&exec("failing"))
+        .await
+        .expect("cleanup");
 }
 
 #[tokio::test]
@@ -388,7 +398,10 @@ async fn bad_input_is_refused_at_start_naming_the_field() {
             other => panic!("case {index}: expected StartFailed, got {other:?}"),
         }
     }
-    assert!(h.events.try_recv().is_err(), "a refused start sends nothing");
+    assert!(
+        h.events.try_recv().is_err(),
+        "a refused start sends nothing"
+    );
 }
 
 #[tokio::test]
@@ -480,12 +493,16 @@ async fn a_build_in_flight_when_the_server_died_is_lost_on_recovery() {
 
 /// `GET http://127.0.0.1:5000{path}`'s body.
 fn registry_get(path: &str) -> String {
-    let mut stream = std::net::TcpStream::connect(REGISTRY).unwrap_or_else(|e| {
-        panic!("no registry on {REGISTRY} ({e}): run scripts/setup-registry")
-    });
+    registry_request("GET", path)
+}
+
+/// `{method} http://127.0.0.1:5000{path}`'s body.
+fn registry_request(method: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(REGISTRY)
+        .unwrap_or_else(|e| panic!("no registry on {REGISTRY} ({e}): run scripts/setup-registry"));
     write!(
         stream,
-        "GET {path} HTTP/1.0\r\nHost: {REGISTRY}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {REGISTRY}\r\nConnection: close\r\n\r\n"
     )
     .expect("request");
     let mut response = String::new();
@@ -512,11 +529,10 @@ async fn a_pushed_build_has_its_digest_and_is_in_the_registry() {
     let built = built_image(&outcome);
     let (repo, tag) = image.rsplit_once(':').expect("a tag");
     let digest = built.digest.expect("a digest once pushed");
-    assert!(
-        digest.starts_with(&format!("{repo}@sha256:")),
-        "{digest:?}"
-    );
-    let path = repo.strip_prefix(&format!("{REGISTRY}/")).expect("repo path");
+    assert!(digest.starts_with(&format!("{repo}@sha256:")), "{digest:?}");
+    let path = repo
+        .strip_prefix(&format!("{REGISTRY}/"))
+        .expect("repo path");
     let tags = registry_get(&format!("/v2/{path}/tags/list"));
     assert!(tags.contains(&format!("\"{tag}\"")), "{tags}");
     // The registry serves the manifest under the digest reported.
@@ -526,6 +542,10 @@ async fn a_pushed_build_has_its_digest_and_is_in_the_registry() {
     let log = log_text(&h.logs, &exec("pushed"));
     assert!(log_has(&log, Stream::System, "digest: sha256:"), "{log:?}");
     h.framework.cleanup(&exec("pushed")).await.expect("cleanup");
+    // The registry keeps no test image (its tag list empties; the folder stays).
+    registry_request("DELETE", &format!("/v2/{path}/manifests/{sha}"));
+    let tags = registry_get(&format!("/v2/{path}/tags/list"));
+    assert!(!tags.contains(&format!("\"{tag}\"")), "{tags}");
 }
 
 #[tokio::test]

@@ -8,18 +8,16 @@
 mod context;
 mod log;
 
+use self::log::BuildLog;
 use super::{message, EngineFramework};
 use crate::local::prepare::attempt_dir;
 use crate::local::protocol::describe;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use bollard::errors::Error as DockerError;
-use bollard::query_parameters::{
-    BuildImageOptionsBuilder, PushImageOptions, RemoveImageOptions,
-};
+use bollard::query_parameters::{BuildImageOptionsBuilder, PushImageOptions, RemoveImageOptions};
 use bollard::{body_try_stream, Docker};
 use bytes::Bytes;
 use futures::StreamExt;
-use self::log::BuildLog;
 use runplane_domain::runnable::DEFAULT_LOG_LIMIT_BYTES;
 use runplane_domain::{reason, Build, BuiltImage, ExitOutcome, Failure, OutputFile, BUILD_OUTPUT};
 use runplane_logstore::file::FileLogStore;
@@ -253,9 +251,11 @@ impl Runner {
         if !args.is_empty() {
             options = options.buildargs(&args);
         }
-        let body = body_try_stream(file_chunks(tokio::fs::File::open(&self.tar).await.map_err(
-            |e| format!("cannot read the build context: {}", describe(&e)),
-        )?));
+        let body = body_try_stream(file_chunks(
+            tokio::fs::File::open(&self.tar)
+                .await
+                .map_err(|e| format!("cannot read the build context: {}", describe(&e)))?,
+        ));
         let docker = self.docker.clone();
         let mut stream = docker.build_image(options.build(), None, Some(body));
         while let Some(item) = stream.next().await {
@@ -273,12 +273,10 @@ impl Runner {
                 Err(e) => return Err(format!("the engine's builder failed: {}", message(&e))),
             }
         }
-        let inspected = self.docker.inspect_image(&image).await.map_err(|e| {
-            format!(
-                "the builder ended without tagging {image}: {}",
-                message(&e)
-            )
-        })?;
+        let inspected =
+            self.docker.inspect_image(&image).await.map_err(|e| {
+                format!("the builder ended without tagging {image}: {}", message(&e))
+            })?;
         inspected
             .id
             .ok_or_else(|| format!("the engine reports no id for {image}"))
@@ -330,7 +328,12 @@ impl Runner {
             .repo_digests
             .unwrap_or_default()
             .iter()
-            .find_map(|found| found.strip_prefix(repo)?.strip_prefix('@').map(String::from))
+            .find_map(|found| {
+                found
+                    .strip_prefix(repo)?
+                    .strip_prefix('@')
+                    .map(String::from)
+            })
             .ok_or_else(|| format!("the push of {} reported no digest", self.build.image))
     }
 }

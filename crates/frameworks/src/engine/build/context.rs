@@ -38,9 +38,7 @@ pub fn check(build: &Build) -> Result<(), String> {
     }
     for name in build.args.keys() {
         if name.is_empty() || name.contains('=') {
-            return Err(format!(
-                "build.args: {name:?} is not a build argument name"
-            ));
+            return Err(format!("build.args: {name:?} is not a build argument name"));
         }
     }
     Ok(())
@@ -113,14 +111,20 @@ pub fn registry_host(image: &str) -> Option<&str> {
 
 /// Writes the context tar to `target`. Blocking: run it off the async threads.
 pub fn write_tar(build: &Build, target: &Path) -> Result<(), String> {
-    let file = File::create(target)
-        .map_err(|e| format!("cannot create {}: {e}", target.display()))?;
+    let file =
+        File::create(target).map_err(|e| format!("cannot create {}: {e}", target.display()))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
     // Links stay links: the builder resolves them inside the context as `COPY` would.
     tar.follow_symlinks(false);
-    let write_error = |what: &str, e: std::io::Error| format!("cannot add {what} to the build context: {e}");
-    append_file(&mut tar, CONTAINERFILE, 0o644, build.containerfile.as_bytes())
-        .map_err(|e| write_error("the Containerfile", e))?;
+    let write_error =
+        |what: &str, e: std::io::Error| format!("cannot add {what} to the build context: {e}");
+    append_file(
+        &mut tar,
+        CONTAINERFILE,
+        0o644,
+        build.containerfile.as_bytes(),
+    )
+    .map_err(|e| write_error("the Containerfile", e))?;
     for file in &build.context {
         append_file(&mut tar, &file.path, file.mode, &file.contents)
             .map_err(|e| write_error(&file.path, e))?;
@@ -159,7 +163,10 @@ mod tests {
     #[test]
     fn references_split_at_the_tag_not_the_port() {
         assert_eq!(split_reference("a/b:1"), ("a/b", "1"));
-        assert_eq!(split_reference("127.0.0.1:5000/b"), ("127.0.0.1:5000/b", "latest"));
+        assert_eq!(
+            split_reference("127.0.0.1:5000/b"),
+            ("127.0.0.1:5000/b", "latest")
+        );
         assert_eq!(
             split_reference("127.0.0.1:5000/b:v2"),
             ("127.0.0.1:5000/b", "v2")
