@@ -455,6 +455,7 @@ async fn stop_ends_a_long_build_promptly_and_tags_nothing() {
 async fn a_build_in_flight_when_the_server_died_is_lost_on_recovery() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let execution = exec("cut-off");
+    let ended = exec("ended");
     let image = format!(
         "localhost/runplane-test-build-cutoff-{}:v1",
         std::process::id()
@@ -466,15 +467,24 @@ async fn a_build_in_flight_when_the_server_died_is_lost_on_recovery() {
             &image,
         );
         framework
-            .start(execution.clone(), Runnable::Build(spec))
+            .start(execution.clone(), Runnable::Build(spec.clone()))
             .await
             .expect("start");
         assert_eq!(
             events.recv().await.map(|e| e.kind),
             Some(EventKind::Started)
         );
+        // A build that ended, then the server died before its cleanup.
+        let mut quick = build("FROM localhost/runplane-busybox:latest\n", &image);
+        quick.image = format!("{image}-quick");
+        framework
+            .start(ended.clone(), Runnable::Build(quick))
+            .await
+            .expect("start");
+        until_end(&mut events, &ended).await;
         // The server dies: its framework goes with it.
     }
+    assert!(tmp.path().join("runs/ended/1").exists());
     let (framework, mut events) = connect(tmp.path()).await;
     framework
         .recover(vec![execution.clone()])
@@ -487,8 +497,24 @@ async fn a_build_in_flight_when_the_server_died_is_lost_on_recovery() {
         }
         other => panic!("expected Lost, got {other:?}"),
     }
+    assert!(
+        !tmp.path().join("runs/ended/1").exists(),
+        "recovery removes the folder of a build that ended without a cleanup"
+    );
     framework.cleanup(&execution).await.expect("cleanup");
     assert!(!tmp.path().join("runs/cut-off/1").exists());
+    let docker = Docker::connect_with_unix(
+        &socket().to_string_lossy(),
+        60,
+        bollard::API_DEFAULT_VERSION,
+    )
+    .expect("connect")
+    .negotiate_version()
+    .await
+    .expect("negotiate");
+    let _ = docker
+        .remove_image(&format!("{image}-quick"), None::<RemoveImageOptions>, None)
+        .await;
 }
 
 /// `GET http://127.0.0.1:5000{path}`'s body.

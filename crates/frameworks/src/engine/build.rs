@@ -75,6 +75,30 @@ pub(super) fn is_build(attempt_dir: &Path) -> bool {
     attempt_dir.join(BUILD_MARKER).exists()
 }
 
+/// The builds whose attempt folders are under `runs_dir`, as `<run id>/<attempt>/`.
+pub(super) fn build_executions(runs_dir: &Path) -> Vec<ExecutionId> {
+    let mut found = Vec::new();
+    let Ok(runs) = std::fs::read_dir(runs_dir) else {
+        return found;
+    };
+    for run in runs.flatten() {
+        let Ok(attempts) = std::fs::read_dir(run.path()) else {
+            continue;
+        };
+        let run_id = run.file_name().to_string_lossy().into_owned();
+        for attempt in attempts.flatten() {
+            let number = attempt.file_name().to_str().and_then(|n| n.parse().ok());
+            if let Some(attempt_number) = number.filter(|_| is_build(&attempt.path())) {
+                found.push(ExecutionId {
+                    run_id: run_id.clone(),
+                    attempt: attempt_number,
+                });
+            }
+        }
+    }
+    found
+}
+
 impl EngineFramework {
     pub(super) async fn start_build(
         &self,

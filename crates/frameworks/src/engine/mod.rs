@@ -283,6 +283,14 @@ impl Framework for EngineFramework {
                 }
             }
         }
+        // Builds have no container: their folders say which ended without a cleanup.
+        for stale in build::build_executions(&self.options.runs_dir) {
+            if !wanted.contains(&stale) && !self.builds.contains(&stale) {
+                if let Ok(dir) = attempt_dir(&self.options.runs_dir, &stale) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
         for execution in executions {
             if self.followed().contains_key(&execution) || self.builds.contains(&execution) {
                 continue;
