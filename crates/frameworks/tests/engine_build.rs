@@ -588,3 +588,30 @@ async fn a_failed_push_fails_the_build_and_untags_it() {
     assert_build_failed(&outcome(&events), "127.0.0.1:5999");
     assert!(!h.image_exists(&image).await, "{image} is tagged");
 }
+
+#[tokio::test]
+async fn the_builders_output_stops_at_the_log_cap_and_the_build_goes_on() {
+    let mut h = harness().await;
+    let image = h.image("localhost", "capped");
+    let mut spec = build(
+        "FROM localhost/runplane-busybox:latest\nRUN seq 1 5000\n",
+        &image,
+    );
+    spec.log_limit_bytes = Some(600);
+    let events = run_to_end(&mut h, "capped", Runnable::Build(spec)).await;
+    assert_eq!(outcome(&events).exit_code, Some(0), "{events:?}");
+    let log = log_text(&h.logs, &exec("capped"));
+    let kept: usize = log
+        .iter()
+        .filter(|(stream, _)| *stream == Stream::Stdout)
+        .map(|(_, text)| text.len())
+        .sum();
+    assert!(kept > 0 && kept <= 600, "{kept} bytes kept: {log:?}");
+    assert!(
+        log_has(&log, Stream::System, "log limit of 600 bytes reached"),
+        "{log:?}"
+    );
+    assert!(!log_has(&log, Stream::Stdout, "4999"), "past the cap");
+    assert!(h.image_exists(&image).await);
+    h.framework.cleanup(&exec("capped")).await.expect("cleanup");
+}
