@@ -53,6 +53,7 @@ pub struct EngineFramework {
     home: String,
     events: EventSender,
     followed: Arc<Mutex<HashMap<ExecutionId, Followed>>>,
+    builds: build::Builds,
 }
 
 struct Followed {
@@ -85,6 +86,7 @@ impl EngineFramework {
             },
             events,
             followed: Arc::new(Mutex::new(HashMap::new())),
+            builds: build::Builds::default(),
         })
     }
 
@@ -239,6 +241,7 @@ impl Drop for EngineFramework {
         for (_, followed) in self.followed().drain() {
             followed.task.abort();
         }
+        self.builds.abort_all();
     }
 }
 
@@ -280,15 +283,30 @@ impl Framework for EngineFramework {
                 }
             }
         }
+        // Builds have no container: their folders say which ended without a cleanup.
+        for stale in build::build_executions(&self.options.runs_dir) {
+            if !wanted.contains(&stale) && !self.builds.contains(&stale) {
+                if let Ok(dir) = attempt_dir(&self.options.runs_dir, &stale) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+        }
         for execution in executions {
-            if self.followed().contains_key(&execution) {
+            if self.followed().contains_key(&execution) || self.builds.contains(&execution) {
                 continue;
             }
             let Some((container, running)) = by_execution.remove(&execution) else {
+                let is_build = attempt_dir(&self.options.runs_dir, &execution)
+                    .is_ok_and(|dir| build::is_build(&dir));
+                let message = if is_build {
+                    "its image build was cut off when the server stopped (builds cannot be re-attached)"
+                } else {
+                    "its container no longer exists"
+                };
                 self.emit(
                     &execution,
                     EventKind::Lost {
-                        message: "its container no longer exists".into(),
+                        message: message.into(),
                     },
                 );
                 continue;
@@ -303,6 +321,9 @@ impl Framework for EngineFramework {
     }
 
     async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
+        if self.stop_build(execution) {
+            return Ok(());
+        }
         let known = self
             .followed()
             .get(execution)
@@ -342,6 +363,7 @@ impl Framework for EngineFramework {
     }
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
+        self.builds.forget(execution);
         let followed = self.followed().remove(execution);
         let containers = match followed {
             Some(followed) => vec![followed.container],
