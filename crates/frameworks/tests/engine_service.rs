@@ -47,9 +47,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
-port = int(os.environ.get("RUNPLANE_PORT", "9000"))
+given = os.environ.get("RUNPLANE_PORT")
+port = int(given or "9000")
 server = http.server.HTTPServer(("0.0.0.0", port), Handler)
-print(f"replica {index} serving on port {port}", flush=True)
+source = "RUNPLANE_PORT" if given else "its own choice"
+print(f"replica {index} serving on port {port} ({source})", flush=True)
 server.serve_forever()
 "#;
 
@@ -284,6 +286,7 @@ async fn stop_and_check(h: &mut Harness, execution: &ExecutionId) {
 async fn replicas_serve_restart_and_scale() {
     let mut h = harness().await;
     let execution = exec("svc");
+    let starting = Instant::now();
     h.framework
         .start(execution.clone(), Runnable::Service(python_service(2)))
         .await
@@ -297,6 +300,7 @@ async fn replicas_serve_restart_and_scale() {
         |kind, _| kind == &EventKind::Started,
     )
     .await;
+    eprintln!("2 replicas started and ready in {:?}", starting.elapsed());
     assert!(all_ready(&replicas, 2), "{replicas:?}");
     let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint.clone()).collect();
     assert_eq!(endpoints.iter().collect::<HashSet<_>>().len(), 2);
@@ -321,6 +325,7 @@ async fn replicas_serve_restart_and_scale() {
         .kill_container(&victim, None::<KillContainerOptions>)
         .await
         .expect("kill");
+    let killed = Instant::now();
     wait_for(
         &mut h.events,
         &execution,
@@ -331,6 +336,7 @@ async fn replicas_serve_restart_and_scale() {
         },
     )
     .await;
+    eprintln!("killed replica ready again in {:?}", killed.elapsed());
     assert_eq!(replicas[1].last_exit.as_deref(), Some("signal 9"));
     assert_eq!(replicas[1].endpoint, endpoints[1], "the port is kept");
     assert_eq!(replicas[0].restarts, 0);
@@ -374,7 +380,7 @@ async fn replicas_serve_restart_and_scale() {
     stop_and_check(&mut h, &execution).await;
     let log = log_text(&h.logs, &execution);
     for index in 0..3 {
-        let line = format!("replica {index} serving on port 8080\n");
+        let line = format!("replica {index} serving on port 8080 (RUNPLANE_PORT)\n");
         assert!(
             log.contains(&(Stream::Stdout, line.clone())),
             "{line:?} missing from {log:?}"
@@ -383,7 +389,7 @@ async fn replicas_serve_restart_and_scale() {
     // Replica 1 ran three times (start, restart, scale-up), each line copied once.
     let served_1 = log
         .iter()
-        .filter(|(_, text)| text == "replica 1 serving on port 8080\n")
+        .filter(|(_, text)| text == "replica 1 serving on port 8080 (RUNPLANE_PORT)\n")
         .count();
     assert_eq!(served_1, 3, "{log:?}");
     assert!(
@@ -504,6 +510,14 @@ async fn a_fixed_port_is_published_and_no_port_is_invented() {
         "replica 0"
     );
     stop_and_check(&mut h, &execution).await;
+    let log = log_text(&h.logs, &execution);
+    assert!(
+        log.contains(&(
+            Stream::Stdout,
+            "replica 0 serving on port 9000 (its own choice)\n".to_string()
+        )),
+        "{log:?}"
+    );
 }
 
 #[tokio::test]
@@ -568,7 +582,28 @@ async fn a_new_instance_recovers_a_service_with_its_endpoints() {
             format!("replica {index}")
         );
     }
-    // Still kept: scaling works on the recovered service.
+    // Still kept: a replica killed now is restarted, its earlier output not copied again.
+    let victim = containers_of(&h.framework)
+        .await
+        .into_iter()
+        .find(|(_, replica)| replica.as_deref() == Some("0"))
+        .expect("replica 0's container")
+        .0;
+    docker()
+        .await
+        .kill_container(&victim, None::<KillContainerOptions>)
+        .await
+        .expect("kill");
+    wait_for(
+        &mut h.events,
+        &execution,
+        &mut replicas,
+        "replica 0 restarted after recovery",
+        |_, list| list.len() == 2 && list[0].restarts == 1 && list[0].ready,
+    )
+    .await;
+    assert_eq!(replicas[0].endpoint, before[0]);
+    // And scaling works on the recovered service.
     h.framework.scale(&execution, 1).await.expect("scale");
     wait_for(
         &mut h.events,
@@ -579,13 +614,14 @@ async fn a_new_instance_recovers_a_service_with_its_endpoints() {
     )
     .await;
     stop_and_check(&mut h, &execution).await;
-    // Each replica's first line once: nothing copied twice by the second instance.
+    // Replica 0 served twice (before the restart of the server and after its kill), each
+    // line copied once; replica 1 once.
     let log = log_text(&h.logs, &execution);
-    let served_0 = log
-        .iter()
-        .filter(|(_, text)| text == "replica 0 serving on port 8080\n")
-        .count();
-    assert_eq!(served_0, 1, "{log:?}");
+    let served = |index: u32| {
+        let line = format!("replica {index} serving on port 8080 (RUNPLANE_PORT)\n");
+        log.iter().filter(|(_, text)| *text == line).count()
+    };
+    assert_eq!((served(0), served(1)), (2, 1), "{log:?}");
 }
 
 #[tokio::test]

@@ -187,7 +187,7 @@ pub(super) async fn open_writer(
     }
 }
 
-pub(super) fn last_record_time(logs: &FileLogStore, execution: &ExecutionId) -> Option<DateTime<Utc>> {
+fn last_record_time(logs: &FileLogStore, execution: &ExecutionId) -> Option<DateTime<Utc>> {
     let mut offset = 0;
     let mut last = None;
     while let Ok(chunk) = logs.read(&execution.run_id, execution.attempt, offset, 1 << 20) {

@@ -8,6 +8,7 @@
 
 mod build;
 mod container;
+mod copied;
 mod follow;
 mod oom;
 mod probe;

@@ -16,7 +16,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 /// aborts it when the replica goes away).
 pub async fn until_ready(port: u16, path: &str) {
     loop {
-        if let Ok(true) = tokio::time::timeout(PROBE_TIMEOUT, answers_200(port, path)).await {
+        if answers_200(port, path).await {
             return;
         }
         tokio::time::sleep(INTERVAL).await;
@@ -24,25 +24,45 @@ pub async fn until_ready(port: u16, path: &str) {
 }
 
 async fn answers_200(port: u16, path: &str) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+    let deadline = tokio::time::Instant::now() + PROBE_TIMEOUT;
+    let connect = tokio::time::timeout_at(deadline, TcpStream::connect(("127.0.0.1", port)));
+    let Ok(Ok(mut stream)) = connect.await else {
         return false;
     };
     let request = format!(
         "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: runplane-probe\r\n\r\n"
     );
-    if stream.write_all(request.as_bytes()).await.is_err() {
+    if !matches!(
+        tokio::time::timeout_at(deadline, stream.write_all(request.as_bytes())).await,
+        Ok(Ok(()))
+    ) {
         return false;
     }
-    let mut head = [0u8; 12];
-    let mut filled = 0;
-    while filled < head.len() {
-        match stream.read(&mut head[filled..]).await {
-            Ok(0) | Err(_) => return false,
-            Ok(n) => filled += n,
+    // The answer is read to its end (HTTP/1.0: the server's close), briefly: closing with
+    // unread bytes resets the connection, which some servers log as an error every probe.
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while answer.len() < MAX_ANSWER {
+        let until = if answer.len() >= 12 {
+            tokio::time::Instant::now() + DRAIN
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
         }
     }
-    is_ok_status_line(&head)
+    answer
+        .get(..12)
+        .and_then(|head| <&[u8; 12]>::try_from(head).ok())
+        .is_some_and(is_ok_status_line)
 }
+
+/// Readiness answers are short; a longer one is cut off rather than read.
+const MAX_ANSWER: usize = 64 * 1024;
+/// How long the rest of an answer may take once its status line is in.
+const DRAIN: Duration = Duration::from_millis(200);
 
 /// `HTTP/1.x 200`.
 fn is_ok_status_line(head: &[u8; 12]) -> bool {

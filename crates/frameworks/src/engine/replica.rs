@@ -4,15 +4,16 @@
 //! A restarted replica is the same container started again, and the engine hands back the
 //! output of all its runs each time: the follower skips the log frames it already copied
 //! (`skip_frames`, counted by the previous run's follower), or, after a server restart, those
-//! up to the time of the log's last record (`skip_until`, as job recovery does).
+//! a previous server stored (`copied`).
 
+use super::copied::CopiedLog;
 use super::follow::{exit_code, oom_killed, split_timestamp};
 use super::service_log::ServiceLog;
 use crate::local::capture::split_records;
 use bollard::container::LogOutput;
 use bollard::query_parameters::LogsOptionsBuilder;
 use bollard::Docker;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use runplane_logstore::Stream;
 use std::sync::Arc;
@@ -44,7 +45,7 @@ pub struct Watch {
     pub generation: u64,
     pub log: Arc<ServiceLog>,
     pub skip_frames: u64,
-    pub skip_until: Option<DateTime<Utc>>,
+    pub copied: Option<Arc<CopiedLog>>,
     pub reports: mpsc::UnboundedSender<Report>,
 }
 
@@ -92,8 +93,10 @@ impl Watch {
                 continue;
             }
             let (time, data) = split_timestamp(&message);
-            if self.skip_until.is_some_and(|until| time <= until) {
-                continue;
+            if let Some(copied) = &self.copied {
+                if copied.contains(time, kind, &self.log.redact(data)) {
+                    continue;
+                }
             }
             last_time = time;
             let pending = match kind {

@@ -11,7 +11,8 @@ mod containers;
 mod run;
 
 use super::container;
-use super::follow::{last_record_time, open_writer};
+use super::copied::CopiedLog;
+use super::follow::open_writer;
 use super::service_log::ServiceLog;
 use super::{message, EngineFramework};
 use crate::local::capture::Redactor;
@@ -132,9 +133,9 @@ impl EngineFramework {
             .ok_or_else(|| format!("{SERVICE_FILE} of the attempt is unreadable"))?;
         let found = self.replica_containers(execution).await?;
         let mut run = self.service_run(execution, file, &dir).await?;
-        let skip_until = last_record_time(&run.logs, execution);
+        let copied = CopiedLog::read(&run.logs, &execution.run_id, execution.attempt).map(Arc::new);
         for (index, id) in found {
-            run.adopt(index, id, skip_until).await;
+            run.adopt(index, id, copied.clone()).await;
         }
         run.log.system(&format!(
             "the server restarted: {} replica container(s) taken over",

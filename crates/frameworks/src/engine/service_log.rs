@@ -80,6 +80,11 @@ impl ServiceLog {
         self.report(state);
     }
 
+    /// `data` as it would be stored.
+    pub fn redact<'a>(&self, data: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        self.redactor.apply(data)
+    }
+
     /// A line of the framework's own (replica started, ready, exited...).
     pub fn system(&self, text: &str) {
         let mut state = self.state();

@@ -8,7 +8,8 @@ use crate::engine::replica::{Report, Watch};
 use crate::engine::{is_gone, message};
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 use bollard::Docker;
-use chrono::{DateTime, Utc};
+use crate::engine::copied::CopiedLog;
+use std::sync::Arc;
 use tokio::time::Instant;
 
 impl ServiceRun {
@@ -84,13 +85,18 @@ impl ServiceRun {
     }
 
     /// Takes over a container a previous server started.
-    pub(super) async fn adopt(&mut self, index: u32, container: String, skip_until: Option<DateTime<Utc>>) {
+    pub(super) async fn adopt(
+        &mut self,
+        index: u32,
+        container: String,
+        copied: Option<Arc<CopiedLog>>,
+    ) {
         let mut replica = Replica::new(index);
         replica.container = Some(container.clone());
         // Whether it served before is unknown: it was, if the service had started.
         replica.ever_ready = self.started;
         self.replicas.insert(index, replica);
-        self.started_container(index, &container, skip_until).await;
+        self.started_container(index, &container, copied).await;
     }
 
     /// Follows (and probes) a container that was just started or taken over.
@@ -98,7 +104,7 @@ impl ServiceRun {
         &mut self,
         index: u32,
         container: &str,
-        skip_until: Option<DateTime<Utc>>,
+        copied: Option<Arc<CopiedLog>>,
     ) {
         let http = self.service().http;
         let path = self.service().readiness_path.clone();
@@ -125,7 +131,7 @@ impl ServiceRun {
             generation,
             log: self.log.clone(),
             skip_frames: replica.frames,
-            skip_until,
+            copied,
             reports: self.reports_tx.clone(),
         };
         self.tasks.spawn(watch.run());

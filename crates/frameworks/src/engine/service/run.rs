@@ -286,7 +286,10 @@ impl ServiceRun {
             }
         };
         if replica.retiring {
-            self.log.system(&format!("replica {index} {phrase}"));
+            // Removed by its own retirement: not news.
+            if code.is_ok() {
+                self.log.system(&format!("replica {index} {phrase}"));
+            }
             return;
         }
         if was_ready_for.is_some_and(|ready| ready >= BACKOFF_RESET) {
