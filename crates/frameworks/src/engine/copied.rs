@@ -4,9 +4,10 @@
 //! The engine replays a container's whole output, with timestamps of one-second precision
 //! (Podman), and the replicas' lines share one log without saying whose they are: a time
 //! cut-off alone would drop lines of one replica that were still on their way when another
-//! replica's line of the same second was stored. So frames older than a window before the
-//! log's last output record count as copied, and frames inside it are matched against the
-//! records stored there, each record matching one frame.
+//! replica's line of the same second was stored. So output older than a window before the
+//! log's last output record counts as copied, and lines inside it are matched against the
+//! records stored there, each record matching one line (lines, not frames: the engine may
+//! hand a line over in several frames).
 
 use chrono::{DateTime, TimeDelta, Utc};
 use runplane_logstore::file::FileLogStore;
@@ -57,9 +58,15 @@ impl CopiedLog {
         })
     }
 
-    /// Whether this frame (redacted as it would be stored) is already in the log.
+    /// Whether output of this time was copied long ago, whatever it is.
+    pub fn is_old(&self, time: DateTime<Utc>) -> bool {
+        time < self.since
+    }
+
+    /// Whether this record (a whole line, redacted as it would be stored, with the time of
+    /// the frame that completed it) is already in the log.
     pub fn contains(&self, time: DateTime<Utc>, stream: Stream, data: &[u8]) -> bool {
-        if time < self.since {
+        if self.is_old(time) {
             return true;
         }
         let mut unmatched = self.unmatched.lock().unwrap_or_else(|e| e.into_inner());

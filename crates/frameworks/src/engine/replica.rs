@@ -93,10 +93,8 @@ impl Watch {
                 continue;
             }
             let (time, data) = split_timestamp(&message);
-            if let Some(copied) = &self.copied {
-                if copied.contains(time, kind, &self.log.redact(data)) {
-                    continue;
-                }
+            if self.copied.as_ref().is_some_and(|copied| copied.is_old(time)) {
+                continue;
             }
             last_time = time;
             let pending = match kind {
@@ -104,7 +102,11 @@ impl Watch {
                 _ => &mut stdout,
             };
             pending.extend_from_slice(data);
-            self.log.append(kind, time, split_records(pending, false));
+            let mut records = split_records(pending, false);
+            if let Some(copied) = &self.copied {
+                records.retain(|record| !copied.contains(time, kind, &self.log.redact(record)));
+            }
+            self.log.append(kind, time, records);
         }
         for (kind, pending) in [(Stream::Stdout, &mut stdout), (Stream::Stderr, &mut stderr)] {
             self.log.append(kind, last_time, split_records(pending, true));
