@@ -199,7 +199,10 @@ async fn wait_for(
             return event.kind;
         }
         if matches!(event.kind, EventKind::Exited(_) | EventKind::Lost { .. }) {
-            panic!("{execution:?} ended while waiting for {what}: {:?}", event.kind);
+            panic!(
+                "{execution:?} ended while waiting for {what}: {:?}",
+                event.kind
+            );
         }
         if !matches!(event.kind, EventKind::LogAppended { .. }) {
             seen.push(event.kind);
@@ -331,9 +334,7 @@ async fn replicas_serve_restart_and_scale() {
         &execution,
         &mut replicas,
         "replica 1 restarted and ready",
-        |_, list| {
-            list.len() == 2 && list[1].restarts == 1 && list[1].ready && list[0].ready
-        },
+        |_, list| list.len() == 2 && list[1].restarts == 1 && list[1].ready && list[0].ready,
     )
     .await;
     eprintln!("killed replica ready again in {:?}", killed.elapsed());
@@ -341,7 +342,9 @@ async fn replicas_serve_restart_and_scale() {
     assert_eq!(replicas[1].endpoint, endpoints[1], "the port is kept");
     assert_eq!(replicas[0].restarts, 0);
     assert_eq!(
-        http_get(&endpoints[1], "/").await.expect("GET / after restart"),
+        http_get(&endpoints[1], "/")
+            .await
+            .expect("GET / after restart"),
         "replica 1"
     );
 
@@ -393,8 +396,8 @@ async fn replicas_serve_restart_and_scale() {
         .count();
     assert_eq!(served_1, 3, "{log:?}");
     assert!(
-        log.iter()
-            .any(|(stream, text)| *stream == Stream::System && text.contains("replica 1 was killed by signal 9")),
+        log.iter().any(|(stream, text)| *stream == Stream::System
+            && text.contains("replica 1 was killed by signal 9")),
         "{log:?}"
     );
 }
@@ -418,7 +421,11 @@ async fn replicas_that_never_get_ready_fail_the_service() {
         &mut replicas,
         "the end",
         |kind, _| {
-            assert_ne!(kind, &EventKind::Started, "a never-ready service never starts");
+            assert_ne!(
+                kind,
+                &EventKind::Started,
+                "a never-ready service never starts"
+            );
             matches!(kind, EventKind::Exited(_))
         },
     )
@@ -430,7 +437,9 @@ async fn replicas_that_never_get_ready_fail_the_service() {
     let failure = outcome.failure.expect("a failure");
     assert_eq!(failure.reason, reason::NOT_READY);
     assert!(
-        failure.message.contains("did not answer GET /missing within 3s"),
+        failure
+            .message
+            .contains("did not answer GET /missing within 3s"),
         "{}",
         failure.message
     );
@@ -445,7 +454,11 @@ async fn workers_without_http_are_ready_once_running() {
     let mut h = harness().await;
     let execution = exec("worker");
     let service = Service {
-        replica: job(&["sh", "-c", "echo \"worker $RUNPLANE_REPLICA port=${RUNPLANE_PORT:-none}\"; exec sleep 300"]),
+        replica: job(&[
+            "sh",
+            "-c",
+            "echo \"worker $RUNPLANE_REPLICA port=${RUNPLANE_PORT:-none}\"; exec sleep 300",
+        ]),
         replicas: 2,
         readiness_path: String::new(),
         ready_timeout_seconds: 30,
@@ -466,7 +479,10 @@ async fn workers_without_http_are_ready_once_running() {
     )
     .await;
     assert!(all_ready(&replicas, 2), "{replicas:?}");
-    assert!(replicas.iter().all(|r| r.endpoint.is_empty()), "{replicas:?}");
+    assert!(
+        replicas.iter().all(|r| r.endpoint.is_empty()),
+        "{replicas:?}"
+    );
     let deadline = Instant::now() + PATIENCE;
     loop {
         let log = log_text(&h.logs, &execution);
@@ -701,7 +717,10 @@ async fn volumes_are_mounted_read_only_or_writable() {
         std::fs::read_to_string(scratch.join("out.txt")).unwrap(),
         "out\n"
     );
-    h.framework.cleanup(&exec("volumes")).await.expect("cleanup");
+    h.framework
+        .cleanup(&exec("volumes"))
+        .await
+        .expect("cleanup");
 
     let mut bad = job(&["true"]);
     bad.volumes = vec![Volume {

@@ -49,7 +49,10 @@ impl CopiedLog {
         let last = records.iter().map(|k| k.0).max()?;
         let since = DateTime::from_timestamp_micros(last)? - WINDOW;
         let mut unmatched = HashMap::new();
-        for record in records.into_iter().filter(|k| k.0 >= since.timestamp_micros()) {
+        for record in records
+            .into_iter()
+            .filter(|k| k.0 >= since.timestamp_micros())
+        {
             *unmatched.entry(record).or_insert(0) += 1;
         }
         Some(CopiedLog {

@@ -93,7 +93,11 @@ impl Watch {
                 continue;
             }
             let (time, data) = split_timestamp(&message);
-            if self.copied.as_ref().is_some_and(|copied| copied.is_old(time)) {
+            if self
+                .copied
+                .as_ref()
+                .is_some_and(|copied| copied.is_old(time))
+            {
                 continue;
             }
             last_time = time;
@@ -109,7 +113,8 @@ impl Watch {
             self.log.append(kind, time, records);
         }
         for (kind, pending) in [(Stream::Stdout, &mut stdout), (Stream::Stderr, &mut stderr)] {
-            self.log.append(kind, last_time, split_records(pending, true));
+            self.log
+                .append(kind, last_time, split_records(pending, true));
         }
         frames
     }

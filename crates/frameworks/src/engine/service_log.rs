@@ -91,7 +91,12 @@ impl ServiceLog {
         if state.capped || state.failed {
             return;
         }
-        write(&mut state, Stream::System, Utc::now(), format!("{text}\n").as_bytes());
+        write(
+            &mut state,
+            Stream::System,
+            Utc::now(),
+            format!("{text}\n").as_bytes(),
+        );
         self.report(state);
     }
 

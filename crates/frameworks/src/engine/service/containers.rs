@@ -3,18 +3,22 @@
 
 use super::run::{Replica, ServiceRun};
 use crate::engine::container::{self, ReplicaPort, DEFAULT_SERVICE_PORT};
+use crate::engine::copied::CopiedLog;
 use crate::engine::probe;
 use crate::engine::replica::{Report, Watch};
 use crate::engine::{is_gone, message};
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 use bollard::Docker;
-use crate::engine::copied::CopiedLog;
 use std::sync::Arc;
 use tokio::time::Instant;
 
 impl ServiceRun {
     /// Creates and starts the container of replica `index` (`host_port`: the one it had).
-    pub(super) async fn launch(&mut self, index: u32, host_port: Option<u16>) -> Result<(), String> {
+    pub(super) async fn launch(
+        &mut self,
+        index: u32,
+        host_port: Option<u16>,
+    ) -> Result<(), String> {
         let service = self.service();
         let job = &service.replica;
         let body = container::create_body(

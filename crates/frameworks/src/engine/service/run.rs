@@ -26,7 +26,6 @@ const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// A replica that stayed ready this long before it exited starts over at [`BACKOFF_START`].
 const BACKOFF_RESET: Duration = Duration::from_secs(30);
 
-
 pub(super) struct Replica {
     pub(super) index: u32,
     pub(super) container: Option<String>,
@@ -278,7 +277,10 @@ impl ServiceRun {
                     format!("signal {signal}"),
                     format!("was killed by signal {signal}"),
                 ),
-                (_, None) => (format!("exit code {raw}"), format!("exited with code {raw}")),
+                (_, None) => (
+                    format!("exit code {raw}"),
+                    format!("exited with code {raw}"),
+                ),
             },
             Err(why) => {
                 replica.container = None;
@@ -475,14 +477,12 @@ impl ServiceRun {
             })
             .collect();
         let message = late.join("; ");
-        self.log
-            .system(&format!("{message}: stopping the service"));
+        self.log.system(&format!("{message}: stopping the service"));
         Failure {
             reason: reason::NOT_READY.to_string(),
             message,
         }
     }
-
 
     /// Sends `Replicas` when the list changed since the last time.
     pub(super) fn publish(&mut self) {
@@ -504,9 +504,13 @@ impl ServiceRun {
             }
         };
         // 0600: the replica's env may hold secrets, like the local framework's job.json.
-        if let Err(e) =
-            write_atomically(&self.dir, SERVICE_FILE, &json, 0o600, Durability::ProcessCrash)
-        {
+        if let Err(e) = write_atomically(
+            &self.dir,
+            SERVICE_FILE,
+            &json,
+            0o600,
+            Durability::ProcessCrash,
+        ) {
             tracing::warn!("cannot write {SERVICE_FILE}: {}", describe(&e));
         }
     }
@@ -549,5 +553,4 @@ mod tests {
             "it ended twice, last it was killed by signal 9"
         );
     }
-
 }
