@@ -450,6 +450,65 @@ async fn replicas_that_never_get_ready_fail_the_service() {
 }
 
 #[tokio::test]
+async fn replicas_that_keep_exiting_are_restarted_with_a_backoff_then_fail() {
+    let mut h = harness().await;
+    let execution = exec("crasher");
+    let service = Service {
+        replica: job(&["sh", "-c", "echo \"crash $RUNPLANE_REPLICA\"; exit 3"]),
+        replicas: 1,
+        readiness_path: READY_PATH.into(),
+        ready_timeout_seconds: 4,
+        port: None,
+        http: true,
+    };
+    h.framework
+        .start(execution.clone(), Runnable::Service(service))
+        .await
+        .expect("start");
+    let mut replicas = Vec::new();
+    let mut most_restarts = 0;
+    let ended = wait_for(
+        &mut h.events,
+        &execution,
+        &mut replicas,
+        "the end",
+        |kind, list| {
+            if let Some(replica) = list.first() {
+                most_restarts = most_restarts.max(replica.restarts);
+                if replica.restarts > 0 {
+                    assert_eq!(replica.last_exit.as_deref(), Some("exit code 3"));
+                }
+            }
+            matches!(kind, EventKind::Exited(_))
+        },
+    )
+    .await;
+    // 0.25 + 0.5 + 1 + 2 s of backoff fit in 4 s at most: a few restarts, not a storm.
+    assert!((1..=5).contains(&most_restarts), "{most_restarts} restarts");
+    let EventKind::Exited(outcome) = ended else {
+        unreachable!()
+    };
+    let failure = outcome.failure.expect("a failure");
+    assert_eq!(failure.reason, reason::NOT_READY);
+    assert!(
+        failure.message.contains("it exited with code 3"),
+        "{}",
+        failure.message
+    );
+    let crashes = log_text(&h.logs, &execution)
+        .into_iter()
+        .filter(|line| line == &(Stream::Stdout, "crash 0\n".to_string()))
+        .count();
+    // Each run's line once (the last run may have been removed before it printed).
+    assert!(
+        (most_restarts..=most_restarts + 1).contains(&(crashes as u32)),
+        "{crashes} lines for {most_restarts} restarts"
+    );
+    assert!(containers_of(&h.framework).await.is_empty());
+    h.framework.cleanup(&execution).await.expect("cleanup");
+}
+
+#[tokio::test]
 async fn workers_without_http_are_ready_once_running() {
     let mut h = harness().await;
     let execution = exec("worker");
