@@ -242,3 +242,87 @@ pub fn execution_of(labels: &HashMap<String, String>) -> Option<ExecutionId> {
 pub fn replica_of(labels: &HashMap<String, String>) -> Option<u32> {
     labels.get(LABEL_REPLICA)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use runplane_domain::{Limits, Volume};
+
+    fn execution() -> ExecutionId {
+        ExecutionId {
+            run_id: "r".into(),
+            attempt: 1,
+        }
+    }
+
+    #[test]
+    fn limits_and_replica_ports_reach_the_create_request() {
+        let job = Job {
+            command: vec!["serve".into()],
+            limits: Some(Limits {
+                cpus: Some(0.5),
+                memory_bytes: Some(64 << 20),
+            }),
+            volumes: vec![Volume {
+                host_path: "/".into(),
+                container_path: "/host".into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        let body = create_body("img", "/home", &execution(), &job, Path::new("/a")).unwrap();
+        let host = body.host_config.as_ref().unwrap();
+        assert_eq!(host.nano_cpus, Some(500_000_000));
+        assert_eq!(host.memory, Some(64 << 20));
+        assert_eq!(host.memory_swap, Some(64 << 20), "no swap beyond the limit");
+        assert!(host
+            .binds
+            .as_ref()
+            .unwrap()
+            .contains(&"/:/host:ro".to_string()));
+
+        let port = ReplicaPort {
+            container_port: DEFAULT_SERVICE_PORT,
+            host_port: None,
+        };
+        let body = replica_body(body, 2, Some(port), true);
+        let env = body.env.as_ref().unwrap();
+        assert!(env.contains(&"RUNPLANE_REPLICA=2".to_string()));
+        assert!(env.contains(&"RUNPLANE_PORT=8080".to_string()));
+        assert_eq!(replica_of(body.labels.as_ref().unwrap()), Some(2));
+        let bindings = body.host_config.unwrap().port_bindings.unwrap();
+        let binding = &bindings["8080/tcp"].as_ref().unwrap()[0];
+        assert_eq!(binding.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(binding.host_port.as_deref(), Some(""));
+    }
+
+    #[test]
+    fn bad_volumes_and_limits_name_their_field() {
+        let error = |job: Job| {
+            create_body("img", "/home", &execution(), &job, Path::new("/a")).unwrap_err()
+        };
+        let volume = |host: &str, container: &str| Job {
+            volumes: vec![Volume {
+                host_path: host.into(),
+                container_path: container.into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        assert!(error(volume("rel", "/x")).starts_with("volumes[0].host_path"));
+        assert!(error(volume("/", "x")).starts_with("volumes[0].container_path"));
+        assert!(error(volume("/a:b", "/x")).starts_with("volumes[0].host_path"));
+        assert!(error(volume("/", WORK_MOUNT)).contains("runplane's own mounts"));
+        assert!(error(volume("/no/such/folder", "/x")).contains("does not exist"));
+        let limits = |cpus, memory| Job {
+            limits: Some(Limits {
+                cpus,
+                memory_bytes: memory,
+            }),
+            ..Default::default()
+        };
+        assert!(error(limits(Some(0.0), None)).starts_with("limits.cpus"));
+        assert!(error(limits(Some(f64::NAN), None)).starts_with("limits.cpus"));
+        assert!(error(limits(None, Some(1024))).starts_with("limits.memory_bytes"));
+    }
+}
