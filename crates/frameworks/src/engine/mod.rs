@@ -4,7 +4,11 @@
 //! The attempt folder `<runs_dir>/<run id>/<attempt>` holds `work/` (the job's files, mounted
 //! as the working directory) and `outputs/` (mounted at `RUNPLANE_OUTPUTS`, collected when the
 //! container exits). The container's labels (`runplane.run`, `runplane.attempt`,
-//! `runplane.home`) are what a restarted server finds it by; nothing else is stored.
+//! `runplane.home`) are what a restarted server finds it by; nothing else is stored for a job.
+//!
+//! A service attempt is one container per replica (label `runplane.replica`), all mounting the
+//! same attempt folder, which also keeps `service.json` (its spec and desired count) for a
+//! restarted server (`service.rs`).
 
 mod build;
 mod container;
