@@ -313,29 +313,6 @@ async fn a_missing_image_fails_the_start_and_leaves_nothing() {
 }
 
 #[tokio::test]
-async fn services_are_refused_for_now() {
-    let h = harness().await;
-    let service = runplane_domain::Service {
-        replica: sh("true"),
-        replicas: 1,
-        readiness_path: "/".into(),
-        ready_timeout_seconds: 5,
-        port: None,
-        http: true,
-    };
-    let error = h
-        .framework
-        .start(exec("svc"), Runnable::Service(service))
-        .await
-        .expect_err("services are not supported");
-    assert!(error.to_string().contains("not supported"), "{error}");
-    assert!(matches!(
-        h.framework.scale(&exec("svc"), 2).await,
-        Err(FrameworkError::NotAService(_))
-    ));
-}
-
-#[tokio::test]
 async fn a_new_instance_recovers_running_containers_and_reports_missing_ones() {
     let h = harness().await;
     let running = exec("survivor");

@@ -10,7 +10,7 @@ use bollard::query_parameters::{LogsOptionsBuilder, WaitContainerOptions};
 use bollard::Docker;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use runplane_domain::ExitOutcome;
+use runplane_domain::{reason, ExitOutcome, Failure};
 use runplane_logstore::file::{FileLogStore, FileLogWriter};
 use runplane_logstore::{LogStore, LogWriter, Stream};
 use std::path::PathBuf;
@@ -93,46 +93,75 @@ impl Follow {
         }
         drop(writer);
 
-        let code = self.exit_code().await?;
-        // The engine reports a job killed by a signal as 128 + the signal (Docker's
-        // convention, which the init process keeps).
-        let (exit_code, signal) = match code {
-            129..=192 => (None, Some(code - 128)),
-            _ => (Some(code), None),
-        };
+        let code = exit_code(&self.docker, &self.container).await?;
+        let (exit_code, signal) = split_code(code);
+        let failure = oom_killed(&self.docker, &self.container, code)
+            .await
+            .then(|| Failure {
+                reason: reason::OOM_KILLED.to_string(),
+                message: "the container went past its memory limit and was killed".to_string(),
+            });
         Ok(ExitOutcome {
             exit_code,
             signal,
             outputs: collect_outputs(&self.outputs_dir),
-            failure: None,
+            failure,
         })
     }
+}
 
-    async fn exit_code(&self) -> Result<i32, String> {
-        let options = WaitContainerOptions {
-            condition: "not-running".to_string(),
-        };
-        let mut wait = self.docker.wait_container(&self.container, Some(options));
-        match wait.next().await {
-            Some(Ok(response)) => return Ok(clamp(response.status_code)),
-            // A non-zero exit is an error carrying the code.
-            Some(Err(DockerError::DockerContainerWaitError { code, .. })) => {
-                return Ok(clamp(code))
-            }
-            Some(Err(e)) => tracing::debug!("wait on {}: {e}; inspecting", self.container),
-            None => {}
-        }
-        let inspected = self
-            .docker
-            .inspect_container(&self.container, None)
-            .await
-            .map_err(|e| format!("container {} vanished: {e}", self.container))?;
-        inspected
-            .state
-            .and_then(|state| state.exit_code)
-            .map(clamp)
-            .ok_or_else(|| format!("container {} has no exit code", self.container))
+/// The engine reports a process killed by a signal as 128 + the signal (Docker's convention,
+/// which the init process keeps): `(exit code, signal)`.
+pub(super) fn split_code(code: i32) -> (Option<i32>, Option<i32>) {
+    match code {
+        129..=192 => (None, Some(code - 128)),
+        _ => (Some(code), None),
     }
+}
+
+/// Waits for `container` to stop running; its exit code.
+pub(super) async fn exit_code(docker: &Docker, container: &str) -> Result<i32, String> {
+    let options = WaitContainerOptions {
+        condition: "not-running".to_string(),
+    };
+    let mut wait = docker.wait_container(container, Some(options));
+    match wait.next().await {
+        Some(Ok(response)) => return Ok(clamp(response.status_code)),
+        // A non-zero exit is an error carrying the code.
+        Some(Err(DockerError::DockerContainerWaitError { code, .. })) => return Ok(clamp(code)),
+        Some(Err(e)) => tracing::debug!("wait on {container}: {e}; inspecting"),
+        None => {}
+    }
+    let inspected = docker
+        .inspect_container(container, None)
+        .await
+        .map_err(|e| format!("container {container} vanished: {e}"))?;
+    inspected
+        .state
+        .and_then(|state| state.exit_code)
+        .map(clamp)
+        .ok_or_else(|| format!("container {container} has no exit code"))
+}
+
+/// Whether the container that ended with `code` was killed for its memory limit: the
+/// engine's word, or the kernel's when the engine cannot tell (see `oom.rs`).
+pub(super) async fn oom_killed(docker: &Docker, container: &str, code: i32) -> bool {
+    let engine_says = docker
+        .inspect_container(container, None)
+        .await
+        .ok()
+        .and_then(|inspected| inspected.state?.oom_killed)
+        .unwrap_or(false);
+    if engine_says {
+        return true;
+    }
+    if code != 128 + 9 {
+        return false;
+    }
+    let id = container.to_string();
+    tokio::task::spawn_blocking(move || super::oom::kernel_killed(&id))
+        .await
+        .unwrap_or(false)
 }
 
 fn clamp(code: i64) -> i32 {
@@ -141,7 +170,7 @@ fn clamp(code: i64) -> i32 {
 
 /// The log writer of the attempt. A follower of the same attempt that was just aborted (the
 /// previous framework instance in this process) may still hold its lock for a moment.
-async fn open_writer(
+pub(super) async fn open_writer(
     logs: &FileLogStore,
     execution: &ExecutionId,
 ) -> Result<FileLogWriter, String> {
@@ -172,7 +201,7 @@ fn last_record_time(logs: &FileLogStore, execution: &ExecutionId) -> Option<Date
 }
 
 /// `2024-01-02T03:04:05.123456789Z <data>`: the engine's time of the line and the line.
-fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
+pub(super) fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
     if let Some(space) = message.iter().position(|b| *b == b' ') {
         if let Some(time) = std::str::from_utf8(&message[..space])
             .ok()
@@ -234,15 +263,18 @@ impl<'r> Lines<'r> {
                     "log limit of {} bytes reached: the rest of the output is discarded\n",
                     self.limit
                 );
-                self.end = writer
+                writer
                     .append(Stream::System, Utc::now(), note.as_bytes())
                     .map_err(|e| format!("cannot write the log: {e}"))?;
+                self.end = writer.end_offset();
                 continue;
             }
             self.written += record.len() as u64;
-            self.end = writer
+            writer
                 .append(stream, time, &record)
                 .map_err(|e| format!("cannot write the log: {e}"))?;
+            // The log's end, not the record's start: what `LogAppended` promises.
+            self.end = writer.end_offset();
         }
         Ok(())
     }

@@ -4,14 +4,26 @@
 //! The attempt folder `<runs_dir>/<run id>/<attempt>` holds `work/` (the job's files, mounted
 //! as the working directory) and `outputs/` (mounted at `RUNPLANE_OUTPUTS`, collected when the
 //! container exits). The container's labels (`runplane.run`, `runplane.attempt`,
-//! `runplane.home`) are what a restarted server finds it by; nothing else is stored.
+//! `runplane.home`) are what a restarted server finds it by; nothing else is stored for a job.
+//!
+//! A service attempt is one container per replica (label `runplane.replica`), all mounting the
+//! same attempt folder, which also keeps `service.json` (its spec and desired count) for a
+//! restarted server (`service.rs`).
 
 mod build;
 mod container;
+mod copied;
 mod follow;
+mod oom;
+mod probe;
+mod replica;
 mod service;
+mod service_log;
 
-pub use container::{LABEL_ATTEMPT, LABEL_HOME, LABEL_RUN, OUTPUTS_MOUNT, WORK_MOUNT};
+pub use container::{
+    DEFAULT_SERVICE_PORT, LABEL_ATTEMPT, LABEL_HOME, LABEL_REPLICA, LABEL_RUN, OUTPUTS_MOUNT,
+    WORK_MOUNT,
+};
 
 use crate::local::capture::Redactor;
 use crate::local::prepare::attempt_dir;
@@ -54,6 +66,8 @@ pub struct EngineFramework {
     events: EventSender,
     followed: Arc<Mutex<HashMap<ExecutionId, Followed>>>,
     builds: build::Builds,
+    /// Service executions, each kept by a task of its own (`service.rs`).
+    services: Arc<Mutex<HashMap<ExecutionId, service::ServiceHandle>>>,
 }
 
 struct Followed {
@@ -87,6 +101,7 @@ impl EngineFramework {
             events,
             followed: Arc::new(Mutex::new(HashMap::new())),
             builds: build::Builds::default(),
+            services: Arc::new(Mutex::new(HashMap::new())),
         })
     }
 
@@ -97,6 +112,10 @@ impl EngineFramework {
 
     fn followed(&self) -> MutexGuard<'_, HashMap<ExecutionId, Followed>> {
         self.followed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn services(&self) -> MutexGuard<'_, HashMap<ExecutionId, service::ServiceHandle>> {
+        self.services.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn attempt_dir(&self, execution: &ExecutionId) -> Result<PathBuf, FrameworkError> {
@@ -196,7 +215,13 @@ impl EngineFramework {
         let dir = attempt_dir(&self.options.runs_dir, execution)?;
         container::materialize(&dir, job)?;
         let image = job.image.as_deref().unwrap_or(&self.options.default_image);
-        let body = container::create_body(image, &self.home, execution, job, &dir);
+        let body = match container::create_body(image, &self.home, execution, job, &dir) {
+            Ok(body) => body,
+            Err(why) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(why);
+            }
+        };
         let created = match self
             .docker
             .create_container(None::<CreateContainerOptions>, body)
@@ -242,6 +267,9 @@ impl Drop for EngineFramework {
             followed.task.abort();
         }
         self.builds.abort_all();
+        for (_, service) in self.services().drain() {
+            service.abort();
+        }
     }
 }
 
@@ -275,7 +303,9 @@ impl Framework for EngineFramework {
         for (id, execution, running) in found {
             if wanted.contains(&execution) {
                 by_execution.insert(execution, (id, running));
-            } else if !self.followed().contains_key(&execution) {
+            } else if !self.followed().contains_key(&execution)
+                && !self.services().contains_key(&execution)
+            {
                 // Ended but never cleaned up: a crash between recording its end and cleanup.
                 let _ = self.remove(&id).await;
                 if let Ok(dir) = attempt_dir(&self.options.runs_dir, &execution) {
@@ -292,7 +322,16 @@ impl Framework for EngineFramework {
             }
         }
         for execution in executions {
-            if self.followed().contains_key(&execution) || self.builds.contains(&execution) {
+            if self.followed().contains_key(&execution)
+                || self.builds.contains(&execution)
+                || self.services().contains_key(&execution)
+            {
+                continue;
+            }
+            if self.is_service(&execution) {
+                if let Err(message) = self.recover_service(&execution).await {
+                    self.emit(&execution, EventKind::Lost { message });
+                }
                 continue;
             }
             let Some((container, running)) = by_execution.remove(&execution) else {
@@ -322,6 +361,10 @@ impl Framework for EngineFramework {
 
     async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
         if self.stop_build(execution) {
+            return Ok(());
+        }
+        if let Some(service) = self.services().get(execution) {
+            service.stop();
             return Ok(());
         }
         let known = self
@@ -358,12 +401,22 @@ impl Framework for EngineFramework {
         Ok(())
     }
 
-    async fn scale(&self, execution: &ExecutionId, _replicas: u32) -> Result<(), FrameworkError> {
-        Err(FrameworkError::NotAService(execution.clone()))
+    async fn scale(&self, execution: &ExecutionId, replicas: u32) -> Result<(), FrameworkError> {
+        match self.services().get(execution) {
+            Some(service) => {
+                service.scale(replicas);
+                Ok(())
+            }
+            None => Err(FrameworkError::NotAService(execution.clone())),
+        }
     }
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
         self.builds.forget(execution);
+        if let Some(service) = self.services().remove(execution) {
+            // Ended already, or given up on: whatever it left is removed below.
+            service.abort();
+        }
         let followed = self.followed().remove(execution);
         let containers = match followed {
             Some(followed) => vec![followed.container],
