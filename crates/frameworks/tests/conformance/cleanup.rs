@@ -31,7 +31,10 @@ pub async fn cleanup_removes_working_state_and_keeps_the_log<P: Platform>() -> T
     h.stop(&execution).await?;
     exited(&h.until_end(&execution).await?)?;
     let state = h.working_state(&execution).await?;
-    ensure!(!state.is_empty(), "an ended execution keeps its working state until cleanup");
+    ensure!(
+        !state.is_empty(),
+        "an ended execution keeps its working state until cleanup"
+    );
     h.cleanup(&execution).await?;
     let state = h.working_state(&execution).await?;
     ensure!(state.is_empty(), "cleanup leaves nothing: {state:?}");

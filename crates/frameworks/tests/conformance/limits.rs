@@ -41,9 +41,15 @@ pub async fn output_past_the_log_limit_is_discarded_with_one_marker<P: Platform>
         stdout.len()
     );
     for (i, line) in stdout.iter().enumerate() {
-        ensure!(line.starts_with(&format!("line {i} ")), "in order: {i}: {line:?}");
+        ensure!(
+            line.starts_with(&format!("line {i} ")),
+            "in order: {i}: {line:?}"
+        );
     }
     let kept: u64 = records.iter().map(|r| r.data.len() as u64).sum();
-    ensure!(kept <= limit + 200, "the log stops near the limit: {kept} bytes");
+    ensure!(
+        kept <= limit + 200,
+        "the log stops near the limit: {kept} bytes"
+    );
     Ok(())
 }

@@ -1,8 +1,39 @@
 //! stdout and stderr into the log store: the right stream, in order, complete.
 
-use super::{exec, shell, Harness, Platform};
+use super::{exec, exited, shell, Harness, Platform};
 use crate::support::TestResult;
+use runplane_frameworks::EventKind;
 use runplane_logstore::Stream;
+
+/// `LogAppended { end_offset }` says where the log now ends: the last one before `Exited` is
+/// the log's end, whether the job wrote one line or many (a reader that trusts it misses
+/// nothing).
+pub async fn log_appended_announces_the_whole_log<P: Platform>() -> TestResult {
+    let mut h = Harness::<P>::new("announced").await?;
+    for (name, script) in [
+        ("one-line", "echo only"),
+        ("lines", "echo a; echo b >&2; echo c"),
+    ] {
+        let execution = exec(name);
+        h.start(&execution, shell(script)).await?;
+        let kinds = h.until_end(&execution).await?;
+        exited(&kinds)?;
+        let announced: Vec<u64> = kinds
+            .iter()
+            .filter_map(|k| match k {
+                EventKind::LogAppended { end_offset } => Some(*end_offset),
+                _ => None,
+            })
+            .collect();
+        let end = h.log_end(&execution)?;
+        ensure!(end > 0, "{name}: the job's output is logged");
+        ensure!(
+            announced.last() == Some(&end),
+            "{name}: the last LogAppended of {announced:?} is the log's end {end}"
+        );
+    }
+    Ok(())
+}
 
 pub async fn stdout_and_stderr_are_logged_by_stream_in_order<P: Platform>() -> TestResult {
     let mut h = Harness::<P>::new("streams").await?;
@@ -23,9 +54,15 @@ pub async fn stdout_and_stderr_are_logged_by_stream_in_order<P: Platform>() -> T
         "stdout records: {stdout:?}"
     );
     let stderr = h.lines(&execution, Stream::Stderr)?;
-    ensure!(stderr == ["err 1\n", "err 2\n"], "stderr records: {stderr:?}");
+    ensure!(
+        stderr == ["err 1\n", "err 2\n"],
+        "stderr records: {stderr:?}"
+    );
     let system = h.lines(&execution, Stream::System)?;
-    ensure!(system.is_empty(), "no system records for a plain run: {system:?}");
+    ensure!(
+        system.is_empty(),
+        "no system records for a plain run: {system:?}"
+    );
     Ok(())
 }
 
@@ -44,7 +81,14 @@ pub async fn a_burst_of_lines_is_logged_complete<P: Platform>() -> TestResult {
         .await?;
     ensure!(outcome.exit_code == Some(0), "{outcome:?}");
     let stdout = h.lines(&execution, Stream::Stdout)?;
-    ensure!(stdout.len() == 10000, "{} stdout records", stdout.len());
+    let first_missing = (0..10000).find(|i| stdout.get(*i) != Some(&format!("line {i}\n")));
+    ensure!(
+        stdout.len() == 10000,
+        "{} stdout records; the first one missing or wrong: line {first_missing:?}; the last \
+         one: {:?}",
+        stdout.len(),
+        stdout.last()
+    );
     for (i, line) in stdout.iter().enumerate() {
         ensure!(*line == format!("line {i}\n"), "record {i}: {line:?}");
     }

@@ -60,15 +60,19 @@ pub async fn recover_reports_a_job_that_ended_while_down<P: Platform>() -> TestR
     h.recover(std::slice::from_ref(&execution)).await?;
     let kinds = h.until_end(&execution).await?;
     ensure!(
-        kinds
-            .iter()
-            .all(|k| matches!(k, EventKind::Started | EventKind::LogAppended { .. } | EventKind::Exited(_))),
+        kinds.iter().all(|k| matches!(
+            k,
+            EventKind::Started | EventKind::LogAppended { .. } | EventKind::Exited(_)
+        )),
         "{kinds:?}"
     );
     let outcome = exited(&kinds)?;
     ensure!(
         outcome.exit_code == Some(4)
-            && outcome.outputs.get("done.txt").map(|f| f.contents.as_slice())
+            && outcome
+                .outputs
+                .get("done.txt")
+                .map(|f| f.contents.as_slice())
                 == Some(b"done\n".as_slice()),
         "its real outcome: {outcome:?}"
     );

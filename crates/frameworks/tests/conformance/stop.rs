@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 pub async fn stop_reaches_a_job_that_handles_sigterm<P: Platform>() -> TestResult {
     let mut h = Harness::<P>::new("graceful").await?;
     let execution = exec("graceful");
-    let mut job = shell(
-        "trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done",
-    );
+    let mut job =
+        shell("trap 'echo got TERM; exit 0' TERM; echo ready; while true; do sleep 0.1; done");
     job.stop_grace_seconds = 30;
     h.start(&execution, job).await?;
     h.until_started(&execution).await?;

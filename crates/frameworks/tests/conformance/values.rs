@@ -36,7 +36,14 @@ pub async fn files_env_and_outputs_reach_and_leave_the_job<P: Platform>() -> Tes
     ensure!(outcome.exit_code == Some(0), "{outcome:?}");
     let stdout = h.lines(&execution, Stream::Stdout)?;
     ensure!(
-        stdout == ["input data\n", "640\n", "755\n", "arg hello world\n", "absent\n"],
+        stdout
+            == [
+                "input data\n",
+                "640\n",
+                "755\n",
+                "arg hello world\n",
+                "absent\n"
+            ],
         "files, modes, argv and env as the job saw them: {stdout:?}"
     );
     let result = outcome
@@ -78,7 +85,10 @@ pub async fn secrets_are_usable_but_redacted_from_the_log<P: Platform>() -> Test
         .outputs
         .get("token.txt")
         .ok_or_else(|| format!("no token.txt output: {outcome:?}"))?;
-    ensure!(token.contents == secret.as_bytes(), "the job read the secret: {token:?}");
+    ensure!(
+        token.contents == secret.as_bytes(),
+        "the job read the secret: {token:?}"
+    );
     ensure!(
         h.lines(&execution, Stream::Stdout)? == [format!("token={REDACTED}\n")],
         "{:?}",

@@ -291,6 +291,11 @@ pub fn run_suite(tests: &[(&str, TestFn)], known_failures: &[(&str, &str)]) {
     let skipped: Vec<_> = tests
         .iter()
         .filter(|(name, _)| !selected.iter().any(|(s, _)| s == name))
+        .filter(|(name, _)| match &filter {
+            None => true,
+            Some(f) if exact => name == f,
+            Some(f) => name.contains(f.as_str()),
+        })
         .filter_map(|(name, _)| known(name))
         .collect();
     for (name, reason) in &skipped {
