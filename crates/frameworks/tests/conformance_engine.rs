@@ -9,7 +9,7 @@
 mod support;
 mod conformance;
 
-use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::{ListContainersOptions, RemoveContainerOptions};
 use bollard::Docker;
 use conformance::{Platform, SERVER_ONLY_VAR, SHELL_IMAGE};
 use runplane_frameworks::engine::{
@@ -27,9 +27,8 @@ fn socket() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET))
 }
 
-/// The containers of `execution` under the framework home `runs`, with whether each runs.
-async fn containers(runs: &Path, execution: &ExecutionId) -> Result<Vec<(String, bool)>, String> {
-    let docker = Docker::connect_with_unix(
+async fn docker() -> Result<Docker, String> {
+    Docker::connect_with_unix(
         &socket().to_string_lossy(),
         60,
         bollard::API_DEFAULT_VERSION,
@@ -37,16 +36,23 @@ async fn containers(runs: &Path, execution: &ExecutionId) -> Result<Vec<(String,
     .map_err(|e| format!("connect to the engine: {e}"))?
     .negotiate_version()
     .await
-    .map_err(|e| format!("the engine does not answer: {e}"))?;
+    .map_err(|e| format!("the engine does not answer: {e}"))
+}
+
+/// The containers of `execution` (all of them when `None`) under the framework home `runs`,
+/// with whether each runs.
+async fn containers(
+    runs: &Path,
+    execution: Option<&ExecutionId>,
+) -> Result<Vec<(String, bool)>, String> {
+    let docker = docker().await?;
     let home = std::path::absolute(runs).map_err(|e| e.to_string())?;
-    let filters = HashMap::from([(
-        "label".to_string(),
-        vec![
-            format!("{LABEL_HOME}={}", home.display()),
-            format!("{LABEL_RUN}={}", execution.run_id),
-            format!("{LABEL_ATTEMPT}={}", execution.attempt),
-        ],
-    )]);
+    let mut labels = vec![format!("{LABEL_HOME}={}", home.display())];
+    if let Some(execution) = execution {
+        labels.push(format!("{LABEL_RUN}={}", execution.run_id));
+        labels.push(format!("{LABEL_ATTEMPT}={}", execution.attempt));
+    }
+    let filters = HashMap::from([("label".to_string(), labels)]);
     let found = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
@@ -91,7 +97,7 @@ impl Platform for Engine {
     }
 
     async fn still_running(runs: &Path, execution: &ExecutionId) -> Result<Vec<String>, String> {
-        Ok(containers(runs, execution)
+        Ok(containers(runs, Some(execution))
             .await?
             .into_iter()
             .filter(|(_, running)| *running)
@@ -100,13 +106,13 @@ impl Platform for Engine {
     }
 
     async fn has_ended(runs: &Path, execution: &ExecutionId) -> Result<bool, String> {
-        let found = containers(runs, execution).await?;
+        let found = containers(runs, Some(execution)).await?;
         Ok(!found.is_empty() && found.iter().all(|(_, running)| !running))
     }
 
     /// The container (any state) and the attempt folder it mounts.
     async fn working_state(runs: &Path, execution: &ExecutionId) -> Result<Vec<String>, String> {
-        let mut state: Vec<String> = containers(runs, execution)
+        let mut state: Vec<String> = containers(runs, Some(execution))
             .await?
             .into_iter()
             .map(|(id, _)| format!("container {id}"))
@@ -118,6 +124,40 @@ impl Platform for Engine {
             state.push(dir.display().to_string());
         }
         Ok(state)
+    }
+
+    /// Force-removes every container of this home: scenarios that fail half-way, and those
+    /// that do not get to `cleanup`, leave none in the engine. On a thread of its own because
+    /// it runs from `Drop`, inside the test's runtime.
+    fn discard(runs: &Path) {
+        let runs = runs.to_path_buf();
+        let removed = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            runtime.block_on(async {
+                let docker = docker().await?;
+                for (id, _) in containers(&runs, None).await? {
+                    let options = RemoveContainerOptions {
+                        force: true,
+                        v: true,
+                        ..Default::default()
+                    };
+                    docker
+                        .remove_container(&id, Some(options))
+                        .await
+                        .map_err(|e| format!("remove container {id}: {e}"))?;
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .join();
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("    leftover containers: {e}"),
+            Err(_) => eprintln!("    leftover containers: the removal panicked"),
+        }
     }
 }
 

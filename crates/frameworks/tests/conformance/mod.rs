@@ -106,6 +106,9 @@ pub trait Platform: Sized {
     async fn has_ended(runs: &Path, execution: &ExecutionId) -> Result<bool, String>;
     /// The working state the execution leaves until `cleanup` (folders, containers).
     async fn working_state(runs: &Path, execution: &ExecutionId) -> Result<Vec<String>, String>;
+    /// Removes, when the harness goes away, what its executions left outside its temporary
+    /// folder (containers), whether or not the scenario got to clean up. Blocking.
+    fn discard(runs: &Path);
 }
 
 /// One framework under test, with everything a scenario looks at.
@@ -117,6 +120,13 @@ pub struct Harness<P: Platform> {
     events: mpsc::UnboundedReceiver<FrameworkEvent>,
     /// The unique marker every job of this harness carries in its environment.
     pub marker: String,
+}
+
+impl<P: Platform> Drop for Harness<P> {
+    fn drop(&mut self) {
+        self.framework = None;
+        P::discard(&self.runs);
+    }
 }
 
 impl<P: Platform> Harness<P> {
