@@ -40,8 +40,9 @@ pub async fn recover_follows_a_running_job_again<P: Platform>() -> TestResult {
 }
 
 /// The job ends while no framework runs: the next instance reports `Exited` with its real
-/// code and outputs (never a second start). The trait allows nothing but `Exited` here;
-/// `Started`/`LogAppended` before it are tolerated (see the report of this suite).
+/// code and outputs (never a second start), and its log holds what it wrote meanwhile. The
+/// trait's doc names only `Exited` here, but `local` sends `Started` first (engine does not):
+/// `Started`/`LogAppended` before `Exited` are tolerated until the doc or local is settled.
 pub async fn recover_reports_a_job_that_ended_while_down<P: Platform>() -> TestResult {
     let mut h = Harness::<P>::new("ended").await?;
     let execution = exec("ended");
