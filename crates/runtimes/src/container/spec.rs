@@ -631,7 +631,10 @@ fn read_context(value: &Value, config: &ContainerConfig, problems: &mut Problems
         problems.add(format!("build.context.{key}"), problem);
     }
     let Some(archive_value) = context.get("archive") else {
-        problems.add("build.context.archive", "is required");
+        // A `path` left unpacked was reported above, which says what to send instead.
+        if !context.contains_key("path") {
+            problems.add("build.context.archive", "is required");
+        }
         return None;
     };
     let archive_text = read_string(archive_value, "build.context.archive", problems)?;
