@@ -93,7 +93,10 @@ fn uuid_like() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("0190d7a8-0000-7000-8000-{:012x}", (nanos ^ u128::from(std::process::id())) & 0xffff_ffff_ffff)
+    format!(
+        "0190d7a8-0000-7000-8000-{:012x}",
+        (nanos ^ u128::from(std::process::id())) & 0xffff_ffff_ffff
+    )
 }
 
 /// Runs `job` as the engine framework does and collects its outputs.
@@ -209,12 +212,20 @@ fn a_failing_job_reports_its_exit_code() {
     let got = run_job(&runtime, &run_of(&runtime, &spec, "job", json!({})));
     assert_eq!(
         (got.state, got.reason.as_str(), got.message.as_deref()),
-        (RunState::Error, "failed", Some("the container exited with code 7"))
+        (
+            RunState::Error,
+            "failed",
+            Some("the container exited with code 7")
+        )
     );
     // Killed by a signal: the engine reports 128 + the signal.
     let spec = json!({"image": BUSYBOX, "command": ["/bin/sh", "-c", "kill -9 $$"]});
     let got = run_job(&runtime, &run_of(&runtime, &spec, "job", json!({})));
-    assert_eq!((got.state, got.reason.as_str()), (RunState::Error, "killed"), "{got:?}");
+    assert_eq!(
+        (got.state, got.reason.as_str()),
+        (RunState::Error, "killed"),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -270,7 +281,11 @@ fn a_built_image_becomes_a_version_whose_job_runs_it() {
         &build.image,
         context.path().to_str().unwrap(),
     ]);
-    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
     let id = String::from_utf8_lossy(&built.stdout).trim().to_string();
     let image_json = serde_json::to_vec(&BuiltImage {
         image: build.image.clone(),
@@ -291,14 +306,22 @@ fn a_built_image_becomes_a_version_whose_job_runs_it() {
         failure: None,
     };
     let got = runtime.interpret(&run, &ended);
-    assert_eq!((got.state, got.reason.as_str()), (RunState::Completed, "succeeded"), "{got:?}");
+    assert_eq!(
+        (got.state, got.reason.as_str()),
+        (RunState::Completed, "succeeded"),
+        "{got:?}"
+    );
     let new_version = got.new_version.expect("a new version");
     assert_eq!(new_version["image"], build.image.as_str());
 
     let job_run = run_of(&runtime, &new_version, "job", json!({}));
     let result = run_job(&runtime, &job_run);
     let removed = podman(&["rmi", "-f", &build.image]);
-    assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
     assert_eq!(
         (result.state, result.results),
         (RunState::Completed, Some(json!({"built": "yes"})))

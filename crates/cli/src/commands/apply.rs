@@ -221,7 +221,9 @@ mod tests {
         let error =
             pack_path_field(&mut value, "/spec/build/context", dir.path(), "f.yaml").unwrap_err();
         assert!(
-            error.message.starts_with("f.yaml: spec.build.context.path: "),
+            error
+                .message
+                .starts_with("f.yaml: spec.build.context.path: "),
             "{}",
             error.message
         );

@@ -115,7 +115,9 @@ pub(crate) fn interpret(run: &Run, outcome: &ExitOutcome) -> Interpretation {
             run,
             format!("the build exited with code {code} while stopping"),
         ),
-        (None, Some(signal)) if stopping => stopped(run, format!("the build ended by signal {signal}")),
+        (None, Some(signal)) if stopping => {
+            stopped(run, format!("the build ended by signal {signal}"))
+        }
         (Some(code), _) => error(
             reason::BUILD_FAILED,
             format!("the build exited with code {code}; its output is in the run's log"),
@@ -270,7 +272,9 @@ mod tests {
             "build",
             json!({}),
         );
-        assert!(build_of(&run, ContainerConfig::default()).context.is_empty());
+        assert!(build_of(&run, ContainerConfig::default())
+            .context
+            .is_empty());
     }
 
     #[test]
@@ -312,7 +316,10 @@ mod tests {
             &run,
             &outcome(Some(0), None, &[(BUILD_OUTPUT, &image_json(tag, None))]),
         );
-        assert_eq!((got.state, got.reason.as_str()), (RunState::Completed, "succeeded"));
+        assert_eq!(
+            (got.state, got.reason.as_str()),
+            (RunState::Completed, "succeeded")
+        );
         assert_eq!(
             got.results,
             Some(json!({
@@ -326,27 +333,41 @@ mod tests {
         expected["built_from"] = json!({"version": VERSION, "run": RUN_ID});
         assert_eq!(new_version, expected);
         // What the controller stores is a valid spec as it is: build kept, command kept.
-        assert_eq!(runtime.normalize_function(&new_version).unwrap(), new_version);
+        assert_eq!(
+            runtime.normalize_function(&new_version).unwrap(),
+            new_version
+        );
         assert_eq!(new_version["build"], run.spec.function_spec["build"]);
 
         // Pushed: the version names the digest.
         let digest = "127.0.0.1:5000/runplane/demo-hello@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let got = runtime.interpret(
             &run,
-            &outcome(Some(0), None, &[(BUILD_OUTPUT, &image_json(tag, Some(digest)))]),
+            &outcome(
+                Some(0),
+                None,
+                &[(BUILD_OUTPUT, &image_json(tag, Some(digest)))],
+            ),
         );
         assert_eq!(got.new_version.unwrap()["image"], digest);
         assert_eq!(got.results.unwrap()["digest"], digest);
 
         // A build-only function gets its first image.
-        let run = run_of(json!({"build": {"containerfile": CONTAINERFILE}}), "build", json!({}));
+        let run = run_of(
+            json!({"build": {"containerfile": CONTAINERFILE}}),
+            "build",
+            json!({}),
+        );
         let got = runtime.interpret(
             &run,
             &outcome(Some(0), None, &[(BUILD_OUTPUT, &image_json(tag, None))]),
         );
         let new_version = got.new_version.unwrap();
         assert_eq!(new_version["image"], tag);
-        assert_eq!(runtime.normalize_function(&new_version).unwrap(), new_version);
+        assert_eq!(
+            runtime.normalize_function(&new_version).unwrap(),
+            new_version
+        );
     }
 
     #[test]
@@ -354,28 +375,48 @@ mod tests {
         let runtime = ContainerRuntime::default();
         let run = run_of(build_spec(), "build", json!({}));
         let cases = [
-            (outcome(Some(0), None, &[]), "build_failed", "without image.json"),
+            (
+                outcome(Some(0), None, &[]),
+                "build_failed",
+                "without image.json",
+            ),
             (
                 outcome(Some(0), None, &[(BUILD_OUTPUT, b"{\"image\": 1}")]),
                 "build_failed",
                 "not a built image",
             ),
             (
-                outcome(Some(0), None, &[(BUILD_OUTPUT, &image_json("Bad Image", None))]),
+                outcome(
+                    Some(0),
+                    None,
+                    &[(BUILD_OUTPUT, &image_json("Bad Image", None))],
+                ),
                 "build_failed",
                 "unusable image",
             ),
-            (outcome(Some(1), None, &[]), "build_failed", "exited with code 1"),
+            (
+                outcome(Some(1), None, &[]),
+                "build_failed",
+                "exited with code 1",
+            ),
             (outcome(None, Some(9), &[]), "killed", "signal 9"),
             (outcome(None, None, &[]), "lost", "without an exit code"),
         ];
         for (ended, reason, message) in cases {
             let got = runtime.interpret(&run, &ended);
-            assert_eq!((got.state, got.reason.as_str()), (RunState::Error, reason), "{ended:?}");
+            assert_eq!(
+                (got.state, got.reason.as_str()),
+                (RunState::Error, reason),
+                "{ended:?}"
+            );
             assert!(got.message.as_deref().unwrap().contains(message), "{got:?}");
             assert_eq!((got.results, got.new_version), (None, None));
         }
-        let mut truncated = outcome(Some(0), None, &[(BUILD_OUTPUT, &image_json("localhost/a:b", None))]);
+        let mut truncated = outcome(
+            Some(0),
+            None,
+            &[(BUILD_OUTPUT, &image_json("localhost/a:b", None))],
+        );
         truncated.outputs.get_mut(BUILD_OUTPUT).unwrap().size = 1 << 30;
         assert_eq!(runtime.interpret(&run, &truncated).reason, "build_failed");
 
@@ -390,6 +431,9 @@ mod tests {
             message: None,
         });
         let got = runtime.interpret(&stopping, &outcome(None, Some(15), &[]));
-        assert_eq!((got.state, got.reason.as_str()), (RunState::Error, "timeout"));
+        assert_eq!(
+            (got.state, got.reason.as_str()),
+            (RunState::Error, "timeout")
+        );
     }
 }

@@ -156,7 +156,11 @@ mod tests {
 
         let got = problems(plain.clone(), "train", json!({}));
         assert_eq!(fields(&got), ["action"]);
-        assert!(got[0].1.contains("job, deploy, serve, build"), "{}", got[0].1);
+        assert!(
+            got[0].1.contains("job, deploy, serve, build"),
+            "{}",
+            got[0].1
+        );
 
         let runtime = ContainerRuntime::default();
         let error = runtime
@@ -168,7 +172,12 @@ mod tests {
     #[test]
     fn parameters_must_name_environment_variables() {
         let spec = busybox(json!({}));
-        assert!(problems(spec.clone(), "job", json!({"n": 1, "_x": "a", "Name2": null})).is_empty());
+        assert!(problems(
+            spec.clone(),
+            "job",
+            json!({"n": 1, "_x": "a", "Name2": null})
+        )
+        .is_empty());
         let got = problems(
             spec.clone(),
             "job",
@@ -176,8 +185,19 @@ mod tests {
         );
         let mut names = fields(&got);
         names.sort();
-        assert_eq!(names, ["parameters.", "parameters.2x", "parameters.a-b", "parameters.é"]);
-        assert!(got.iter().all(|(_, p)| p.contains("RUNPLANE_PARAM_")), "{got:?}");
+        assert_eq!(
+            names,
+            [
+                "parameters.",
+                "parameters.2x",
+                "parameters.a-b",
+                "parameters.é"
+            ]
+        );
+        assert!(
+            got.iter().all(|(_, p)| p.contains("RUNPLANE_PARAM_")),
+            "{got:?}"
+        );
 
         // `a` and `A` would be the same variable.
         let got = problems(spec.clone(), "job", json!({"A": 1, "a": 2}));

@@ -18,8 +18,9 @@
 //! [`Build`]: runplane_domain::Build
 
 // The python runtime's packed-source format is the build context's too; the module is private
-// to python/, so it is compiled here a second time rather than copied (to be shared later).
-#[allow(dead_code)]
+// to python/ (which another change owns right now), so it is compiled here a second time rather
+// than copied. To be moved to a module of its own that both runtimes use.
+#[allow(dead_code, clippy::duplicate_mod)]
 #[path = "../python/archive.rs"]
 mod archive;
 mod build;

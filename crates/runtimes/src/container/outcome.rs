@@ -73,7 +73,10 @@ pub(crate) fn interpret(
         }
         (None, Some(signal)) if is_crash(signal) => error(
             reason::FAILED,
-            format!("the container's process crashed with {}", describe_signal(signal)),
+            format!(
+                "the container's process crashed with {}",
+                describe_signal(signal)
+            ),
         ),
         (None, Some(signal)) => error(
             reason::KILLED,
@@ -200,11 +203,17 @@ pub(crate) mod tests {
 
     #[test]
     fn a_job_that_exits_0_completes_with_its_results() {
-        let got = interpret("job", &outcome(Some(0), None, &[("results.json", br#"{"a": [1, 2]}"#)]));
+        let got = interpret(
+            "job",
+            &outcome(Some(0), None, &[("results.json", br#"{"a": [1, 2]}"#)]),
+        );
         assert_eq!(summary(&got), (RunState::Completed, "succeeded", None));
         assert_eq!(got.results, Some(json!({"a": [1, 2]})));
         assert_eq!(got.new_version, None);
-        for files in [&[("results.json", &b"null"[..])][..], &[("other.txt", b"x")]] {
+        for files in [
+            &[("results.json", &b"null"[..])][..],
+            &[("other.txt", b"x")],
+        ] {
             let got = interpret("job", &outcome(Some(0), None, files));
             assert_eq!((got.state, got.results), (RunState::Completed, None));
         }
@@ -212,7 +221,10 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_results_are_invalid_output() {
-        let got = interpret("job", &outcome(Some(0), None, &[("results.json", b"{nope")]));
+        let got = interpret(
+            "job",
+            &outcome(Some(0), None, &[("results.json", b"{nope")]),
+        );
         assert_eq!(got.reason, "invalid_output");
         assert!(got.message.unwrap().contains("not valid JSON"));
         let big = vec![b'1'; 2 * 1024 * 1024];
@@ -230,17 +242,28 @@ pub(crate) mod tests {
         let got = interpret("job", &outcome(Some(3), None, &[("results.json", b"1")]));
         assert_eq!(
             summary(&got),
-            (RunState::Error, "failed", Some("the container exited with code 3"))
+            (
+                RunState::Error,
+                "failed",
+                Some("the container exited with code 3")
+            )
         );
         assert_eq!(got.results, None);
         let got = interpret("job", &outcome(None, Some(9), &[]));
         assert_eq!(
             summary(&got),
-            (RunState::Error, "killed", Some("killed by signal 9 (SIGKILL)"))
+            (
+                RunState::Error,
+                "killed",
+                Some("killed by signal 9 (SIGKILL)")
+            )
         );
         let got = interpret("job", &outcome(None, Some(11), &[]));
         assert_eq!(got.reason, "failed");
-        assert!(got.message.unwrap().contains("crashed with signal 11 (SIGSEGV)"));
+        assert!(got
+            .message
+            .unwrap()
+            .contains("crashed with signal 11 (SIGSEGV)"));
         assert_eq!(interpret("job", &outcome(None, None, &[])).reason, "lost");
     }
 
@@ -263,7 +286,10 @@ pub(crate) mod tests {
         assert_eq!(got.reason, "timeout");
         // A job that finished before the stop landed still succeeded.
         let got = runtime.interpret(&run, &outcome(Some(0), None, &[("results.json", b"7")]));
-        assert_eq!((got.state, got.results), (RunState::Completed, Some(json!(7))));
+        assert_eq!(
+            (got.state, got.results),
+            (RunState::Completed, Some(json!(7)))
+        );
     }
 
     #[test]

@@ -83,8 +83,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::Runtime;
     use runplane_domain::{
-        Limits, Resources, RunMetadata, RunSettings, RunSpec, RunState, RunStatus, Runnable,
-        Volume,
+        Limits, Resources, RunMetadata, RunSettings, RunSpec, RunState, RunStatus, Runnable, Volume,
     };
     use serde_json::{json, Map, Value};
     use std::collections::BTreeMap;
@@ -168,7 +167,11 @@ pub(crate) mod tests {
             "env": {"SHARED": "spec", "FROM_SPEC": "spec"},
             "volumes": [{"host_path": "/srv/data/", "container_path": "/data", "read_only": true}],
         }));
-        let mut run = run_of(spec, "job", json!({"name": "ada", "n": 3, "opts": {"a": [1]}}));
+        let mut run = run_of(
+            spec,
+            "job",
+            json!({"name": "ada", "n": 3, "opts": {"a": [1]}}),
+        );
         run.spec.settings.resources = Some(Resources {
             cpu: Some(0.5),
             memory: Some(json!("64Mi")),

@@ -124,7 +124,10 @@ mod tests {
             keys(&properties["volumes"]["items"]["properties"]),
             sorted(VOLUME_FIELDS)
         );
-        assert_eq!(keys(&properties["build"]["properties"]), sorted(BUILD_FIELDS));
+        assert_eq!(
+            keys(&properties["build"]["properties"]),
+            sorted(BUILD_FIELDS)
+        );
         assert_eq!(
             keys(&properties["build"]["properties"]["context"]["properties"]),
             sorted(CONTEXT_FIELDS)

@@ -140,26 +140,27 @@ pub(crate) fn normalize(spec: &Value, config: &ContainerConfig) -> Result<Value,
     let build = object
         .get("build")
         .and_then(|value| read_build(value, config, &mut problems));
-    let image = match object.get("image") {
-        Some(value) => read_string(value, "image", &mut problems).and_then(|image| {
-            match check_image_reference(&image) {
-                Ok(()) => Some(image),
-                Err(problem) => {
-                    problems.add("image", problem);
-                    None
+    let image =
+        match object.get("image") {
+            Some(value) => read_string(value, "image", &mut problems).and_then(|image| {
+                match check_image_reference(&image) {
+                    Ok(()) => Some(image),
+                    Err(problem) => {
+                        problems.add("image", problem);
+                        None
+                    }
                 }
+            }),
+            None => {
+                if !object.contains_key("build") {
+                    problems.add(
+                        "image",
+                        "is required (or give `build`: a build run makes a version with an image)",
+                    );
+                }
+                None
             }
-        }),
-        None => {
-            if !object.contains_key("build") {
-                problems.add(
-                    "image",
-                    "is required (or give `build`: a build run makes a version with an image)",
-                );
-            }
-            None
-        }
-    };
+        };
     let command = object
         .get("command")
         .map(|value| read_argv(value, "command", true, &mut problems))
@@ -328,12 +329,19 @@ pub(crate) fn check_image_reference(reference: &str) -> Result<(), String> {
                 && component.bytes().all(|b| {
                     b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
                 })
-                && component.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+                && component
+                    .bytes()
+                    .next()
+                    .is_some_and(|b| b.is_ascii_alphanumeric())
         };
         if !valid {
             return bad(&format!(
                 "{component:?} is not a valid {} (lowercase letters, digits, `.`, `_` and `-`)",
-                if is_host { "registry host" } else { "name component" }
+                if is_host {
+                    "registry host"
+                } else {
+                    "name component"
+                }
             ));
         }
         index += 1;
@@ -383,7 +391,10 @@ fn read_env(value: &Value, problems: &mut Problems) -> BTreeMap<String, String> 
     let Value::Object(map) = value else {
         problems.add(
             "env",
-            format!("must be a mapping of names to strings, not {}", type_name(value)),
+            format!(
+                "must be a mapping of names to strings, not {}",
+                type_name(value)
+            ),
         );
         return BTreeMap::new();
     };
@@ -447,7 +458,9 @@ fn read_readiness_path(
     {
         problems.add(
             "readiness_path",
-            format!("{path:?} is not a URL path such as /healthz (starting with /, without spaces)"),
+            format!(
+                "{path:?} is not a URL path such as /healthz (starting with /, without spaces)"
+            ),
         );
         return None;
     }
@@ -536,7 +549,9 @@ fn read_volumes(value: &Value, problems: &mut Problems) -> Vec<Volume> {
             {
                 problems.add(
                     &field,
-                    format!("{RESERVED_MOUNT} is reserved for the run's own folders (work, outputs)"),
+                    format!(
+                        "{RESERVED_MOUNT} is reserved for the run's own folders (work, outputs)"
+                    ),
                 );
             } else if !seen.insert(target.clone()) {
                 problems.add(&field, format!("{target} is mounted twice"));
@@ -553,7 +568,11 @@ fn read_volumes(value: &Value, problems: &mut Problems) -> Vec<Volume> {
     volumes
 }
 
-fn read_build(value: &Value, config: &ContainerConfig, problems: &mut Problems) -> Option<BuildSpec> {
+fn read_build(
+    value: &Value,
+    config: &ContainerConfig,
+    problems: &mut Problems,
+) -> Option<BuildSpec> {
     let Value::Object(build) = value else {
         problems.add(
             "build",
@@ -599,7 +618,12 @@ fn check_containerfile(text: &str) -> Result<(), String> {
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(|line| line.split_whitespace().next().unwrap_or("").to_ascii_uppercase())
+        .map(|line| {
+            line.split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_ascii_uppercase()
+        })
         .find(|instruction| instruction != "ARG");
     match first.as_deref() {
         Some("FROM") => Ok(()),
@@ -610,7 +634,11 @@ fn check_containerfile(text: &str) -> Result<(), String> {
     }
 }
 
-fn read_context(value: &Value, config: &ContainerConfig, problems: &mut Problems) -> Option<Context> {
+fn read_context(
+    value: &Value,
+    config: &ContainerConfig,
+    problems: &mut Problems,
+) -> Option<Context> {
     let Value::Object(context) = value else {
         problems.add(
             "build.context",
@@ -626,7 +654,10 @@ fn read_context(value: &Value, config: &ContainerConfig, problems: &mut Problems
             "is packed into `archive` by `runplane apply`; the server takes only `archive`"
                 .to_string()
         } else {
-            format!("unknown field; expected one of: {}", CONTEXT_FIELDS.join(", "))
+            format!(
+                "unknown field; expected one of: {}",
+                CONTEXT_FIELDS.join(", ")
+            )
         };
         problems.add(format!("build.context.{key}"), problem);
     }
@@ -722,7 +753,8 @@ mod tests {
     }
 
     fn with(extra: Value) -> Value {
-        let mut spec = json!({"image": "localhost/runplane-busybox:latest", "command": ["/bin/sh", "-c"]});
+        let mut spec =
+            json!({"image": "localhost/runplane-busybox:latest", "command": ["/bin/sh", "-c"]});
         if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
             spec.extend(extra.clone());
         }
@@ -777,7 +809,9 @@ mod tests {
             json!({"image": "localhost/runplane-busybox:latest", "command": ["/bin/sh", "-c"], "port": 80})
         );
         assert_eq!(
-            ContainerSpec::from_value(&minimal).unwrap().readiness_path(),
+            ContainerSpec::from_value(&minimal)
+                .unwrap()
+                .readiness_path(),
             "/"
         );
     }
@@ -797,7 +831,10 @@ mod tests {
             (with(json!({"command": []})), "command"),
             (with(json!({"command": [""]})), "command[0]"),
             (with(json!({"command": ["/bin/sh", 3]})), "command[1]"),
-            (with(json!({"command": ["/bin/sh", "a\u{0}b"]})), "command[1]"),
+            (
+                with(json!({"command": ["/bin/sh", "a\u{0}b"]})),
+                "command[1]",
+            ),
             (with(json!({"args": "echo"})), "args"),
             (with(json!({"args": ["ok", null]})), "args[1]"),
             (with(json!({"env": ["A=1"]})), "env"),
@@ -805,16 +842,31 @@ mod tests {
             (with(json!({"env": {"A": true}})), "env.A"),
             (with(json!({"env": {"1A": "x"}})), "env.1A"),
             (with(json!({"env": {"A-B": "x"}})), "env.A-B"),
-            (with(json!({"env": {"RUNPLANE_RUN_ID": "x"}})), "env.RUNPLANE_RUN_ID"),
+            (
+                with(json!({"env": {"RUNPLANE_RUN_ID": "x"}})),
+                "env.RUNPLANE_RUN_ID",
+            ),
             (with(json!({"env": {"A": "x\u{0}"}})), "env.A"),
             (with(json!({"port": 0})), "port"),
             (with(json!({"port": 70000})), "port"),
             (with(json!({"port": "80"})), "port"),
             (with(json!({"port": -1})), "port"),
-            (with(json!({"port": 80, "readiness_path": "healthz"})), "readiness_path"),
-            (with(json!({"port": 80, "readiness_path": "/a b"})), "readiness_path"),
-            (with(json!({"port": 80, "readiness_path": 1})), "readiness_path"),
-            (with(json!({"readiness_path": "/healthz"})), "readiness_path"),
+            (
+                with(json!({"port": 80, "readiness_path": "healthz"})),
+                "readiness_path",
+            ),
+            (
+                with(json!({"port": 80, "readiness_path": "/a b"})),
+                "readiness_path",
+            ),
+            (
+                with(json!({"port": 80, "readiness_path": 1})),
+                "readiness_path",
+            ),
+            (
+                with(json!({"readiness_path": "/healthz"})),
+                "readiness_path",
+            ),
             (with(json!({"volumes": {"host_path": "/a"}})), "volumes"),
             (with(json!({"volumes": ["/a:/b"]})), "volumes[0]"),
             (
@@ -838,15 +890,21 @@ mod tests {
                 "volumes[0].container_path",
             ),
             (
-                with(json!({"volumes": [{"host_path": "/a", "container_path": "/runplane/outputs"}]})),
+                with(
+                    json!({"volumes": [{"host_path": "/a", "container_path": "/runplane/outputs"}]}),
+                ),
                 "volumes[0].container_path",
             ),
             (
-                with(json!({"volumes": [{"host_path": "/a", "container_path": "/b", "read_only": "yes"}]})),
+                with(
+                    json!({"volumes": [{"host_path": "/a", "container_path": "/b", "read_only": "yes"}]}),
+                ),
                 "volumes[0].read_only",
             ),
             (
-                with(json!({"volumes": [{"host_path": "/a", "container_path": "/b", "mode": "ro"}]})),
+                with(
+                    json!({"volumes": [{"host_path": "/a", "container_path": "/b", "mode": "ro"}]}),
+                ),
                 "volumes[0].mode",
             ),
             (
@@ -946,7 +1004,10 @@ mod tests {
             "app:tag:more",
         ] {
             let problem = check_image_reference(bad).unwrap_err();
-            assert!(problem.contains("is not an image reference"), "{bad}: {problem}");
+            assert!(
+                problem.contains("is not an image reference"),
+                "{bad}: {problem}"
+            );
         }
     }
 
@@ -972,7 +1033,10 @@ mod tests {
             .as_str()
             .unwrap()
             .to_string();
-        assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+        assert!(
+            digest.starts_with("sha256:") && digest.len() == 71,
+            "{digest}"
+        );
         assert_eq!(normalized["build"]["context"]["archive"], archive);
         assert_eq!(normalize(&normalized, &config()).unwrap(), normalized);
 
@@ -983,7 +1047,8 @@ mod tests {
         assert!(problem.contains(&digest), "{problem}");
 
         let unsafe_archive = b64(&[Item::File("../evil", 0o644, b"x")]);
-        let spec = json!({"build": {"containerfile": "FROM x\n", "context": {"archive": unsafe_archive}}});
+        let spec =
+            json!({"build": {"containerfile": "FROM x\n", "context": {"archive": unsafe_archive}}});
         let (field, problem) = only_field(normalize(&spec, &config()));
         assert_eq!(field, "build.context.archive");
         assert!(problem.contains("../evil"), "{problem}");
@@ -1057,9 +1122,25 @@ mod tests {
                 prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
                 prop::collection::btree_map(
                     prop::sample::select(vec![
-                        "image", "command", "args", "env", "port", "readiness_path", "volumes",
-                        "host_path", "container_path", "read_only", "build", "containerfile",
-                        "context", "archive", "digest", "built_from", "version", "run", "X"
+                        "image",
+                        "command",
+                        "args",
+                        "env",
+                        "port",
+                        "readiness_path",
+                        "volumes",
+                        "host_path",
+                        "container_path",
+                        "read_only",
+                        "build",
+                        "containerfile",
+                        "context",
+                        "archive",
+                        "digest",
+                        "built_from",
+                        "version",
+                        "run",
+                        "X"
                     ]),
                     inner,
                     0..6
