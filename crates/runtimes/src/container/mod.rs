@@ -6,7 +6,8 @@
 //!   parameters arrive as `RUNPLANE_PARAM_<NAME>` environment variables and the container may
 //!   leave `results.json` in `$RUNPLANE_OUTPUTS` (`outcome.rs`).
 //! - `deploy`: the same job kept running as the replicas of a [`Service`] that serves nothing
-//!   (a worker); `serve`: a [`Service`] whose replicas listen on the spec's `port`.
+//!   (a worker); `serve`: a [`Service`] whose replicas listen on the spec's `port`. Their
+//!   parameters arrive as a job's do.
 //! - `build` (`build.rs`): the spec's Containerfile and packed context become a [`Build`]; a
 //!   successful build makes a new function version whose `image` is the built one.
 //!
