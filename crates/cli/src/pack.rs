@@ -1,5 +1,5 @@
-//! Client-side packing of a file or a directory into a `python` function's `source.archive`:
-//! the base64 of a gzip'd tar.
+//! Client-side packing of a file or a directory into a `python` function's `source.archive` (or
+//! a `container` function's `build.context.archive`): the base64 of a gzip'd tar.
 //!
 //! The archive is deterministic (entries sorted by path; mtime, uid and gid 0; no owner names;
 //! modes reduced to `0o644` / `0o755`; a gzip header without timestamp or file name), so packing

@@ -7,6 +7,7 @@
 //! the server. Adding a runtime means implementing [`Runtime`] and registering it in
 //! [`Runtimes`]; the control plane does not change.
 
+pub mod container;
 pub mod python;
 
 use runplane_domain::{ExitOutcome, Invalid, Run, RunState, Runnable};

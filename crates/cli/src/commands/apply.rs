@@ -1,6 +1,6 @@
 //! `runplane apply -f FILE|DIR`: YAML/JSON documents, several per file, posted in file order.
-//! A `spec.source.path` (relative to the file) is packed here and sent as `source.archive`, so
-//! the server never depends on the client's files.
+//! A `spec.source.path` or `spec.build.context.path` (relative to the file) is packed here and
+//! sent as `archive` beside it, so the server never depends on the client's files.
 
 use crate::client::Client;
 use crate::exit::CliError;
@@ -58,7 +58,9 @@ pub async fn apply_document(client: &Client, document: SourceDocument) -> Result
         .and_then(Value::as_str)
         .unwrap_or(&client.project)
         .to_string();
-    pack_source_path(&mut value, &dir, &origin)?;
+    for folder in PACKED_FOLDERS {
+        pack_path_field(&mut value, folder, &dir, &origin)?;
+    }
     let collection = if kind.contains('+') {
         "tasks"
     } else {
@@ -95,15 +97,21 @@ pub async fn apply_document(client: &Client, document: SourceDocument) -> Result
     })
 }
 
-/// Replaces `spec.source.path` by `spec.source.archive`.
-fn pack_source_path(value: &mut Value, dir: &Path, origin: &str) -> Result<(), CliError> {
-    let Some(source) = value
-        .pointer_mut("/spec/source")
-        .and_then(Value::as_object_mut)
-    else {
+/// The mappings whose `path` (a file or folder, relative to the document's file) is packed into
+/// `archive`: a python function's source and a container function's build context.
+const PACKED_FOLDERS: &[&str] = &["/spec/source", "/spec/build/context"];
+
+/// Replaces `<pointer>.path` by `<pointer>.archive`.
+fn pack_path_field(
+    value: &mut Value,
+    pointer: &str,
+    dir: &Path,
+    origin: &str,
+) -> Result<(), CliError> {
+    let Some(mapping) = value.pointer_mut(pointer).and_then(Value::as_object_mut) else {
         return Ok(());
     };
-    let Some(path) = source
+    let Some(path) = mapping
         .get("path")
         .and_then(Value::as_str)
         .map(str::to_string)
@@ -111,10 +119,11 @@ fn pack_source_path(value: &mut Value, dir: &Path, origin: &str) -> Result<(), C
         return Ok(());
     };
     let full = dir.join(&path);
+    let field = format!("{}.path", pointer.trim_start_matches('/').replace('/', "."));
     let packed = pack::pack_path(&full, MAX_SOURCE_BYTES)
-        .map_err(|error| CliError::invalid(format!("{origin}: spec.source.path: {error}")))?;
-    source.remove("path");
-    source.insert("archive".to_string(), Value::String(packed.archive));
+        .map_err(|error| CliError::invalid(format!("{origin}: {field}: {error}")))?;
+    mapping.remove("path");
+    mapping.insert("archive".to_string(), Value::String(packed.archive));
     Ok(())
 }
 
@@ -192,6 +201,32 @@ mod tests {
         let documents = parse_documents(text, "f.yaml").unwrap();
         assert_eq!(documents.len(), 2);
         assert_eq!(documents[1].1["kind"], "python+job");
+    }
+
+    #[test]
+    fn packs_python_sources_and_container_build_contexts() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("ctx")).unwrap();
+        std::fs::write(dir.path().join("ctx/index.html"), "hello").unwrap();
+        for pointer in PACKED_FOLDERS {
+            let mut value = serde_json::json!({"spec": {"build": {"context": {}}, "source": {}}});
+            value.pointer_mut(pointer).unwrap()["path"] = "ctx".into();
+            pack_path_field(&mut value, pointer, dir.path(), "f.yaml").unwrap();
+            let mapping = value.pointer(pointer).unwrap();
+            assert!(mapping.get("path").is_none(), "{pointer}");
+            let packed = pack::pack_path(&dir.path().join("ctx"), MAX_SOURCE_BYTES).unwrap();
+            assert_eq!(mapping["archive"], packed.archive.as_str(), "{pointer}");
+        }
+        let mut value = serde_json::json!({"spec": {"build": {"context": {"path": "missing"}}}});
+        let error =
+            pack_path_field(&mut value, "/spec/build/context", dir.path(), "f.yaml").unwrap_err();
+        assert!(
+            error
+                .message
+                .starts_with("f.yaml: spec.build.context.path: "),
+            "{}",
+            error.message
+        );
     }
 
     #[test]
