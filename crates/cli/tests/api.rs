@@ -409,7 +409,17 @@ fn schemas_describe_every_spec_kind() {
     assert_eq!(status, 200);
     assert_eq!(
         kinds,
-        json!(["python", "python+job", "python+serve", "python+build"])
+        json!([
+            "container",
+            "python",
+            "container+job",
+            "container+deploy",
+            "container+serve",
+            "container+build",
+            "python+job",
+            "python+serve",
+            "python+build"
+        ])
     );
     let (status, python) = server.get("/schemas/python");
     assert_eq!(status, 200);

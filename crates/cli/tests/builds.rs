@@ -21,6 +21,14 @@ fn socket() -> String {
     socket
 }
 
+fn remove_image(image: &str) {
+    let _ = std::process::Command::new("podman")
+        .args(["rmi", "-f", image])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
 fn run_json(server: &TestServer, args: &[&str]) -> Value {
     let output = server.cli("p", args);
     assert!(
@@ -162,9 +170,7 @@ fn a_python_function_is_built_into_an_image_and_runs_there_as_job_and_service() 
     assert_eq!(body["top"], json!({"to": 2, "be": 2, "or": 1}), "{body}");
     let deleted = server.cli("p", &["delete", "services", "wordstats"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    let _ = std::process::Command::new("podman")
-        .args(["rmi", "-f", &image])
-        .status();
+    remove_image(&image);
 }
 
 #[test]
@@ -187,11 +193,7 @@ fn a_containerfile_that_fails_ends_the_build_in_error_with_the_builders_output()
     let logs = stdout(&server.cli("p", &["logs", &id]));
     assert!(logs.contains("about to fail"), "{logs}");
     let (_, versions) = server.get("/projects/p/functions/broken/versions");
-    assert_eq!(
-        versions["items"].as_array().map(Vec::len),
-        Some(1),
-        "{versions:#}"
-    );
+    assert_eq!(versions.as_array().map(Vec::len), Some(1), "{versions:#}");
 }
 
 #[test]
@@ -265,7 +267,22 @@ fn container_functions_run_as_jobs_and_services_and_build_from_a_containerfile()
     assert_eq!(page.trim(), "built-page");
     let deleted = server.cli("p", &["delete", "services", "web"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    let _ = std::process::Command::new("podman")
-        .args(["rmi", "-f", &image])
-        .status();
+    remove_image(&image);
+}
+
+#[test]
+fn a_container_function_is_refused_on_a_framework_without_containers() {
+    let server = TestServer::start();
+    let (status, body) = server.post(
+        "/projects/p/functions",
+        &json!({"kind": "container", "metadata": {"name": "shell"},
+                "spec": {"image": "localhost/runplane-busybox:latest", "command": ["/bin/true"]}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let (status, problem) = server.post("/projects/p/runs", &json!({"function": "shell"}));
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(fields(&problem), ["framework"], "{problem}");
+    assert!(problem.to_string().contains("--engine-socket"), "{problem}");
+    let (_, runs) = server.get("/projects/p/runs");
+    assert_eq!(runs["items"].as_array().map(Vec::len), Some(0), "{runs}");
 }

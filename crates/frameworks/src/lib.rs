@@ -68,6 +68,11 @@ pub enum FrameworkError {
 pub trait Framework: Send + Sync {
     /// The name tasks and runs choose it by (`local`, `engine`, `kubernetes`...).
     fn name(&self) -> &'static str;
+    /// Whether it runs each execution in a container image (`Job::image`); frameworks that run
+    /// host processes ignore images.
+    fn runs_containers(&self) -> bool {
+        false
+    }
     /// Starts an execution and returns once it is handed over; `Started`, `LogAppended` and
     /// finally `Exited` (or `Lost`) follow on the event channel, in that order.
     async fn start(&self, execution: ExecutionId, runnable: Runnable)

@@ -7,6 +7,7 @@
 //! the server. Adding a runtime means implementing [`Runtime`] and registering it in
 //! [`Runtimes`]; the control plane does not change.
 
+pub(crate) mod archive;
 pub mod container;
 pub mod python;
 
@@ -112,6 +113,12 @@ pub trait Runtime: Send + Sync {
     /// content hash (`hash_input` leaves it out): re-applying the same spec makes no version.
     fn with_lock(&self, normalized: Value, _lock: &Lock) -> Value {
         normalized
+    }
+    /// Whether its runs only make sense in a container image (a `container` function's command
+    /// exists in its image, not on the host): the server then refuses frameworks that run
+    /// host processes.
+    fn requires_containers(&self) -> bool {
+        false
     }
     /// What must be built before `run` can execute (checked at every dispatch).
     fn prerequisite(&self, _run: &Run) -> Option<Prerequisite> {

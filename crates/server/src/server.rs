@@ -10,6 +10,7 @@ use runplane_frameworks::engine::{EngineFramework, EngineOptions};
 use runplane_frameworks::local::{LocalFramework, LocalOptions};
 use runplane_frameworks::{ExecutionId, FrameworkError};
 use runplane_logstore::file::FileLogStore;
+use runplane_runtimes::container::{ContainerConfig, ContainerRuntime};
 use runplane_runtimes::python::{PythonConfig, PythonRuntime};
 use runplane_runtimes::Runtimes;
 use runplane_store::sqlite::SqliteStore;
@@ -113,14 +114,19 @@ impl Server {
             .engine
             .as_ref()
             .map_or(DEFAULT_ENGINE_IMAGE.to_string(), |e| e.image.clone());
-        let runtimes = Runtimes::new().with(Arc::new(PythonRuntime::new(PythonConfig {
-            interpreter: options.python.clone(),
-            environments_dir: environments_dir.to_string_lossy().into_owned(),
-            uv: options.uv.clone(),
-            base_image,
-            registry,
-            ..PythonConfig::default()
-        })));
+        let runtimes = Runtimes::new()
+            .with(Arc::new(PythonRuntime::new(PythonConfig {
+                interpreter: options.python.clone(),
+                environments_dir: environments_dir.to_string_lossy().into_owned(),
+                uv: options.uv.clone(),
+                base_image,
+                registry,
+                ..PythonConfig::default()
+            })))
+            .with(Arc::new(ContainerRuntime::new(ContainerConfig {
+                registry: options.engine.as_ref().and_then(|e| e.registry.clone()),
+                ..ContainerConfig::default()
+            })));
         // Before the controller starts: every execution is followed (and stoppable) before any
         // controller task or request can act on its run. The event channel is unbounded, so
         // what recovery reports waits for the reconciler.

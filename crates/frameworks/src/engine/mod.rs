@@ -279,6 +279,10 @@ impl Framework for EngineFramework {
         "engine"
     }
 
+    fn runs_containers(&self) -> bool {
+        true
+    }
+
     async fn start(
         &self,
         execution: ExecutionId,

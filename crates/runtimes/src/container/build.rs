@@ -8,10 +8,10 @@
 //! nothing was pushed), `build` kept (a rebuild starts from the same Containerfile) and
 //! `built_from` naming the version and run it came from.
 
-use super::archive;
 use super::outcome::{error, stopped};
 use super::spec::{check_image_reference, BuiltFrom, ContainerSpec};
 use super::ContainerConfig;
+use crate::archive;
 use crate::{Interpretation, RuntimeError};
 use runplane_domain::{
     reason, Build, BuiltImage, ExitOutcome, FileEntry, Run, RunState, BUILD_OUTPUT,
@@ -198,11 +198,11 @@ fn built(run: &Run, outcome: &ExitOutcome) -> Interpretation {
 
 #[cfg(test)]
 mod tests {
-    use super::super::archive::tests::{b64, Item};
     use super::super::outcome::tests::outcome;
     use super::super::runnable::tests::{busybox, run_of, RUN_ID, VERSION};
     use super::super::ContainerRuntime;
     use super::*;
+    use crate::archive::tests::{b64, Item};
     use crate::Runtime;
     use runplane_domain::{Runnable, Transition};
     use serde_json::Value;

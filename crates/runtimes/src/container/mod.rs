@@ -18,12 +18,6 @@
 //! [`Service`]: runplane_domain::Service
 //! [`Build`]: runplane_domain::Build
 
-// The python runtime's packed-source format is the build context's too; the module is private
-// to python/ (which another change owns right now), so it is compiled here a second time rather
-// than copied. To be moved to a module of its own that both runtimes use.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "../python/archive.rs"]
-mod archive;
 mod build;
 mod check;
 mod outcome;
@@ -97,6 +91,10 @@ fn unknown_action(action: &str) -> RuntimeError {
 impl Runtime for ContainerRuntime {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    fn requires_containers(&self) -> bool {
+        true
     }
 
     fn actions(&self) -> &'static [&'static str] {

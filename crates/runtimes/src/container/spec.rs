@@ -20,8 +20,8 @@
 //! itself a valid spec and normalizes to itself. What a run needs of it (an image, a command, a
 //! port) is checked per action at run time (`check.rs`): a function may exist only to be built.
 
-use super::archive;
 use super::ContainerConfig;
+use crate::archive;
 use runplane_domain::invalid::Problems;
 use runplane_domain::{Invalid, Volume};
 use serde::{Deserialize, Serialize};
@@ -728,8 +728,8 @@ fn read_built_from(value: &Value, problems: &mut Problems) -> Option<BuiltFrom> 
 
 #[cfg(test)]
 mod tests {
-    use super::super::archive::tests::{b64, Item};
     use super::*;
+    use crate::archive::tests::{b64, Item};
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -1075,7 +1075,7 @@ mod tests {
         let two = {
             use base64::Engine;
             base64::engine::general_purpose::STANDARD
-                .encode(super::super::archive::tests::tar_gz(&items(), 99))
+                .encode(crate::archive::tests::tar_gz(&items(), 99))
         };
         assert_ne!(one, two);
         let normalized = |archive: &str| {

@@ -18,7 +18,6 @@
 //! [`Job`]: runplane_domain::Job
 //! [`Service`]: runplane_domain::Service
 
-mod archive;
 mod build;
 mod environment;
 mod handler;

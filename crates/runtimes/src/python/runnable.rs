@@ -10,11 +10,11 @@
 //! src/...          the function's source: inline code as src/main.py, or the unpacked archive
 //! ```
 
-use super::archive::{self, SourceFile};
 use super::environment;
 use super::params::merged;
 use super::spec::{PythonSpec, Source};
 use super::PythonConfig;
+use crate::archive::{self, SourceFile};
 use crate::RuntimeError;
 use runplane_domain::{FileEntry, Job, Run};
 use serde_json::{json, Value};
@@ -129,9 +129,9 @@ pub(crate) fn source_files(
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use super::super::archive::tests::{b64, Item};
     use super::super::PythonRuntime;
     use super::*;
+    use crate::archive::tests::{b64, Item};
     use crate::Runtime;
     use runplane_domain::{RunMetadata, RunSettings, RunSpec, RunState, RunStatus, Runnable};
     use serde_json::Map;

@@ -7,9 +7,9 @@
 //! `handler = make_handler()`) is refused with a hint: its parameters cannot be known without
 //! running the code. Decorators are assumed to keep the signature (as `functools.wraps` does).
 
-use super::archive::SourceFile;
 use super::handler::{module_files, module_of, HandlerRef};
 use super::source::{locate, parse_module, strip_bom, SyntaxProblem};
+use crate::archive::SourceFile;
 use rustpython_parser::ast::{Arguments, Expr, Ranged, Stmt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -27,7 +27,6 @@
 //! parsing the code again; `signature`, `init_signature` and `source.digest` are accepted on
 //! input (and recomputed) so that a stored spec can be applied again as it is.
 
-use super::archive::{self, SourceFile};
 use super::handler::{is_identifier, HandlerRef, MAIN_MODULE};
 use super::params;
 use super::requirements::{self, BuiltFrom, LockSpec};
@@ -35,6 +34,7 @@ use super::serve;
 use super::signature::{find_inline, HandlerError, ParameterKind, Signature, SourceTree};
 use super::source::{parse_module, strip_bom};
 use super::PythonConfig;
+use crate::archive::{self, SourceFile};
 use runplane_domain::invalid::Problems;
 use runplane_domain::Invalid;
 use serde::{Deserialize, Serialize};
@@ -566,8 +566,8 @@ pub(crate) fn hash_input(normalized: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::archive::tests::{b64, tar_gz, Item};
     use super::*;
+    use crate::archive::tests::{b64, tar_gz, Item};
     use base64::engine::general_purpose::STANDARD;
     use base64::Engine;
     use proptest::prelude::*;

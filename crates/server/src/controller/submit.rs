@@ -219,14 +219,41 @@ impl Controller {
             .clone()
             .or_else(|| task.and_then(|task| task.spec.framework.clone()))
             .unwrap_or_else(|| self.inner.options.default_framework.clone());
-        if self.inner.frameworks.get(&framework).is_none() {
-            problems.add(
+        match self.inner.frameworks.get(&framework) {
+            None => problems.add(
                 "framework",
                 format!(
                     "framework {framework:?} is not enabled on this server (enabled: {})",
                     self.framework_names().join(", ")
                 ),
-            );
+            ),
+            Some(chosen) if runtime.requires_containers() && !chosen.runs_containers() => {
+                let containers: Vec<&str> = self
+                    .framework_names()
+                    .into_iter()
+                    .filter(|name| {
+                        self.inner
+                            .frameworks
+                            .get(name)
+                            .is_some_and(|f| f.runs_containers())
+                    })
+                    .collect();
+                problems.add(
+                    "framework",
+                    format!(
+                        "{} functions run in their image, which framework {framework:?} does not \
+                         use; choose one that runs containers ({})",
+                        function.kind,
+                        if containers.is_empty() {
+                            "none is enabled on this server: start it with --engine-socket"
+                                .to_string()
+                        } else {
+                            containers.join(", ")
+                        }
+                    ),
+                );
+            }
+            Some(_) => {}
         }
         problems.check(validate_timeout_seconds(
             "timeout_seconds",
