@@ -613,6 +613,60 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    fn resources(json: serde_json::Value) -> Resources {
+        serde_json::from_value(json).expect("resources")
+    }
+
+    #[test]
+    fn memory_quantities_are_bytes() {
+        for (given, bytes) in [
+            (serde_json::json!("512Mi"), 512 << 20),
+            (serde_json::json!("2Gi"), 2 << 30),
+            (serde_json::json!("100M"), 100_000_000),
+            (serde_json::json!("1G"), 1_000_000_000),
+            (serde_json::json!(" 8Mi "), 8 << 20),
+            (serde_json::json!(67_108_864), 64 << 20),
+        ] {
+            let r = resources(serde_json::json!({ "memory": given }));
+            assert_eq!(r.memory_bytes(), Ok(Some(bytes)), "{given}");
+            assert!(r.validate("resources").is_ok());
+            assert_eq!(r.limits().memory_bytes, Some(bytes));
+        }
+    }
+
+    #[test]
+    fn bad_resources_name_their_field() {
+        for (json, field) in [
+            (
+                serde_json::json!({"memory": "12 bytes"}),
+                "spec.resources.memory",
+            ),
+            (
+                serde_json::json!({"memory": "1Xi"}),
+                "spec.resources.memory",
+            ),
+            (
+                serde_json::json!({"memory": "1Mi"}),
+                "spec.resources.memory",
+            ),
+            (serde_json::json!({"memory": -5}), "spec.resources.memory"),
+            (serde_json::json!({"memory": true}), "spec.resources.memory"),
+            (
+                serde_json::json!({"memory": "99999999999999999999Gi"}),
+                "spec.resources.memory",
+            ),
+            (serde_json::json!({"cpu": 0.0}), "spec.resources.cpu"),
+            (serde_json::json!({"cpu": 2000.0}), "spec.resources.cpu"),
+        ] {
+            let invalid = resources(json.clone())
+                .validate("spec.resources")
+                .expect_err("invalid");
+            let fields: Vec<&str> = invalid.0.iter().map(|e| e.field.as_str()).collect();
+            assert_eq!(fields, [field], "{json}");
+        }
+        assert!(serde_json::from_value::<Resources>(serde_json::json!({"gpu": 1})).is_err());
+    }
+
     fn policy(json: serde_json::Value) -> RetryPolicy {
         serde_json::from_value(json).expect("a policy")
     }
