@@ -3,16 +3,18 @@
 
 use crate::local::capture::{split_records, Redactor};
 use crate::local::monitor::collect_outputs;
+use super::copied::CopiedLog;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::query_parameters::{LogsOptionsBuilder, WaitContainerOptions};
+use bollard::query_parameters::{LogsOptions, LogsOptionsBuilder, WaitContainerOptions};
 use bollard::Docker;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runplane_domain::{reason, ExitOutcome, Failure};
 use runplane_logstore::file::{FileLogStore, FileLogWriter};
 use runplane_logstore::{LogStore, LogWriter, Stream};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,41 +51,27 @@ impl Follow {
     async fn follow(&self) -> Result<ExitOutcome, String> {
         let mut writer = open_writer(&self.logs, &self.execution).await?;
         // After a restart the log already holds what the previous server copied: the engine
-        // replays from the last stored record's second and the records up to its time are
-        // skipped (records carry the engine's own timestamps).
-        let last = last_record_time(&self.logs, &self.execution);
-        let mut options = LogsOptionsBuilder::default()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true);
-        if let Some(last) = last {
-            options = options.since(i32::try_from(last.timestamp()).unwrap_or(0));
-        }
-        let mut stream = self.docker.logs(&self.container, Some(options.build()));
-        let mut lines = Lines::new(self.log_limit, writer.end_offset(), &self.redactor);
-        while let Some(frame) = stream.next().await {
-            let (kind, message) = match frame {
-                Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
-                Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(execution = ?self.execution, "container log stream: {e}");
-                    break;
-                }
-            };
-            let (time, data) = split_timestamp(&message);
-            if last.is_some_and(|last| time <= last) {
-                continue;
-            }
-            lines.push(&mut writer, kind, time, data, false)?;
-            if let Some(end) = lines.take_news() {
-                self.emit(EventKind::LogAppended { end_offset: end });
-            }
-        }
-        let now = Utc::now();
+        // replays from a while before it, and the replayed lines are matched one by one
+        // against the stored records (timestamps alone cannot tell lines of the same second
+        // apart).
+        let copied = CopiedLog::read(&self.logs, &self.execution.run_id, self.execution.attempt);
+        let since = copied.as_ref().map(CopiedLog::since);
+        let mut lines = Lines::new(self.log_limit, writer.end_offset(), &self.redactor, copied);
+        let mut seen = Seen::default();
+        let stream = self.docker.logs(&self.container, Some(log_options(true, since)));
+        self.copy(stream, &mut writer, &mut lines, &mut seen, false)
+            .await?;
+        let code = exit_code(&self.docker, &self.container).await?;
+        // The follow stream can end at the container's exit before it delivered everything:
+        // once it has exited, its log is complete, and what was not seen yet is read again.
+        let rest = self
+            .docker
+            .logs(&self.container, Some(log_options(false, seen.last)));
+        self.copy(rest, &mut writer, &mut lines, &mut seen, true)
+            .await?;
+        let end = seen.last.unwrap_or_else(Utc::now);
         for kind in [Stream::Stdout, Stream::Stderr] {
-            lines.push(&mut writer, kind, now, &[], true)?;
+            lines.push(&mut writer, kind, end, &[], true)?;
         }
         writer
             .sync()
@@ -93,7 +81,6 @@ impl Follow {
         }
         drop(writer);
 
-        let code = exit_code(&self.docker, &self.container).await?;
         let (exit_code, signal) = split_code(code);
         let failure = oom_killed(&self.docker, &self.container, code)
             .await
@@ -107,6 +94,100 @@ impl Follow {
             outputs: collect_outputs(&self.outputs_dir),
             failure,
         })
+    }
+}
+
+impl Follow {
+    /// Copies the frames of `stream` into the log. With `only_unseen`, frames `seen` already
+    /// holds are skipped (a second read of the same log); otherwise each is noted there.
+    async fn copy(
+        &self,
+        mut stream: impl futures::Stream<Item = Result<LogOutput, DockerError>> + Unpin,
+        writer: &mut FileLogWriter,
+        lines: &mut Lines<'_>,
+        seen: &mut Seen,
+        only_unseen: bool,
+    ) -> Result<(), String> {
+        while let Some(frame) = stream.next().await {
+            let (kind, message) = match frame {
+                Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
+                Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(execution = ?self.execution, "container log stream: {e}");
+                    break;
+                }
+            };
+            let (time, data) = split_timestamp(&message);
+            if only_unseen {
+                if !seen.is_new(time, kind, data) {
+                    continue;
+                }
+            } else {
+                seen.note(time, kind, data);
+            }
+            if lines.copied.as_ref().is_some_and(|c| c.is_old(time)) {
+                continue;
+            }
+            lines.push(writer, kind, time, data, false)?;
+            if let Some(end) = lines.take_news() {
+                self.emit(EventKind::LogAppended { end_offset: end });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn log_options(follow: bool, since: Option<DateTime<Utc>>) -> LogsOptions {
+    let mut options = LogsOptionsBuilder::default()
+        .follow(follow)
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true);
+    if let Some(since) = since {
+        // Whole seconds, and one earlier: the engine's cut-off is coarse; finer ones are made
+        // here.
+        let seconds = since.timestamp().saturating_sub(1);
+        options = options.since(i32::try_from(seconds).unwrap_or(0));
+    }
+    options.build()
+}
+
+/// The frames of the latest time a read of the log delivered, so that a second read of the
+/// same log (in the same order) skips exactly those, and everything older.
+#[derive(Default)]
+struct Seen {
+    last: Option<DateTime<Utc>>,
+    at_last: HashMap<(&'static str, Vec<u8>), u32>,
+}
+
+impl Seen {
+    fn note(&mut self, time: DateTime<Utc>, stream: Stream, data: &[u8]) {
+        match self.last {
+            Some(last) if time < last => return,
+            Some(last) if time == last => {}
+            _ => {
+                self.last = Some(time);
+                self.at_last.clear();
+            }
+        }
+        *self.at_last.entry((stream.as_str(), data.to_vec())).or_insert(0) += 1;
+    }
+
+    fn is_new(&mut self, time: DateTime<Utc>, stream: Stream, data: &[u8]) -> bool {
+        let Some(last) = self.last else {
+            return true;
+        };
+        if time != last {
+            return time > last;
+        }
+        match self.at_last.get_mut(&(stream.as_str(), data.to_vec())) {
+            Some(count) if *count > 0 => {
+                *count -= 1;
+                false
+            }
+            _ => true,
+        }
     }
 }
 
@@ -187,19 +268,6 @@ pub(super) async fn open_writer(
     }
 }
 
-fn last_record_time(logs: &FileLogStore, execution: &ExecutionId) -> Option<DateTime<Utc>> {
-    let mut offset = 0;
-    let mut last = None;
-    while let Ok(chunk) = logs.read(&execution.run_id, execution.attempt, offset, 1 << 20) {
-        let Some(record) = chunk.records.last() else {
-            break;
-        };
-        last = Some(record.time);
-        offset = chunk.next_offset;
-    }
-    last
-}
-
 /// `2024-01-02T03:04:05.123456789Z <data>`: the engine's time of the line and the line.
 pub(super) fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
     if let Some(space) = message.iter().position(|b| *b == b' ') {
@@ -216,6 +284,8 @@ pub(super) fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
 /// Per-stream line assembly, redaction and the attempt's log cap.
 struct Lines<'r> {
     redactor: &'r Redactor,
+    /// What a previous server already stored, when following a recovered container.
+    copied: Option<CopiedLog>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     limit: u64,
@@ -226,9 +296,10 @@ struct Lines<'r> {
 }
 
 impl<'r> Lines<'r> {
-    fn new(limit: u64, end: u64, redactor: &'r Redactor) -> Self {
+    fn new(limit: u64, end: u64, redactor: &'r Redactor, copied: Option<CopiedLog>) -> Self {
         Lines {
             redactor,
+            copied,
             stdout: Vec::new(),
             stderr: Vec::new(),
             limit,
@@ -257,6 +328,13 @@ impl<'r> Lines<'r> {
                 continue;
             }
             let record = self.redactor.apply(&record);
+            if self
+                .copied
+                .as_ref()
+                .is_some_and(|copied| copied.contains(time, stream, &record))
+            {
+                continue;
+            }
             if self.written + record.len() as u64 > self.limit {
                 self.capped = true;
                 let note = format!(
