@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runplane_domain::{reason, ExitOutcome, Failure};
 use runplane_logstore::file::{FileLogStore, FileLogWriter};
-use runplane_logstore::{LogStore, LogWriter, Stream};
+use runplane_logstore::{LogWriter, Stream};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
