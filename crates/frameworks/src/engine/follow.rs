@@ -14,7 +14,6 @@ use futures::StreamExt;
 use runplane_domain::{reason, ExitOutcome, Failure};
 use runplane_logstore::file::{FileLogStore, FileLogWriter};
 use runplane_logstore::{LogWriter, Stream};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,19 +56,24 @@ impl Follow {
         let copied = CopiedLog::read(&self.logs, &self.execution.run_id, self.execution.attempt);
         let since = copied.as_ref().map(CopiedLog::since);
         let mut lines = Lines::new(self.log_limit, writer.end_offset(), &self.redactor, copied);
-        let mut seen = Seen::default();
-        let stream = self.docker.logs(&self.container, Some(log_options(true, since)));
-        self.copy(stream, &mut writer, &mut lines, &mut seen, false)
-            .await?;
+        let mut cursor = Cursor {
+            time: None,
+            count: 0,
+            since,
+        };
+        loop {
+            // Whether it still ran before this read: if not, the read sees its whole log.
+            let running = self.is_running().await;
+            let new = self.copy(&mut writer, &mut lines, &mut cursor).await?;
+            if !running {
+                break;
+            }
+            if new == 0 {
+                tokio::time::sleep(POLL).await;
+            }
+        }
         let code = exit_code(&self.docker, &self.container).await?;
-        // The follow stream can end at the container's exit before it delivered everything:
-        // once it has exited, its log is complete, and what was not seen yet is read again.
-        let rest = self
-            .docker
-            .logs(&self.container, Some(log_options(false, seen.last)));
-        self.copy(rest, &mut writer, &mut lines, &mut seen, true)
-            .await?;
-        let end = seen.last.unwrap_or_else(Utc::now);
+        let end = cursor.time.unwrap_or_else(Utc::now);
         for kind in [Stream::Stdout, Stream::Stderr] {
             lines.push(&mut writer, kind, end, &[], true)?;
         }
@@ -97,17 +101,42 @@ impl Follow {
     }
 }
 
+/// How often a running container's log is read again when the last read brought nothing.
+const POLL: Duration = Duration::from_millis(250);
+
+/// How far the log was copied: the frames of the engine's log up to `time` (one-second
+/// resolution), of which `count` at `time` itself. Frames come in the same order on every
+/// read, so that is enough to skip exactly what was copied.
+struct Cursor {
+    time: Option<DateTime<Utc>>,
+    count: u64,
+    /// Where the first read starts (a recovered container's already-copied output).
+    since: Option<DateTime<Utc>>,
+}
+
 impl Follow {
-    /// Copies the frames of `stream` into the log. With `only_unseen`, frames `seen` already
-    /// holds are skipped (a second read of the same log); otherwise each is noted there.
+    async fn is_running(&self) -> bool {
+        self.docker
+            .inspect_container(&self.container, None)
+            .await
+            .ok()
+            .and_then(|inspected| inspected.state?.running)
+            .unwrap_or(false)
+    }
+
+    /// Reads the container's log (not following: the engine's follow stream can skip frames
+    /// of a fast writer, and end at the exit before it delivered everything) and copies the
+    /// frames past `cursor`; how many.
     async fn copy(
         &self,
-        mut stream: impl futures::Stream<Item = Result<LogOutput, DockerError>> + Unpin,
         writer: &mut FileLogWriter,
         lines: &mut Lines<'_>,
-        seen: &mut Seen,
-        only_unseen: bool,
-    ) -> Result<(), String> {
+        cursor: &mut Cursor,
+    ) -> Result<u64, String> {
+        let since = cursor.time.or(cursor.since);
+        let mut stream = self.docker.logs(&self.container, Some(log_options(since)));
+        let mut at_time = 0u64;
+        let mut new = 0u64;
         while let Some(frame) = stream.next().await {
             let (kind, message) = match frame {
                 Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
@@ -119,13 +148,22 @@ impl Follow {
                 }
             };
             let (time, data) = split_timestamp(&message);
-            if only_unseen {
-                if !seen.is_new(time, kind, data) {
-                    continue;
+            match cursor.time {
+                Some(last) if time < last => continue,
+                Some(last) if time == last => {
+                    at_time += 1;
+                    if at_time <= cursor.count {
+                        continue;
+                    }
+                    cursor.count += 1;
                 }
-            } else {
-                seen.note(time, kind, data);
+                _ => {
+                    cursor.time = Some(time);
+                    cursor.count = 1;
+                    at_time = 1;
+                }
             }
+            new += 1;
             if lines.copied.as_ref().is_some_and(|c| c.is_old(time)) {
                 continue;
             }
@@ -134,61 +172,22 @@ impl Follow {
                 self.emit(EventKind::LogAppended { end_offset: end });
             }
         }
-        Ok(())
+        Ok(new)
     }
 }
 
-fn log_options(follow: bool, since: Option<DateTime<Utc>>) -> LogsOptions {
+fn log_options(since: Option<DateTime<Utc>>) -> LogsOptions {
     let mut options = LogsOptionsBuilder::default()
-        .follow(follow)
+        .follow(false)
         .stdout(true)
         .stderr(true)
         .timestamps(true);
     if let Some(since) = since {
-        // Whole seconds, and one earlier: the engine's cut-off is coarse; finer ones are made
-        // here.
+        // Whole seconds, and one earlier: the engine's cut-off is coarse; `Cursor` is exact.
         let seconds = since.timestamp().saturating_sub(1);
         options = options.since(i32::try_from(seconds).unwrap_or(0));
     }
     options.build()
-}
-
-/// The frames of the latest time a read of the log delivered, so that a second read of the
-/// same log (in the same order) skips exactly those, and everything older.
-#[derive(Default)]
-struct Seen {
-    last: Option<DateTime<Utc>>,
-    at_last: HashMap<(&'static str, Vec<u8>), u32>,
-}
-
-impl Seen {
-    fn note(&mut self, time: DateTime<Utc>, stream: Stream, data: &[u8]) {
-        match self.last {
-            Some(last) if time < last => return,
-            Some(last) if time == last => {}
-            _ => {
-                self.last = Some(time);
-                self.at_last.clear();
-            }
-        }
-        *self.at_last.entry((stream.as_str(), data.to_vec())).or_insert(0) += 1;
-    }
-
-    fn is_new(&mut self, time: DateTime<Utc>, stream: Stream, data: &[u8]) -> bool {
-        let Some(last) = self.last else {
-            return true;
-        };
-        if time != last {
-            return time > last;
-        }
-        match self.at_last.get_mut(&(stream.as_str(), data.to_vec())) {
-            Some(count) if *count > 0 => {
-                *count -= 1;
-                false
-            }
-            _ => true,
-        }
-    }
 }
 
 /// The engine reports a process killed by a signal as 128 + the signal (Docker's convention,
