@@ -130,4 +130,3 @@ async fn a_missing_image_fails_the_start_and_leaves_nothing() {
     assert!(containers_of(&h.framework).await.is_empty());
     assert!(!h.tmp.path().join("runs/noimage/1").exists());
 }
-

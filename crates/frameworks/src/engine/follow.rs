@@ -1,12 +1,13 @@
 //! Following one container: its stdout/stderr into the run's log as line records, then its
 //! exit, then the outputs folder — and the events that tell the controller.
 
+use super::copied::CopiedLog;
 use crate::local::capture::{split_records, Redactor};
 use crate::local::monitor::collect_outputs;
-use super::copied::CopiedLog;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
+use bollard::models::ContainerStateStatusEnum;
 use bollard::query_parameters::{LogsOptions, LogsOptionsBuilder, WaitContainerOptions};
 use bollard::Docker;
 use chrono::{DateTime, Utc};
@@ -73,6 +74,9 @@ impl Follow {
             }
         }
         let code = exit_code(&self.docker, &self.container).await?;
+        // Once more after the engine's word on the exit: the cursor makes it free when the
+        // last read had it all.
+        self.copy(&mut writer, &mut lines, &mut cursor).await?;
         let end = cursor.time.unwrap_or_else(Utc::now);
         for kind in [Stream::Stdout, Stream::Stderr] {
             lines.push(&mut writer, kind, end, &[], true)?;
@@ -120,8 +124,14 @@ impl Follow {
             .inspect_container(&self.container, None)
             .await
             .ok()
-            .and_then(|inspected| inspected.state?.running)
-            .unwrap_or(false)
+            .and_then(|inspected| inspected.state?.status)
+            // Anything but ended, "stopping" included (its process may still write).
+            .is_some_and(|status| {
+                !matches!(
+                    status,
+                    ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD
+                )
+            })
     }
 
     /// Reads the container's log (not following: the engine's follow stream can skip frames
