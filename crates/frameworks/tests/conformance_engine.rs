@@ -163,36 +163,7 @@ impl Platform for Engine {
 
 /// Scenarios the engine framework fails today, each a bug in `src/engine` (not run unless
 /// `--include-ignored` or `--ignored` is passed, which shows the failure).
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    (
-        "log_appended_announces_the_whole_log",
-        "engine/follow.rs takes `LogWriter::append`'s return value (the record's start offset) \
-         for the log's end, so every LogAppended lags one record and a one-line job announces \
-         nothing",
-    ),
-    (
-        "a_burst_of_lines_is_logged_complete",
-        "flaky (about 1 run in 4 here): the engine's follow stream can end at the container's \
-         exit before it delivered everything, and follow.rs does not read the rest; the tail of \
-         the burst is lost (e.g. lines 9173..9999 of 10000)",
-    ),
-    (
-        "a_missing_program_fails_to_start_and_leaves_nothing",
-        "the container starts (Ok, Started) and its init process fails the exec: Exited with \
-         code 1 and `catatonit: failed to exec pid1` in the log, instead of StartFailed",
-    ),
-    (
-        "recover_reports_a_job_that_ended_while_down",
-        "Podman's log timestamps have one-second resolution and recovery skips every record up \
-         to the last stored record's time: lines written in the same second as the last line \
-         copied before the restart are lost",
-    ),
-    (
-        "cleanup_refuses_a_running_execution",
-        "cleanup force-removes a running container (answers Ok) instead of refusing, as local \
-         does, an execution that has not ended",
-    ),
-];
+const KNOWN_FAILURES: &[(&str, &str)] = &[];
 
 fn main() {
     // SAFETY: single-threaded at this point (no runtime, no test has run).

@@ -714,7 +714,13 @@ async fn scale_refuses_jobs() {
         h.framework.scale(&execution, 2).await,
         Err(FrameworkError::NotAService(_))
     ));
-    h.framework.cleanup(&execution).await.expect("cleanup");
+    // Cleanup refuses a running job: it is stopped first.
+    h.framework.stop(&execution).await.expect("stop");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while let Err(e) = h.framework.cleanup(&execution).await {
+        assert!(std::time::Instant::now() < deadline, "cleanup: {e}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }
 
 /// The events of a job until it ends.

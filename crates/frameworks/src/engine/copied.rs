@@ -1,5 +1,5 @@
-//! What a previous server already copied of a service's output, so that the followers of a
-//! recovered service copy the rest once.
+//! What a previous server already copied of a job's or service's output, so that the
+//! followers of a recovered execution copy the rest once.
 //!
 //! The engine replays a container's whole output, with timestamps of one-second precision
 //! (Podman), and the replicas' lines share one log without saying whose they are: a time
@@ -59,6 +59,11 @@ impl CopiedLog {
             since,
             unmatched: Mutex::new(unmatched),
         })
+    }
+
+    /// From when the engine must replay the output: anything older counts as copied.
+    pub fn since(&self) -> DateTime<Utc> {
+        self.since
     }
 
     /// Whether output of this time was copied long ago, whatever it is.

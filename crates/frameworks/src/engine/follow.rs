@@ -1,18 +1,20 @@
 //! Following one container: its stdout/stderr into the run's log as line records, then its
 //! exit, then the outputs folder — and the events that tell the controller.
 
+use super::copied::CopiedLog;
 use crate::local::capture::{split_records, Redactor};
 use crate::local::monitor::collect_outputs;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::query_parameters::{LogsOptionsBuilder, WaitContainerOptions};
+use bollard::models::ContainerStateStatusEnum;
+use bollard::query_parameters::{LogsOptions, LogsOptionsBuilder, WaitContainerOptions};
 use bollard::Docker;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use runplane_domain::{reason, ExitOutcome, Failure};
 use runplane_logstore::file::{FileLogStore, FileLogWriter};
-use runplane_logstore::{LogStore, LogWriter, Stream};
+use runplane_logstore::{LogWriter, Stream};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -49,41 +51,35 @@ impl Follow {
     async fn follow(&self) -> Result<ExitOutcome, String> {
         let mut writer = open_writer(&self.logs, &self.execution).await?;
         // After a restart the log already holds what the previous server copied: the engine
-        // replays from the last stored record's second and the records up to its time are
-        // skipped (records carry the engine's own timestamps).
-        let last = last_record_time(&self.logs, &self.execution);
-        let mut options = LogsOptionsBuilder::default()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true);
-        if let Some(last) = last {
-            options = options.since(i32::try_from(last.timestamp()).unwrap_or(0));
-        }
-        let mut stream = self.docker.logs(&self.container, Some(options.build()));
-        let mut lines = Lines::new(self.log_limit, writer.end_offset(), &self.redactor);
-        while let Some(frame) = stream.next().await {
-            let (kind, message) = match frame {
-                Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
-                Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::warn!(execution = ?self.execution, "container log stream: {e}");
-                    break;
-                }
-            };
-            let (time, data) = split_timestamp(&message);
-            if last.is_some_and(|last| time <= last) {
-                continue;
+        // replays from a while before it, and the replayed lines are matched one by one
+        // against the stored records (timestamps alone cannot tell lines of the same second
+        // apart).
+        let copied = CopiedLog::read(&self.logs, &self.execution.run_id, self.execution.attempt);
+        let since = copied.as_ref().map(CopiedLog::since);
+        let mut lines = Lines::new(self.log_limit, writer.end_offset(), &self.redactor, copied);
+        let mut cursor = Cursor {
+            time: None,
+            count: 0,
+            since,
+        };
+        loop {
+            // Whether it still ran before this read: if not, the read sees its whole log.
+            let running = self.is_running().await;
+            let new = self.copy(&mut writer, &mut lines, &mut cursor).await?;
+            if !running {
+                break;
             }
-            lines.push(&mut writer, kind, time, data, false)?;
-            if let Some(end) = lines.take_news() {
-                self.emit(EventKind::LogAppended { end_offset: end });
+            if new == 0 {
+                tokio::time::sleep(POLL).await;
             }
         }
-        let now = Utc::now();
+        let code = exit_code(&self.docker, &self.container).await?;
+        // Once more after the engine's word on the exit: the cursor makes it free when the
+        // last read had it all.
+        self.copy(&mut writer, &mut lines, &mut cursor).await?;
+        let end = cursor.time.unwrap_or_else(Utc::now);
         for kind in [Stream::Stdout, Stream::Stderr] {
-            lines.push(&mut writer, kind, now, &[], true)?;
+            lines.push(&mut writer, kind, end, &[], true)?;
         }
         writer
             .sync()
@@ -93,7 +89,6 @@ impl Follow {
         }
         drop(writer);
 
-        let code = exit_code(&self.docker, &self.container).await?;
         let (exit_code, signal) = split_code(code);
         let failure = oom_killed(&self.docker, &self.container, code)
             .await
@@ -108,6 +103,101 @@ impl Follow {
             failure,
         })
     }
+}
+
+/// How often a running container's log is read again when the last read brought nothing.
+const POLL: Duration = Duration::from_millis(250);
+
+/// How far the log was copied: the frames of the engine's log up to `time` (one-second
+/// resolution), of which `count` at `time` itself. Frames come in the same order on every
+/// read, so that is enough to skip exactly what was copied.
+struct Cursor {
+    time: Option<DateTime<Utc>>,
+    count: u64,
+    /// Where the first read starts (a recovered container's already-copied output).
+    since: Option<DateTime<Utc>>,
+}
+
+impl Follow {
+    async fn is_running(&self) -> bool {
+        self.docker
+            .inspect_container(&self.container, None)
+            .await
+            .ok()
+            .and_then(|inspected| inspected.state?.status)
+            // Anything but ended, "stopping" included (its process may still write).
+            .is_some_and(|status| {
+                !matches!(
+                    status,
+                    ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD
+                )
+            })
+    }
+
+    /// Reads the container's log (not following: the engine's follow stream can skip frames
+    /// of a fast writer, and end at the exit before it delivered everything) and copies the
+    /// frames past `cursor`; how many.
+    async fn copy(
+        &self,
+        writer: &mut FileLogWriter,
+        lines: &mut Lines<'_>,
+        cursor: &mut Cursor,
+    ) -> Result<u64, String> {
+        let since = cursor.time.or(cursor.since);
+        let mut stream = self.docker.logs(&self.container, Some(log_options(since)));
+        let mut at_time = 0u64;
+        let mut new = 0u64;
+        while let Some(frame) = stream.next().await {
+            let (kind, message) = match frame {
+                Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
+                Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(execution = ?self.execution, "container log stream: {e}");
+                    break;
+                }
+            };
+            let (time, data) = split_timestamp(&message);
+            match cursor.time {
+                Some(last) if time < last => continue,
+                Some(last) if time == last => {
+                    at_time += 1;
+                    if at_time <= cursor.count {
+                        continue;
+                    }
+                    cursor.count += 1;
+                }
+                _ => {
+                    cursor.time = Some(time);
+                    cursor.count = 1;
+                    at_time = 1;
+                }
+            }
+            new += 1;
+            if lines.copied.as_ref().is_some_and(|c| c.is_old(time)) {
+                continue;
+            }
+            lines.push(writer, kind, time, data, false)?;
+            if let Some(end) = lines.take_news() {
+                self.emit(EventKind::LogAppended { end_offset: end });
+            }
+        }
+        Ok(new)
+    }
+}
+
+fn log_options(since: Option<DateTime<Utc>>) -> LogsOptions {
+    let mut options = LogsOptionsBuilder::default()
+        .follow(false)
+        .stdout(true)
+        .stderr(true)
+        .timestamps(true);
+    if let Some(since) = since {
+        // Whole seconds, and one earlier: the engine's cut-off is coarse; `Cursor` is exact.
+        let seconds = since.timestamp().saturating_sub(1);
+        options = options.since(i32::try_from(seconds).unwrap_or(0));
+    }
+    options.build()
 }
 
 /// The engine reports a process killed by a signal as 128 + the signal (Docker's convention,
@@ -187,19 +277,6 @@ pub(super) async fn open_writer(
     }
 }
 
-fn last_record_time(logs: &FileLogStore, execution: &ExecutionId) -> Option<DateTime<Utc>> {
-    let mut offset = 0;
-    let mut last = None;
-    while let Ok(chunk) = logs.read(&execution.run_id, execution.attempt, offset, 1 << 20) {
-        let Some(record) = chunk.records.last() else {
-            break;
-        };
-        last = Some(record.time);
-        offset = chunk.next_offset;
-    }
-    last
-}
-
 /// `2024-01-02T03:04:05.123456789Z <data>`: the engine's time of the line and the line.
 pub(super) fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
     if let Some(space) = message.iter().position(|b| *b == b' ') {
@@ -216,6 +293,8 @@ pub(super) fn split_timestamp(message: &[u8]) -> (DateTime<Utc>, &[u8]) {
 /// Per-stream line assembly, redaction and the attempt's log cap.
 struct Lines<'r> {
     redactor: &'r Redactor,
+    /// What a previous server already stored, when following a recovered container.
+    copied: Option<CopiedLog>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     limit: u64,
@@ -226,9 +305,10 @@ struct Lines<'r> {
 }
 
 impl<'r> Lines<'r> {
-    fn new(limit: u64, end: u64, redactor: &'r Redactor) -> Self {
+    fn new(limit: u64, end: u64, redactor: &'r Redactor, copied: Option<CopiedLog>) -> Self {
         Lines {
             redactor,
+            copied,
             stdout: Vec::new(),
             stderr: Vec::new(),
             limit,
@@ -257,6 +337,13 @@ impl<'r> Lines<'r> {
                 continue;
             }
             let record = self.redactor.apply(&record);
+            if self
+                .copied
+                .as_ref()
+                .is_some_and(|copied| copied.contains(time, stream, &record))
+            {
+                continue;
+            }
             if self.written + record.len() as u64 > self.limit {
                 self.capped = true;
                 let note = format!(

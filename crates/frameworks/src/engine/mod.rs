@@ -16,6 +16,7 @@ mod copied;
 mod follow;
 mod oom;
 mod probe;
+mod program;
 mod replica;
 mod service;
 mod service_log;
@@ -236,6 +237,11 @@ impl EngineFramework {
                 ));
             }
         };
+        if let Err(why) = program::check(&self.docker, &created.id, &job.command[0]).await {
+            let _ = self.remove(&created.id).await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(why);
+        }
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = self.remove(&created.id).await;
             let _ = std::fs::remove_dir_all(&dir);
@@ -416,22 +422,28 @@ impl Framework for EngineFramework {
     }
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
+        // A job still running is refused (like `local`); a service's replicas are its task's
+        // to stop, and cleanup ends that task whatever state it is in.
+        let is_service = self.services().contains_key(execution) || self.is_service(execution);
         self.builds.forget(execution);
         if let Some(service) = self.services().remove(execution) {
             // Ended already, or given up on: whatever it left is removed below.
             service.abort();
         }
+        let found = self
+            .containers(Some(execution))
+            .await
+            .map_err(|e| engine_error("cannot list the engine's containers", e))?;
+        if !is_service && found.iter().any(|(_, _, running)| *running) {
+            return Err(busy(execution));
+        }
         let followed = self.followed().remove(execution);
-        let containers = match followed {
-            Some(followed) => vec![followed.container],
-            None => self
-                .containers(Some(execution))
-                .await
-                .map_err(|e| engine_error("cannot list the engine's containers", e))?
-                .into_iter()
-                .map(|(id, _, _)| id)
-                .collect(),
-        };
+        let mut containers: Vec<String> = found.into_iter().map(|(id, _, _)| id).collect();
+        if let Some(followed) = followed {
+            if !containers.contains(&followed.container) {
+                containers.push(followed.container);
+            }
+        }
         for container in containers {
             self.remove(&container)
                 .await
@@ -443,6 +455,16 @@ impl Framework for EngineFramework {
             _ => Ok(()),
         }
     }
+}
+
+fn busy(execution: &ExecutionId) -> FrameworkError {
+    FrameworkError::Io(std::io::Error::new(
+        std::io::ErrorKind::ResourceBusy,
+        format!(
+            "execution {}/{} is still running; stop it first",
+            execution.run_id, execution.attempt
+        ),
+    ))
 }
 
 /// Not there, or already stopped: what an idempotent stop or remove accepts.
