@@ -9,6 +9,7 @@
 
 pub(crate) mod archive;
 pub mod container;
+pub(crate) mod outcome;
 pub mod python;
 
 use runplane_domain::{ExitOutcome, Invalid, Run, RunState, Runnable};

@@ -8,10 +8,10 @@
 //! nothing was pushed), `build` kept (a rebuild starts from the same Containerfile) and
 //! `built_from` naming the version and run it came from.
 
-use super::outcome::{error, stopped};
 use super::spec::{check_image_reference, BuiltFrom, ContainerSpec};
 use super::ContainerConfig;
 use crate::archive;
+use crate::outcome::{error, stopped};
 use crate::{Interpretation, RuntimeError};
 use runplane_domain::{
     reason, Build, BuiltImage, ExitOutcome, FileEntry, Run, RunState, BUILD_OUTPUT,

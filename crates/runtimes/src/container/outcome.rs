@@ -16,35 +16,9 @@
 //! never ready, a build that failed, an OOM kill) are applied by the controller without asking.
 
 use super::{build, ContainerConfig, BUILD, DEPLOY, SERVE};
+use crate::outcome::{describe_signal, error, is_crash, stopped, succeeded};
 use crate::Interpretation;
 use runplane_domain::{reason, ExitOutcome, Run, RunState};
-use serde_json::Value;
-
-pub(crate) const RESULTS_FILE: &str = "results.json";
-
-pub(super) fn error(reason: &str, message: String) -> Interpretation {
-    Interpretation {
-        state: RunState::Error,
-        reason: reason.to_string(),
-        message: Some(message),
-        results: None,
-        new_version: None,
-    }
-}
-
-/// The run was being stopped: it ends with the stop's own reason (`user`, `timeout`, ...),
-/// which the controller turns into STOPPED or ERROR.
-pub(super) fn stopped(run: &Run, message: String) -> Interpretation {
-    let stop_reason = run
-        .status
-        .transitions
-        .iter()
-        .rev()
-        .find(|t| t.to == RunState::Stop)
-        .and_then(|t| t.reason.clone())
-        .unwrap_or_else(|| reason::USER.to_string());
-    error(&stop_reason, message)
-}
 
 /// See the module documentation.
 pub(crate) fn interpret(
@@ -59,7 +33,7 @@ pub(crate) fn interpret(
         _ => {}
     }
     match (outcome.exit_code, outcome.signal) {
-        (Some(0), _) => succeeded(outcome, config),
+        (Some(0), _) => succeeded(outcome, config.max_results_bytes),
         (Some(code), _) if stopping => stopped(
             run,
             format!("the container exited with code {code} while stopping"),
@@ -89,38 +63,6 @@ pub(crate) fn interpret(
     }
 }
 
-fn succeeded(outcome: &ExitOutcome, config: &ContainerConfig) -> Interpretation {
-    let results = match outcome.outputs.get(RESULTS_FILE) {
-        None => None,
-        Some(file) if file.is_truncated() || file.size > config.max_results_bytes as u64 => {
-            return error(
-                reason::INVALID_OUTPUT,
-                format!(
-                    "{RESULTS_FILE} is {} bytes, more than the {} allowed for a run's results",
-                    file.size, config.max_results_bytes
-                ),
-            );
-        }
-        Some(file) => match serde_json::from_slice::<Value>(&file.contents) {
-            Ok(Value::Null) => None,
-            Ok(value) => Some(value),
-            Err(parse_error) => {
-                return error(
-                    reason::INVALID_OUTPUT,
-                    format!("{RESULTS_FILE} is not valid JSON: {parse_error}"),
-                );
-            }
-        },
-    };
-    Interpretation {
-        state: RunState::Completed,
-        reason: reason::SUCCEEDED.to_string(),
-        message: None,
-        results,
-        new_version: None,
-    }
-}
-
 fn service_ended(run: &Run, outcome: &ExitOutcome, stopping: bool) -> Interpretation {
     let how = match (outcome.exit_code, outcome.signal) {
         (Some(code), _) => format!("the container exited with code {code}"),
@@ -134,31 +76,6 @@ fn service_ended(run: &Run, outcome: &ExitOutcome, stopping: bool) -> Interpreta
         reason::FAILED,
         format!("the service ended on its own ({how}); a service runs until it is stopped"),
     )
-}
-
-/// Signals that mean the process crashed on its own rather than being killed.
-fn is_crash(signal: i32) -> bool {
-    matches!(signal, 4 | 6 | 7 | 8 | 11)
-}
-
-/// `signal 9 (SIGKILL)`; numbers are Linux's.
-fn describe_signal(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        _ => return format!("signal {signal}"),
-    };
-    format!("signal {signal} ({name})")
 }
 
 #[cfg(test)]

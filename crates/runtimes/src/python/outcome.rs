@@ -24,12 +24,11 @@
 //! `build_failed`; an image build from the framework's `image.json`).
 
 use super::{build, PythonConfig, BUILD, SERVE};
+use crate::outcome::{describe_signal, error, is_crash, stopped, succeeded};
 use crate::Interpretation;
 use runplane_domain::{reason, ExitOutcome, Run, RunState};
 use serde::Deserialize;
-use serde_json::Value;
 
-pub(crate) const RESULTS_FILE: &str = "results.json";
 pub(crate) const ERROR_FILE: &str = "error.json";
 /// Longest message kept from `error.json`.
 const MAX_MESSAGE_CHARS: usize = 4096;
@@ -43,16 +42,6 @@ struct ErrorFile {
     kind: String,
     #[serde(default)]
     message: String,
-}
-
-fn error(reason: &str, message: String) -> Interpretation {
-    Interpretation {
-        state: RunState::Error,
-        reason: reason.to_string(),
-        message: Some(message),
-        results: None,
-        new_version: None,
-    }
 }
 
 /// See the module documentation; builds are `build.rs`'s.
@@ -70,7 +59,7 @@ pub(crate) fn interpret(run: &Run, outcome: &ExitOutcome, config: &PythonConfig)
 pub(crate) fn job_ended(run: &Run, outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
     let stopping = run.status.state == RunState::Stop;
     match (outcome.exit_code, outcome.signal) {
-        (Some(0), _) => succeeded(outcome, config),
+        (Some(0), _) => succeeded(outcome, config.max_results_bytes),
         (Some(code), _) if stopping => stopped(
             run,
             format!("the process exited with code {code} while stopping"),
@@ -91,38 +80,6 @@ pub(crate) fn job_ended(run: &Run, outcome: &ExitOutcome, config: &PythonConfig)
             reason::LOST,
             "the process ended without an exit code or a signal".to_string(),
         ),
-    }
-}
-
-fn succeeded(outcome: &ExitOutcome, config: &PythonConfig) -> Interpretation {
-    let results = match outcome.outputs.get(RESULTS_FILE) {
-        None => None,
-        Some(file) if file.is_truncated() || file.size > config.max_results_bytes as u64 => {
-            return error(
-                reason::INVALID_OUTPUT,
-                format!(
-                    "{RESULTS_FILE} is {} bytes, more than the {} allowed for a run's results",
-                    file.size, config.max_results_bytes
-                ),
-            );
-        }
-        Some(file) => match serde_json::from_slice::<Value>(&file.contents) {
-            Ok(Value::Null) => None,
-            Ok(value) => Some(value),
-            Err(parse_error) => {
-                return error(
-                    reason::INVALID_OUTPUT,
-                    format!("{RESULTS_FILE} is not valid JSON: {parse_error}"),
-                );
-            }
-        },
-    };
-    Interpretation {
-        state: RunState::Completed,
-        reason: reason::SUCCEEDED.to_string(),
-        message: None,
-        results,
-        new_version: None,
     }
 }
 
@@ -173,58 +130,11 @@ fn failed(outcome: &ExitOutcome, code: i32) -> Interpretation {
     }
 }
 
-/// The run was being stopped: it ends with the stop's own reason (`user`, `timeout`, ...),
-/// which the controller turns into STOPPED or ERROR.
-fn stopped(run: &Run, message: String) -> Interpretation {
-    let stop_reason = run
-        .status
-        .transitions
-        .iter()
-        .rev()
-        .find(|t| t.to == RunState::Stop)
-        .and_then(|t| t.reason.clone())
-        .unwrap_or_else(|| reason::USER.to_string());
-    Interpretation {
-        state: RunState::Error,
-        reason: stop_reason,
-        message: Some(message),
-        results: None,
-        new_version: None,
-    }
-}
-
 fn truncate(text: &str) -> String {
     match text.char_indices().nth(MAX_MESSAGE_CHARS) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_string(),
     }
-}
-
-/// Signals that mean the process crashed on its own rather than being killed.
-fn is_crash(signal: i32) -> bool {
-    matches!(signal, 4 | 6 | 7 | 8 | 11)
-}
-
-/// `signal 9 (SIGKILL)`; numbers are Linux's.
-fn describe_signal(signal: i32) -> String {
-    let name = match signal {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        _ => return format!("signal {signal}"),
-    };
-    format!("signal {signal} ({name})")
 }
 
 #[cfg(test)]
