@@ -391,6 +391,10 @@ pub struct RunRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(inline)]
     pub resources: Option<Resources>,
+    /// Input artifacts: parameter name → artifact (`name`, `name:version` or a
+    /// `store://` key). The run's handler gets a local path to it as that parameter.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// One execution of a task.
@@ -434,6 +438,9 @@ pub struct RunSpec {
     /// The function version's spec, copied.
     #[schema(value_type = Object)]
     pub function_spec: Value,
+    /// Input artifacts: parameter name → the pinned artifact key, resolved at submit.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub inputs: BTreeMap<String, String>,
 }
 
 /// Task settings after defaults are applied.
@@ -499,6 +506,19 @@ pub struct RunStatus {
     /// Service runs: the service this run backs and its replicas, as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceStatus>,
+    /// Runs a workflow run started for one of its nodes: which run, which step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_of: Option<crate::workflow::StepOf>,
+    /// Runs a trigger created: the trigger's key (`store://<project>/trigger/<kind>/<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub produced_by: Option<String>,
+    /// The artifacts the run logged (`context.log_artifact`): name → key
+    /// (`store://<project>/artifact/<kind>/<name>:<version>`), set when it ended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub artifacts: BTreeMap<String, String>,
+    /// Workflow runs: every node and its state, as last recorded by the workflow engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow: Option<crate::workflow::WorkflowStatus>,
     pub transitions: Vec<Transition>,
     pub attempts: Vec<Attempt>,
 }

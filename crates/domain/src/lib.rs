@@ -6,6 +6,7 @@
 //! in by callers) and depends on no other runplane crate. Everything else depends on it.
 
 pub mod entity;
+pub mod expr;
 pub mod hash;
 pub mod invalid;
 pub mod key;
@@ -13,6 +14,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod reason;
 pub mod runnable;
+pub mod workflow;
 
 pub use entity::*;
 pub use invalid::{FieldError, Invalid};

@@ -10,6 +10,7 @@
 pub(crate) mod archive;
 pub mod container;
 pub(crate) mod outcome;
+pub mod pipeline;
 pub mod python;
 
 use runplane_domain::{ExitOutcome, Invalid, Run, RunState, Runnable};
@@ -83,6 +84,16 @@ pub trait Runtime: Send + Sync {
     fn kind(&self) -> &'static str;
     /// The actions it offers, e.g. `["job"]`.
     fn actions(&self) -> &'static [&'static str];
+    /// The action of a run request that names none.
+    fn default_action(&self) -> &'static str {
+        "job"
+    }
+    /// Whether the controller itself drives its runs (workflows: the workflow engine creates
+    /// step runs) instead of handing a [`Runnable`] to a framework. `to_runnable` and
+    /// `interpret` are then never called.
+    fn is_workflow(&self) -> bool {
+        false
+    }
     /// Validates a function spec (as submitted) and returns its normalized form, which is what
     /// gets stored. Field paths in errors are relative to the spec (`handler`, `source.code`).
     fn normalize_function(&self, spec: &Value) -> Result<Value, Invalid>;

@@ -72,6 +72,7 @@ fn run_of(runtime: &ContainerRuntime, spec: &Value, action: &str, parameters: Va
                 ..RunSettings::default()
             },
             function_spec,
+            inputs: Default::default(),
         },
         status: RunStatus {
             state: RunState::Running,
@@ -81,6 +82,10 @@ fn run_of(runtime: &ContainerRuntime, spec: &Value, action: &str, parameters: Va
             results: None,
             rerun_of: None,
             service: None,
+            step_of: None,
+            produced_by: None,
+            workflow: None,
+            artifacts: Default::default(),
             transitions: Vec::new(),
             attempts: Vec::new(),
         },

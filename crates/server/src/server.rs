@@ -11,6 +11,7 @@ use runplane_frameworks::local::{LocalFramework, LocalOptions};
 use runplane_frameworks::{ExecutionId, FrameworkError};
 use runplane_logstore::file::FileLogStore;
 use runplane_runtimes::container::{ContainerConfig, ContainerRuntime};
+use runplane_runtimes::pipeline::PipelineRuntime;
 use runplane_runtimes::python::{PythonConfig, PythonRuntime};
 use runplane_runtimes::Runtimes;
 use runplane_store::sqlite::SqliteStore;
@@ -126,7 +127,8 @@ impl Server {
             .with(Arc::new(ContainerRuntime::new(ContainerConfig {
                 registry: options.engine.as_ref().and_then(|e| e.registry.clone()),
                 ..ContainerConfig::default()
-            })));
+            })))
+            .with(Arc::new(PipelineRuntime::new()));
         // Before the controller starts: every execution is followed (and stoppable) before any
         // controller task or request can act on its run. The event channel is unbounded, so
         // what recovery reports waits for the reconciler.

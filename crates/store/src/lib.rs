@@ -62,6 +62,8 @@ pub struct IdempotencyKey {
 pub struct RunQuery {
     pub project: String,
     pub function: Option<String>,
+    /// Only the runs a workflow run started for its nodes (`status.step_of.run_id`).
+    pub step_of: Option<String>,
     /// Any of these states (all when empty).
     pub states: Vec<RunState>,
     /// All of these labels (`key`, `value`).
@@ -94,6 +96,8 @@ pub struct TransitionRequest {
     pub at: DateTime<Utc>,
     /// Sets `status.results` when Some.
     pub results: Option<Value>,
+    /// Sets `status.artifacts` (artifact name → key) when Some.
+    pub artifacts: Option<std::collections::BTreeMap<String, String>>,
     pub attempt_update: Option<AttemptUpdate>,
 }
 
@@ -109,6 +113,7 @@ impl TransitionRequest {
             message: None,
             at: Utc::now().trunc_subsecs(6),
             results: None,
+            artifacts: None,
             attempt_update: None,
         }
     }

@@ -128,6 +128,7 @@ pub(crate) mod tests {
                     ..RunSettings::default()
                 },
                 function_spec,
+                inputs: Default::default(),
             },
             status: RunStatus {
                 state: RunState::Pending,
@@ -137,6 +138,10 @@ pub(crate) mod tests {
                 results: None,
                 rerun_of: None,
                 service: None,
+                step_of: None,
+                produced_by: None,
+                workflow: None,
+                artifacts: Default::default(),
                 transitions: Vec::new(),
                 attempts: Vec::new(),
             },

@@ -170,6 +170,7 @@ pub(crate) mod tests {
                     ..RunSettings::default()
                 },
                 function_spec,
+                inputs: Default::default(),
             },
             status: RunStatus {
                 state: RunState::Pending,
@@ -179,6 +180,10 @@ pub(crate) mod tests {
                 results: None,
                 rerun_of: None,
                 service: None,
+                step_of: None,
+                produced_by: None,
+                workflow: None,
+                artifacts: Default::default(),
                 transitions: Vec::new(),
                 attempts: Vec::new(),
             },

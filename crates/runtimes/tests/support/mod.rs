@@ -55,6 +55,7 @@ pub fn run_of(spec: Value, parameters: Value) -> Run {
                 ..RunSettings::default()
             },
             function_spec,
+            inputs: Default::default(),
         },
         status: RunStatus {
             state: RunState::Running,
@@ -64,6 +65,10 @@ pub fn run_of(spec: Value, parameters: Value) -> Run {
             results: None,
             rerun_of: None,
             service: None,
+            step_of: None,
+            produced_by: None,
+            workflow: None,
+            artifacts: Default::default(),
             transitions: Vec::new(),
             attempts: Vec::new(),
         },

@@ -31,6 +31,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
 pub struct ListRunsParams {
     /// Only runs of this function (name).
     function: Option<String>,
+    /// Only the step runs of this workflow run (id).
+    step_of: Option<String>,
     /// Comma-separated states, e.g. `RUNNING,PENDING`.
     state: Option<String>,
     /// Comma-separated `key=value` labels, all of which must match.
@@ -92,6 +94,7 @@ async fn list_runs(
     let query = RunQuery {
         project,
         function: params.function,
+        step_of: params.step_of,
         states,
         labels,
         created_after: params.created_after,

@@ -17,6 +17,15 @@ use runplane_domain::{
 };
 use runplane_store::{IdempotencyKey, Put};
 
+/// Where a run comes from besides its request, recorded in its status.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunLinks {
+    /// The workflow run (and node) that started it.
+    pub step_of: Option<runplane_domain::workflow::StepOf>,
+    /// The key of the trigger that created it.
+    pub produced_by: Option<String>,
+}
+
 /// The action a run takes when the request names none.
 pub const DEFAULT_ACTION: &str = "job";
 
@@ -30,11 +39,44 @@ impl Controller {
         caller: &str,
         idempotency_key: Option<String>,
     ) -> Result<Put<Run>, ControllerError> {
-        validate_name("project", project)?;
+        self.submit_run_linked(
+            project,
+            request,
+            caller,
+            idempotency_key,
+            RunLinks::default(),
+        )
+        .await
+    }
+
+    /// [`submit_run`](Self::submit_run) for a run that a workflow or a trigger starts,
+    /// recording where it comes from.
+    pub async fn submit_run_linked(
+        &self,
+        project: &str,
+        request: RunRequest,
+        caller: &str,
+        idempotency_key: Option<String>,
+        links: RunLinks,
+    ) -> Result<Put<Run>, ControllerError> {
         let idempotency = idempotency_key.map(|key| IdempotencyKey {
             key,
             request_hash: content_hash(&serde_json::to_value(&request).unwrap_or_default()),
         });
+        let run = self.prepare_run(project, request, caller, links).await?;
+        self.store_new_run(run, idempotency).await
+    }
+
+    /// The READY run a request makes, validated and merged into its self-contained spec, but
+    /// not stored: for callers that store it in a transaction of their own (a trigger's fire).
+    pub async fn prepare_run(
+        &self,
+        project: &str,
+        request: RunRequest,
+        caller: &str,
+        links: RunLinks,
+    ) -> Result<Run, ControllerError> {
+        validate_name("project", project)?;
         let mut problems = Problems::new();
         problems.check(validate_labels("labels", &request.labels));
         problems.check(super::secrets::validate_secret_refs(
@@ -45,10 +87,13 @@ impl Controller {
         problems.check(validate_name("function", function_name));
         problems.finish()?;
 
-        let action = request
-            .action
-            .clone()
-            .unwrap_or_else(|| DEFAULT_ACTION.to_string());
+        let action = match request.action.clone() {
+            Some(action) => action,
+            None => {
+                self.default_action(project, function_name, pinned_version)
+                    .await?
+            }
+        };
         let task = self
             .find_task(project, function_name, request.task.as_deref(), &action)
             .await?;
@@ -74,8 +119,10 @@ impl Controller {
         // deleted in between is caught again at dispatch (`secret_missing`).
         self.check_secrets_exist(project, &spec.settings.secrets)
             .await?;
-        let run = new_run(project, caller, spec, request.labels, None);
-        self.store_new_run(run, idempotency).await
+        let mut run = new_run(project, caller, spec, request.labels, None);
+        run.status.step_of = links.step_of;
+        run.status.produced_by = links.produced_by;
+        Ok(run)
     }
 
     /// Starts a new run with the same self-contained spec as `id` (linked by `rerun_of`).
@@ -101,7 +148,7 @@ impl Controller {
         self.store_new_run(run, idempotency).await
     }
 
-    async fn store_new_run(
+    pub(crate) async fn store_new_run(
         &self,
         run: Run,
         idempotency: Option<IdempotencyKey>,
@@ -117,6 +164,25 @@ impl Controller {
             self.published(&put.value);
         }
         Ok(put)
+    }
+
+    /// The action of a request that names none: the runtime's default (`job`, `pipeline` for
+    /// workflows). An unknown function gets the plain default; resolving it fails later with
+    /// the right error.
+    async fn default_action(
+        &self,
+        project: &str,
+        function_name: &str,
+        version: Option<&str>,
+    ) -> Result<String, ControllerError> {
+        let function = self
+            .store()
+            .get_function(project, function_name, version)
+            .await?;
+        Ok(function
+            .and_then(|function| self.inner.runtimes.get(&function.kind))
+            .map_or(DEFAULT_ACTION, |runtime| runtime.default_action())
+            .to_string())
     }
 
     /// The task whose settings a run takes: the named one, else the only task of this function
@@ -310,6 +376,7 @@ impl Controller {
             parameters: request.parameters.clone(),
             settings,
             function_spec: function.spec.clone(),
+            inputs: Default::default(),
         })
     }
 }
@@ -351,6 +418,10 @@ fn new_run(
             results: None,
             rerun_of,
             service: None,
+            step_of: None,
+            produced_by: None,
+            workflow: None,
+            artifacts: Default::default(),
             transitions: vec![
                 step(None, RunState::Created, reason::SUBMITTED),
                 step(Some(RunState::Created), RunState::Built, reason::SUBMITTED),

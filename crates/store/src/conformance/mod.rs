@@ -190,9 +190,14 @@ impl RunBuilder {
                         ..RunSettings::default()
                     },
                     function_spec: json!({ "source": { "code": "def handler(): pass" }, "handler": "handler" }),
+                    inputs: Default::default(),
                 },
                 status: RunStatus {
                     service: None,
+                    step_of: None,
+                    produced_by: None,
+                    workflow: None,
+                    artifacts: Default::default(),
                     state: RunState::Created,
                     attempt: 1,
                     reason: None,

@@ -19,7 +19,7 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 const RUN_COLUMNS: &str = "r.id, r.project, r.kind, r.state, r.attempt, r.reason, r.message, \
-     r.results, r.rerun_of, r.service, r.labels, r.spec, r.created, r.updated, r.created_by";
+     r.results, r.rerun_of, r.service, r.step, r.produced_by, r.workflow, r.artifacts, r.labels, r.spec, r.created, r.updated, r.created_by";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -33,6 +33,10 @@ pub(super) struct RunRow {
     results: Option<String>,
     rerun_of: Option<String>,
     service: Option<String>,
+    step: Option<String>,
+    produced_by: Option<String>,
+    workflow: Option<String>,
+    artifacts: Option<String>,
     labels: String,
     spec: String,
     created: String,
@@ -69,6 +73,23 @@ impl RunRow {
                     .as_deref()
                     .map(|s| from_json("runs.service", s))
                     .transpose()?,
+                step_of: self
+                    .step
+                    .as_deref()
+                    .map(|s| from_json("runs.step", s))
+                    .transpose()?,
+                produced_by: self.produced_by,
+                workflow: self
+                    .workflow
+                    .as_deref()
+                    .map(|w| from_json("runs.workflow", w))
+                    .transpose()?,
+                artifacts: self
+                    .artifacts
+                    .as_deref()
+                    .map(|a| from_json("runs.artifacts", a))
+                    .transpose()?
+                    .unwrap_or_default(),
                 transitions,
                 attempts,
             },
@@ -243,9 +264,9 @@ pub(super) async fn create_run(
     let status = &run.status;
     let inserted = sqlx::query(
         "INSERT INTO runs (id, project, kind, function_name, task, state, attempt, reason,
-             message, results, rerun_of, service, labels, spec, created, updated, created_by,
-             idempotency_key, request_hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             message, results, rerun_of, service, step_of, step, produced_by, workflow, artifacts,
+             labels, spec, created, updated, created_by, idempotency_key, request_hash)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&meta.id)
     .bind(&meta.project)
@@ -271,6 +292,27 @@ pub(super) async fn create_run(
             .map(|s| to_json("service", s))
             .transpose()?,
     )
+    .bind(status.step_of.as_ref().map(|s| s.run_id.as_str()))
+    .bind(
+        status
+            .step_of
+            .as_ref()
+            .map(|s| to_json("step", s))
+            .transpose()?,
+    )
+    .bind(&status.produced_by)
+    .bind(
+        status
+            .workflow
+            .as_ref()
+            .map(|w| to_json("workflow", w))
+            .transpose()?,
+    )
+    .bind(if status.artifacts.is_empty() {
+        None
+    } else {
+        Some(to_json("artifacts", &status.artifacts)?)
+    })
     .bind(to_json("labels", &meta.labels)?)
     .bind(to_json("spec", &run.spec)?)
     .bind(ts(&meta.created))
@@ -400,6 +442,9 @@ pub(super) async fn list_runs(conn: &mut SqliteConnection, q: &RunQuery) -> Stor
         query
             .push(" AND r.function_name = ")
             .push_bind(function.clone());
+    }
+    if let Some(step_of) = &q.step_of {
+        query.push(" AND r.step_of = ").push_bind(step_of.clone());
     }
     if !q.states.is_empty() {
         query.push(" AND r.state IN (");

@@ -21,9 +21,14 @@ pub(super) async fn transition(
         .as_ref()
         .map(|r| to_json("results", r))
         .transpose()?;
+    let artifacts = request
+        .artifacts
+        .as_ref()
+        .map(|a| to_json("artifacts", a))
+        .transpose()?;
     let updated = sqlx::query(
         "UPDATE runs SET state = ?, attempt = ?, reason = ?, message = ?,
-             results = COALESCE(?, results), updated = ?
+             results = COALESCE(?, results), artifacts = COALESCE(?, artifacts), updated = ?
          WHERE id = ? AND state = ? AND attempt = ?",
     )
     .bind(request.to.as_str())
@@ -31,6 +36,7 @@ pub(super) async fn transition(
     .bind(&request.reason)
     .bind(&request.message)
     .bind(results)
+    .bind(artifacts)
     .bind(&at)
     .bind(&request.run_id)
     .bind(request.from.as_str())
