@@ -1,0 +1,136 @@
+#!/usr/bin/python3
+"""Per-step overhead of workflows: a 40-step sequential pipeline of trivial Python steps
+(fibonacci(10)), each step its own run and process, against 40 bare runs of /usr/bin/python3
+doing the step's work (interpreter start, import of the module, the call, json.dumps of the
+result into a file). Both measured in this one run, on this machine; the workflow is run
+REPEAT times and the median is reported.
+
+Also reports, from the stored transitions, how long the engine takes between one step's end
+and the next step's creation (the workflow engine's own latency).
+
+Usage: bench/workflow.py BINARY [STEPS] [REPEAT]
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+
+from benchlib import Server, call
+
+PYTHON = "/usr/bin/python3"
+CODE = (
+    "def fibonacci(n):\n"
+    "    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)\n"
+    "\n"
+    "def handler(n=10):\n"
+    "    return {'fibonacci': fibonacci(n)}\n"
+)
+
+
+def bare_runs(n, work):
+    module_dir = os.path.join(work, "src")
+    os.makedirs(module_dir, exist_ok=True)
+    with open(os.path.join(module_dir, "main.py"), "w") as f:
+        f.write(CODE)
+    script = os.path.join(work, "bare.py")
+    with open(script, "w") as f:
+        f.write(
+            "import sys, json\n"
+            f"sys.path.insert(0, {module_dir!r})\n"
+            "import main\n"
+            "result = main.handler(n=10)\n"
+            f"open({os.path.join(work, 'results.json')!r}, 'w').write(json.dumps(result))\n"
+        )
+    start = time.perf_counter()
+    for _ in range(n):
+        subprocess.run([PYTHON, script], check=True)
+    return time.perf_counter() - start
+
+
+def pipeline(steps):
+    return {
+        "kind": "pipeline",
+        "metadata": {"name": f"chain{steps}"},
+        "spec": {
+            "steps": [
+                {
+                    "name": f"s{i}",
+                    "function": "fib",
+                    "parameters": {"n": 10},
+                    **({"depends_on": [f"s{i - 1}"]} if i else {}),
+                }
+                for i in range(steps)
+            ]
+        },
+    }
+
+
+def at(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def engine_gaps(base, workflow_id):
+    """Seconds between each step's end and the creation of the step after it."""
+    steps = call("GET", f"{base}/runs?step_of={workflow_id}&limit=1000")["items"]
+    by_step = {run["status"]["step_of"]["step"]: run for run in steps}
+    gaps = []
+    for i in range(1, len(by_step)):
+        before, after = by_step[f"s{i - 1}"], by_step[f"s{i}"]
+        ended = next(t["at"] for t in before["status"]["transitions"] if t["to"] == "COMPLETED")
+        gaps.append((at(after["metadata"]["created"]) - at(ended)).total_seconds())
+    return gaps
+
+
+def main():
+    binary = os.path.abspath(sys.argv[1])
+    steps = int(sys.argv[2]) if len(sys.argv) > 2 else 40
+    repeat = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    server = Server(binary)
+    base = f"{server.url}/api/v1/projects/bench"
+    totals, gaps = [], []
+    try:
+        call("POST", f"{base}/functions", {
+            "kind": "python", "metadata": {"name": "fib"},
+            "spec": {"handler": "handler", "source": {"code": CODE}},
+        })
+        call("POST", f"{base}/workflows", pipeline(steps))
+        # Warm-up: page cache, first connections; not measured.
+        run = call("POST", f"{base}/runs", {"function": "fib", "parameters": {"n": 10}})
+        call("GET", f"{base}/runs/{run['metadata']['id']}?wait=60")
+        for _ in range(repeat):
+            start = time.perf_counter()
+            run = call("POST", f"{base}/runs", {"function": f"chain{steps}"})
+            done = call("GET", f"{base}/runs/{run['metadata']['id']}?wait=600")
+            totals.append(time.perf_counter() - start)
+            assert done["status"]["state"] == "COMPLETED", done["status"]
+            gaps.extend(engine_gaps(base, run["metadata"]["id"]))
+    finally:
+        server.close()
+
+    work = tempfile.mkdtemp(prefix="runplane-bare-")
+    try:
+        bare_runs(3, work)
+        bare = statistics.median(bare_runs(steps, work) for _ in range(repeat))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    total = statistics.median(totals)
+    ms = lambda s: round(s * 1000.0, 2)
+    print(json.dumps({
+        "steps": steps,
+        "repeat": repeat,
+        "workflow_total_ms": {"median": ms(total), "all": [ms(t) for t in totals]},
+        "bare_total_ms": ms(bare),
+        "ratio": round(total / bare, 2),
+        "overhead_per_step_ms": ms((total - bare) / steps),
+        "engine_gap_ms": {"median": ms(statistics.median(gaps)), "max": ms(max(gaps))} if gaps else None,
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
