@@ -411,11 +411,13 @@ fn schemas_describe_every_spec_kind() {
         kinds,
         json!([
             "container",
+            "pipeline",
             "python",
             "container+job",
             "container+deploy",
             "container+serve",
             "container+build",
+            "pipeline+pipeline",
             "python+job",
             "python+serve",
             "python+build"

@@ -57,14 +57,10 @@ impl Follow {
         let copied = CopiedLog::read(&self.logs, &self.execution.run_id, self.execution.attempt);
         let since = copied.as_ref().map(CopiedLog::since);
         let mut lines = Lines::new(self.log_limit, writer.end_offset(), &self.redactor, copied);
-        let mut cursor = Cursor {
-            time: None,
-            count: 0,
-            since,
-        };
+        let mut cursor = LogCursor::since(since);
         loop {
             // Whether it still ran before this read: if not, the read sees its whole log.
-            let running = self.is_running().await;
+            let running = is_running(&self.docker, &self.container).await;
             let new = self.copy(&mut writer, &mut lines, &mut cursor).await?;
             if !running {
                 break;
@@ -77,7 +73,7 @@ impl Follow {
         // Once more after the engine's word on the exit: the cursor makes it free when the
         // last read had it all.
         self.copy(&mut writer, &mut lines, &mut cursor).await?;
-        let end = cursor.time.unwrap_or_else(Utc::now);
+        let end = cursor.last_time().unwrap_or_else(Utc::now);
         for kind in [Stream::Stdout, Stream::Stderr] {
             lines.push(&mut writer, kind, end, &[], true)?;
         }
@@ -106,45 +102,40 @@ impl Follow {
 }
 
 /// How often a running container's log is read again when the last read brought nothing.
-const POLL: Duration = Duration::from_millis(250);
+pub(super) const POLL: Duration = Duration::from_millis(250);
 
-/// How far the log was copied: the frames of the engine's log up to `time` (one-second
-/// resolution), of which `count` at `time` itself. Frames come in the same order on every
-/// read, so that is enough to skip exactly what was copied.
-struct Cursor {
+/// How far a container's log was copied: the frames of the engine's log up to `time`
+/// (one-second resolution), of which `count` at `time` itself. Frames come in the same order on
+/// every read, so that is enough to skip exactly what was copied — also across restarts of the
+/// same container, whose log keeps the output of its earlier runs.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) struct LogCursor {
     time: Option<DateTime<Utc>>,
     count: u64,
     /// Where the first read starts (a recovered container's already-copied output).
     since: Option<DateTime<Utc>>,
 }
 
-impl Follow {
-    async fn is_running(&self) -> bool {
-        self.docker
-            .inspect_container(&self.container, None)
-            .await
-            .ok()
-            .and_then(|inspected| inspected.state?.status)
-            // Anything but ended, "stopping" included (its process may still write).
-            .is_some_and(|status| {
-                !matches!(
-                    status,
-                    ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD
-                )
-            })
+impl LogCursor {
+    pub(super) fn since(since: Option<DateTime<Utc>>) -> Self {
+        LogCursor {
+            time: None,
+            count: 0,
+            since,
+        }
     }
 
-    /// Reads the container's log (not following: the engine's follow stream can skip frames
-    /// of a fast writer, and end at the exit before it delivered everything) and copies the
-    /// frames past `cursor`; how many.
-    async fn copy(
-        &self,
-        writer: &mut FileLogWriter,
-        lines: &mut Lines<'_>,
-        cursor: &mut Cursor,
+    /// Reads the container's log once (not following: the engine's follow stream can skip
+    /// frames of a fast writer, and end at the exit before it delivered everything), hands
+    /// every frame past the cursor to `each` and moves the cursor past it; how many.
+    pub(super) async fn read(
+        &mut self,
+        docker: &Docker,
+        container: &str,
+        mut each: impl FnMut(Stream, DateTime<Utc>, &[u8]) -> Result<(), String>,
     ) -> Result<u64, String> {
-        let since = cursor.time.or(cursor.since);
-        let mut stream = self.docker.logs(&self.container, Some(log_options(since)));
+        let since = self.time.or(self.since);
+        let mut stream = docker.logs(container, Some(log_options(since)));
         let mut at_time = 0u64;
         let mut new = 0u64;
         while let Some(frame) = stream.next().await {
@@ -153,36 +144,75 @@ impl Follow {
                 Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
                 Ok(_) => continue,
                 Err(e) => {
-                    tracing::warn!(execution = ?self.execution, "container log stream: {e}");
+                    tracing::warn!(%container, "container log stream: {e}");
                     break;
                 }
             };
             let (time, data) = split_timestamp(&message);
-            match cursor.time {
+            match self.time {
                 Some(last) if time < last => continue,
                 Some(last) if time == last => {
                     at_time += 1;
-                    if at_time <= cursor.count {
+                    if at_time <= self.count {
                         continue;
                     }
-                    cursor.count += 1;
+                    self.count += 1;
                 }
                 _ => {
-                    cursor.time = Some(time);
-                    cursor.count = 1;
+                    self.time = Some(time);
+                    self.count = 1;
                     at_time = 1;
                 }
             }
             new += 1;
-            if lines.copied.as_ref().is_some_and(|c| c.is_old(time)) {
-                continue;
-            }
-            lines.push(writer, kind, time, data, false)?;
-            if let Some(end) = lines.take_news() {
-                self.emit(EventKind::LogAppended { end_offset: end });
-            }
+            each(kind, time, data)?;
         }
         Ok(new)
+    }
+
+    /// The time of the last frame read, if any.
+    pub(super) fn last_time(&self) -> Option<DateTime<Utc>> {
+        self.time
+    }
+}
+
+/// Whether the container may still write to its log: anything but ended ("stopping"
+/// included).
+pub(super) async fn is_running(docker: &Docker, container: &str) -> bool {
+    docker
+        .inspect_container(container, None)
+        .await
+        .ok()
+        .and_then(|inspected| inspected.state?.status)
+        // Anything but ended, "stopping" included (its process may still write).
+        .is_some_and(|status| {
+            !matches!(
+                status,
+                ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD
+            )
+        })
+}
+
+impl Follow {
+    /// Copies the frames of the container's log past `cursor`; how many.
+    async fn copy(
+        &self,
+        writer: &mut FileLogWriter,
+        lines: &mut Lines<'_>,
+        cursor: &mut LogCursor,
+    ) -> Result<u64, String> {
+        cursor
+            .read(&self.docker, &self.container, |kind, time, data| {
+                if lines.copied.as_ref().is_some_and(|c| c.is_old(time)) {
+                    return Ok(());
+                }
+                lines.push(writer, kind, time, data, false)?;
+                if let Some(end) = lines.take_news() {
+                    self.emit(EventKind::LogAppended { end_offset: end });
+                }
+                Ok(())
+            })
+            .await
     }
 }
 

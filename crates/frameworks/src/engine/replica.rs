@@ -2,19 +2,17 @@
 //! then how it ended, reported to the service's task.
 //!
 //! A restarted replica is the same container started again, and the engine hands back the
-//! output of all its runs each time: the follower skips the log frames it already copied
-//! (`skip_frames`, counted by the previous run's follower), or, after a server restart, those
-//! a previous server stored (`copied`).
+//! output of all its runs each time: the follower starts at the cursor where the previous run's
+//! follower stopped, and after a server restart skips what a previous server stored
+//! (`copied`). Like a job's, the log is copied by repeated reads, not the engine's follow
+//! stream, which can skip frames of a fast writer (see `follow.rs`).
 
 use super::copied::CopiedLog;
-use super::follow::{exit_code, oom_killed, split_timestamp};
+use super::follow::{exit_code, is_running, oom_killed, LogCursor, POLL};
 use super::service_log::ServiceLog;
 use crate::local::capture::split_records;
-use bollard::container::LogOutput;
-use bollard::query_parameters::LogsOptionsBuilder;
 use bollard::Docker;
 use chrono::Utc;
-use futures::StreamExt;
 use runplane_logstore::Stream;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -29,8 +27,8 @@ pub enum Report {
         /// Its exit code; `Err` when the container vanished.
         code: Result<i32, String>,
         oom: bool,
-        /// Log frames of this container seen so far, all runs included.
-        frames: u64,
+        /// How far this container's log (all its runs) was copied.
+        cursor: LogCursor,
     },
     /// Run `generation` answered its readiness check.
     Ready { index: u32, generation: u64 },
@@ -44,14 +42,15 @@ pub struct Watch {
     pub index: u32,
     pub generation: u64,
     pub log: Arc<ServiceLog>,
-    pub skip_frames: u64,
+    /// How far earlier runs of the same container were copied.
+    pub cursor: LogCursor,
     pub copied: Option<Arc<CopiedLog>>,
     pub reports: mpsc::UnboundedSender<Report>,
 }
 
 impl Watch {
     pub async fn run(self) {
-        let frames = self.copy_logs().await;
+        let cursor = self.copy_logs().await;
         let code = exit_code(&self.docker, &self.container).await;
         let oom = match code {
             Ok(code) => oom_killed(&self.docker, &self.container, code).await,
@@ -62,60 +61,69 @@ impl Watch {
             generation: self.generation,
             code,
             oom,
-            frames,
+            cursor,
         });
     }
 
-    /// Copies the container's output until its log stream ends (it stopped); the frames seen.
-    async fn copy_logs(&self) -> u64 {
-        let options = LogsOptionsBuilder::default()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .build();
-        let mut stream = self.docker.logs(&self.container, Some(options));
+    /// Copies the container's output until it stopped running (the one more read after it
+    /// stopped gets the rest); the cursor past everything copied, for its next run.
+    async fn copy_logs(&self) -> LogCursor {
+        let mut cursor = self.cursor.clone();
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut frames = 0u64;
-        let mut last_time = Utc::now();
-        while let Some(frame) = stream.next().await {
-            let (kind, message) = match frame {
-                Ok(LogOutput::StdOut { message }) => (Stream::Stdout, message),
-                Ok(LogOutput::StdErr { message }) => (Stream::Stderr, message),
-                Ok(_) => continue,
-                Err(e) => {
-                    tracing::debug!(container = %self.container, "replica log stream: {e}");
-                    break;
-                }
-            };
-            frames += 1;
-            if frames <= self.skip_frames {
-                continue;
+        loop {
+            let running = is_running(&self.docker, &self.container).await;
+            let new = self.copy(&mut cursor, &mut stdout, &mut stderr).await;
+            if !running {
+                break;
             }
-            let (time, data) = split_timestamp(&message);
-            if self
-                .copied
-                .as_ref()
-                .is_some_and(|copied| copied.is_old(time))
-            {
-                continue;
+            if new == 0 {
+                tokio::time::sleep(POLL).await;
             }
-            last_time = time;
-            let pending = match kind {
-                Stream::Stderr => &mut stderr,
-                _ => &mut stdout,
-            };
-            pending.extend_from_slice(data);
-            let mut records = split_records(pending, false);
-            if let Some(copied) = &self.copied {
-                records.retain(|record| !copied.contains(time, kind, &self.log.redact(record)));
-            }
-            self.log.append(kind, time, records);
         }
+        // The engine's word on the exit came after the last read: once more (free when that
+        // read had it all).
+        let _ = exit_code(&self.docker, &self.container).await;
+        self.copy(&mut cursor, &mut stdout, &mut stderr).await;
+        let last_time = cursor.last_time().unwrap_or_else(Utc::now);
         for (kind, pending) in [(Stream::Stdout, &mut stdout), (Stream::Stderr, &mut stderr)] {
             self.log
                 .append(kind, last_time, split_records(pending, true));
         }
-        frames
+        cursor
+    }
+
+    /// One read of the frames past `cursor` into the service log; how many.
+    async fn copy(
+        &self,
+        cursor: &mut LogCursor,
+        stdout: &mut Vec<u8>,
+        stderr: &mut Vec<u8>,
+    ) -> u64 {
+        let read = cursor
+            .read(&self.docker, &self.container, |kind, time, data| {
+                if self
+                    .copied
+                    .as_ref()
+                    .is_some_and(|copied| copied.is_old(time))
+                {
+                    return Ok(());
+                }
+                let pending = match kind {
+                    Stream::Stderr => &mut *stderr,
+                    _ => &mut *stdout,
+                };
+                pending.extend_from_slice(data);
+                let mut records = split_records(pending, false);
+                if let Some(copied) = &self.copied {
+                    records.retain(|record| !copied.contains(time, kind, &self.log.redact(record)));
+                }
+                self.log.append(kind, time, records);
+                Ok(())
+            })
+            .await;
+        read.unwrap_or_else(|e| {
+            tracing::debug!(container = %self.container, "replica log: {e}");
+            0
+        })
     }
 }

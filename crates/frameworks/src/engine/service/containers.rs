@@ -49,7 +49,7 @@ impl ServiceRun {
             .entry(index)
             .or_insert_with(|| Replica::new(index));
         replica.container = Some(created.id.clone());
-        replica.frames = 0;
+        replica.cursor = Default::default();
         if let Err(e) = self.docker.start_container(&created.id, None).await {
             let _ = remove(&self.docker, &created.id).await;
             if let Some(replica) = self.replicas.get_mut(&index) {
@@ -134,7 +134,7 @@ impl ServiceRun {
             index,
             generation,
             log: self.log.clone(),
-            skip_frames: replica.frames,
+            cursor: replica.cursor.clone(),
             copied,
             reports: self.reports_tx.clone(),
         };

@@ -35,8 +35,8 @@ pub(super) struct Replica {
     pub(super) generation: u64,
     pub(super) running: bool,
     pub(super) probe: Option<AbortHandle>,
-    /// Log frames of the container already copied (its runs' output accumulates).
-    pub(super) frames: u64,
+    /// How far the container's log was copied (its runs' output accumulates).
+    pub(super) cursor: crate::engine::follow::LogCursor,
     pub(super) ready_since: Option<Instant>,
     pub(super) ever_ready: bool,
     pub(super) restarts: u32,
@@ -60,7 +60,7 @@ impl Replica {
             generation: 0,
             running: false,
             probe: None,
-            frames: 0,
+            cursor: Default::default(),
             ready_since: None,
             ever_ready: false,
             restarts: 0,
@@ -215,8 +215,8 @@ impl ServiceRun {
                 generation,
                 code,
                 oom,
-                frames,
-            } => self.exited(index, generation, code, oom, frames),
+                cursor,
+            } => self.exited(index, generation, code, oom, cursor),
             Report::Removed { index } => {
                 if let Some(replica) = self.replicas.get_mut(&index) {
                     replica.removed = true;
@@ -255,7 +255,7 @@ impl ServiceRun {
         generation: u64,
         code: Result<i32, String>,
         oom: bool,
-        frames: u64,
+        cursor: crate::engine::follow::LogCursor,
     ) {
         let Some(replica) = self.replicas.get_mut(&index) else {
             return;
@@ -263,7 +263,7 @@ impl ServiceRun {
         if replica.generation != generation {
             return;
         }
-        replica.frames = frames;
+        replica.cursor = cursor;
         replica.running = false;
         let was_ready_for = replica.ready_since.map(|since| since.elapsed());
         replica.not_ready();
@@ -288,10 +288,21 @@ impl ServiceRun {
             }
         };
         if replica.retiring {
-            // Removed by its own retirement: not news.
+            // Stopped by its own retirement: not news. Its log is read to the end: remove it.
             if code.is_ok() {
                 self.log.system(&format!("replica {index} {phrase}"));
             }
+            let container = replica.container.clone();
+            let docker = self.docker.clone();
+            let reports = self.reports_tx.clone();
+            self.tasks.spawn(async move {
+                if let Some(container) = container {
+                    if let Err(e) = super::containers::remove(&docker, &container).await {
+                        tracing::warn!("removing replica container {container}: {e}");
+                    }
+                }
+                let _ = reports.send(Report::Removed { index });
+            });
             return;
         }
         if was_ready_for.is_some_and(|ready| ready >= BACKOFF_RESET) {
@@ -378,6 +389,9 @@ impl ServiceRun {
         replica.restart_at = None;
         replica.not_ready();
         let container = replica.container.clone();
+        // A followed container is removed only once its follower has read the end of its log
+        // (`exited`): removing it earlier would lose the lines written since the last read.
+        let followed = replica.running;
         if container.is_none() {
             replica.removed = true;
             replica.running = false;
@@ -399,6 +413,9 @@ impl ServiceRun {
                     if !is_gone(&e) {
                         tracing::warn!("stopping replica container {container}: {e}");
                     }
+                }
+                if followed {
+                    return;
                 }
                 if let Err(e) = super::containers::remove(&docker, &container).await {
                     tracing::warn!("removing replica container {container}: {e}");
