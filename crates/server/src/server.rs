@@ -5,6 +5,7 @@
 use crate::controller::{Controller, ControllerOptions, Frameworks};
 use crate::options::{ServerOptions, DEFAULT_ENGINE_IMAGE};
 use nix::fcntl::{Flock, FlockArg};
+use runplane_domain::workflow::WORKFLOW_FRAMEWORK;
 use runplane_domain::{reason, Run, RunState};
 use runplane_frameworks::engine::{EngineFramework, EngineOptions};
 use runplane_frameworks::local::{LocalFramework, LocalOptions};
@@ -151,6 +152,8 @@ impl Server {
                 },
             },
         );
+        // Workflow runs have no framework to recover them: the engine takes them up again.
+        controller.resume_workflows().await?;
         let listener =
             TcpListener::bind(options.listen)
                 .await
@@ -257,6 +260,10 @@ async fn recover_runs_of_previous_server(
             .push(run);
     }
     for (name, runs) in by_framework {
+        if name == WORKFLOW_FRAMEWORK {
+            // Driven by the controller's workflow engine, which resumes them.
+            continue;
+        }
         let Some(framework) = frameworks.get(&name) else {
             for run in runs {
                 end_run_without_framework(store, &run).await?;

@@ -143,7 +143,8 @@ pub enum AttemptUpdate {
     },
 }
 
-/// How many runs hold execution slots (PENDING, RUNNING or STOP).
+/// How many runs hold execution slots (PENDING, RUNNING or STOP). Workflow runs
+/// (`pipeline+pipeline:run`) hold none: only their step runs do.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ActiveCounts {
     pub total: u64,
@@ -313,4 +314,15 @@ pub trait Store: Send + Sync + 'static {
     /// The id of the newest event (0 when there is none): where a reader that wants only what
     /// happens from now on starts.
     async fn latest_event_id(&self) -> StoreResult<u64>;
+
+    // workflows
+    /// Replaces `status.workflow` of the run while its attempt is `attempt` (any state), and
+    /// appends a `run` event with `"change": "workflow"` and the node counts. False when the
+    /// run is gone or on another attempt.
+    async fn set_workflow_status(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        status: &runplane_domain::workflow::WorkflowStatus,
+    ) -> StoreResult<bool>;
 }

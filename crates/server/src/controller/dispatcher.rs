@@ -41,6 +41,11 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
     // The earliest end of a backoff among the runs held back for one.
     let mut next_due: Option<DateTime<Utc>> = None;
     for run in queue {
+        if super::workflows::is_workflow_run(&run) {
+            // A workflow run holds no slot: only its step runs do.
+            controller.start_workflow(&run).await?;
+            continue;
+        }
         match controller.prerequisite_gate(&run).await {
             Ok(Gate::Open) => {}
             Ok(Gate::Wait { build_run, key }) => {

@@ -7,6 +7,7 @@
 //! - [`actions`]: stop, resume, delete.
 //! - `deadlines`: attempt timeouts and the ends of retry backoffs, one timer task.
 //! - [`bus`]: publishes every change for waiters and followers.
+//! - [`workflows`]: the workflow engine, which drives workflow runs by creating step runs.
 //!
 //! Every transition is a compare-and-set in the store, persisted before any side effect that
 //! depends on it (the claim before the start, STOP before the signal).
@@ -20,6 +21,7 @@ pub mod reconciler;
 pub mod secrets;
 mod services;
 pub mod submit;
+pub mod workflows;
 
 use crate::catalog::{Catalog, CatalogError};
 use bus::{BusEvent, EventBus};
@@ -115,6 +117,8 @@ struct Inner {
     services: services::Services,
     /// The build run of each missing prerequisite (`builds.rs`).
     builds: builds::Builds,
+    /// The workflow engine's queue and what it knows (`workflows/`).
+    workflows: workflows::Workflows,
     gateway: crate::gateway::Gateway,
     gateway_options: crate::gateway::GatewayOptions,
     options: ControllerOptions,
@@ -132,6 +136,7 @@ impl Controller {
         options: ControllerOptions,
     ) -> (Controller, Vec<JoinHandle<()>>) {
         let (deadlines, deadline_receiver) = deadlines::Deadlines::channel();
+        let (workflows, workflow_queue) = workflows::Workflows::channel();
         let bus = EventBus::new();
         let controller = Controller {
             inner: Arc::new(Inner {
@@ -150,6 +155,7 @@ impl Controller {
                 deadlines,
                 services: services::Services::default(),
                 builds: builds::Builds::default(),
+                workflows,
                 gateway: crate::gateway::Gateway::new(options.gateway.clone()),
                 gateway_options: options.gateway.clone(),
                 options,
@@ -158,9 +164,10 @@ impl Controller {
         let dispatcher = tokio::spawn(dispatcher::run(controller.clone()));
         let reconciler = tokio::spawn(reconciler::run(controller.clone(), framework_events));
         let timers = tokio::spawn(deadlines::run(controller.clone(), deadline_receiver));
+        let engine = tokio::spawn(workflows::run(controller.clone(), workflow_queue));
         // Runs may already be READY in the store.
         controller.wake_dispatcher();
-        (controller, vec![dispatcher, reconciler, timers])
+        (controller, vec![dispatcher, reconciler, timers, engine])
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

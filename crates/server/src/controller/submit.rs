@@ -11,6 +11,7 @@ use runplane_domain::hash::content_hash;
 use runplane_domain::invalid::Problems;
 use runplane_domain::key::split_name_version;
 use runplane_domain::names::validate_name;
+use runplane_domain::workflow::{WorkflowSpec, WORKFLOW_FRAMEWORK};
 use runplane_domain::{
     reason, FunctionVersion, Invalid, Run, RunMetadata, RunRequest, RunSettings, RunSpec, RunState,
     RunStatus, Task, Transition,
@@ -115,6 +116,9 @@ impl Controller {
                 other => other.into(),
             })?;
         let spec = self.build_spec(&function, task.as_ref(), &action, &request)?;
+        if spec.framework == WORKFLOW_FRAMEWORK {
+            self.check_workflow_steps(project, &spec).await?;
+        }
         // Checked at submit so that a typo is a 422 now rather than an ERROR later; a secret
         // deleted in between is caught again at dispatch (`secret_missing`).
         self.check_secrets_exist(project, &spec.settings.secrets)
@@ -183,6 +187,36 @@ impl Controller {
             .and_then(|function| self.inner.runtimes.get(&function.kind))
             .map_or(DEFAULT_ACTION, |runtime| runtime.default_action())
             .to_string())
+    }
+
+    /// Every step of a workflow names a function that exists now: a typo fails the submit,
+    /// not a step halfway through.
+    async fn check_workflow_steps(
+        &self,
+        project: &str,
+        spec: &RunSpec,
+    ) -> Result<(), ControllerError> {
+        let workflow: WorkflowSpec = serde_json::from_value(spec.function_spec.clone())
+            .map_err(|error| Invalid::field("function", format!("not a workflow: {error}")))?;
+        let mut problems = Problems::new();
+        for step in &workflow.steps {
+            let (name, version) = split_name_version(&step.function);
+            if self
+                .store()
+                .get_function(project, name, version)
+                .await?
+                .is_none()
+            {
+                problems.add(
+                    "function",
+                    format!(
+                        "step {}: no function {} in project {project}",
+                        step.name, step.function
+                    ),
+                );
+            }
+        }
+        Ok(problems.finish()?)
     }
 
     /// The task whose settings a run takes: the named one, else the only task of this function
@@ -280,12 +314,24 @@ impl Controller {
         }
         let mut problems = Problems::new();
         problems.check(runtime.validate_run(&function.spec, action, &request.parameters));
-        let framework = request
-            .framework
-            .clone()
-            .or_else(|| task.and_then(|task| task.spec.framework.clone()))
-            .unwrap_or_else(|| self.inner.options.default_framework.clone());
+        let framework = if runtime.is_workflow() {
+            if request.framework.is_some() {
+                problems.add(
+                    "framework",
+                    "a workflow run is driven by the server itself; choose frameworks on its \
+                     steps (`framework` of a step)",
+                );
+            }
+            WORKFLOW_FRAMEWORK.to_string()
+        } else {
+            request
+                .framework
+                .clone()
+                .or_else(|| task.and_then(|task| task.spec.framework.clone()))
+                .unwrap_or_else(|| self.inner.options.default_framework.clone())
+        };
         match self.inner.frameworks.get(&framework) {
+            _ if runtime.is_workflow() => {}
             None => problems.add(
                 "framework",
                 format!(

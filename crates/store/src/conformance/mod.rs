@@ -24,6 +24,7 @@ mod runs;
 mod secrets;
 mod services;
 mod transitions;
+mod workflows;
 
 pub use catalog::*;
 pub use events::*;
@@ -32,6 +33,7 @@ pub use runs::*;
 pub use secrets::*;
 pub use services::*;
 pub use transitions::*;
+pub use workflows::*;
 
 use crate::TransitionRequest;
 use chrono::{DateTime, SubsecRound, Utc};
@@ -85,6 +87,8 @@ macro_rules! store_conformance_tests {
             secrets_need_their_project,
             secrets_events_never_carry_the_value,
             service_status_refused_changes_nothing,
+            workflow_links_and_status_round_trip,
+            count_active_ignores_workflow_runs,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -136,6 +136,34 @@ pub(super) async fn run_service_changed(
     append(conn, at, &run.project, "run", &data).await
 }
 
+/// A workflow run's node status was replaced.
+pub(super) async fn run_workflow_changed(
+    conn: &mut SqliteConnection,
+    run: &RunHead,
+    status: &runplane_domain::workflow::WorkflowStatus,
+    at: &DateTime<Utc>,
+) -> StoreResult<()> {
+    let done = status
+        .nodes
+        .iter()
+        .filter(|n| n.state.is_terminal())
+        .count();
+    let data = json!({
+        "type": "run",
+        "project": run.project,
+        "id": run.id,
+        "kind": run.kind,
+        "function": run.function,
+        "state": run.state,
+        "attempt": run.attempt,
+        "change": "workflow",
+        "nodes": status.nodes.len(),
+        "nodes_done": done,
+        "at": ts(at),
+    });
+    append(conn, at, &run.project, "run", &data).await
+}
+
 /// A service name was created or pointed at another run.
 pub(super) async fn service_put(
     conn: &mut SqliteConnection,

@@ -12,6 +12,7 @@ mod runs;
 mod secrets;
 mod services;
 mod transition;
+mod workflows;
 
 use crate::{
     ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, Store, StoreError, StoreResult,
@@ -19,6 +20,7 @@ use crate::{
 };
 use async_trait::async_trait;
 use codec::db;
+use runplane_domain::workflow::WorkflowStatus;
 use runplane_domain::{
     FunctionVersion, Project, Run, RunState, SecretMeta, ServiceRecord, ServiceStatus, Task,
 };
@@ -347,6 +349,18 @@ impl Store for SqliteStore {
     ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
         let changed = services::set_service_status(&mut tx, run_id, attempt, status).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(changed)
+    }
+
+    async fn set_workflow_status(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        status: &WorkflowStatus,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let changed = workflows::set_workflow_status(&mut tx, run_id, attempt, status).await?;
         tx.commit().await.map_err(db)?;
         Ok(changed)
     }

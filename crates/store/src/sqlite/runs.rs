@@ -522,7 +522,14 @@ pub(super) async fn count_active(conn: &mut SqliteConnection) -> StoreResult<Act
     let mut query =
         QueryBuilder::<Sqlite>::new("SELECT project, task, COUNT(*) FROM runs WHERE state IN (");
     push_states(&mut query, &active);
-    query.push(") GROUP BY project, task");
+    // Workflow runs only start step runs, which hold slots of their own.
+    query
+        .push(") AND kind <> ")
+        .push_bind(runplane_domain::entity::run_kind(
+            runplane_domain::workflow::PIPELINE_KIND,
+            runplane_domain::workflow::PIPELINE_ACTION,
+        ));
+    query.push(" GROUP BY project, task");
     let groups: Vec<(String, Option<String>, i64)> =
         query.build_query_as().fetch_all(conn).await.map_err(db)?;
     let mut counts = ActiveCounts::default();

@@ -162,12 +162,12 @@ pub(super) async fn delete_service(
 }
 
 #[derive(sqlx::FromRow)]
-struct UpdatedRun {
-    project: String,
-    kind: String,
-    function_name: String,
-    state: String,
-    attempt: i64,
+pub(super) struct UpdatedRun {
+    pub project: String,
+    pub kind: String,
+    pub function_name: String,
+    pub state: String,
+    pub attempt: i64,
 }
 
 pub(super) async fn set_service_status(

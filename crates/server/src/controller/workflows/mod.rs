@@ -1,0 +1,462 @@
+//! The workflow engine: drives workflow runs (`pipeline+pipeline:run`) by creating one run per
+//! node of their DAG, event by event.
+//!
+//! One task evaluates workflow runs one at a time. It is woken by the event bus: a change of a
+//! workflow run (started, asked to stop) or of one of its step runs queues that workflow run
+//! for evaluation; nothing polls. An evaluation reads the workflow run and its step runs (by
+//! `step_of`), lets `plan::decide` say what happens, creates the runs of the nodes that start,
+//! records the node status, and ends the workflow run when the plan says so.
+//!
+//! No node runs twice: a node's run is created with an idempotency key derived from the
+//! workflow run and the node, so an evaluation replayed after a crash finds the run the first
+//! one created. After a restart every active workflow run is evaluated once (`resume_all`).
+
+pub mod plan;
+
+use super::actions::stop_reason;
+use super::bus::BusEvent;
+use super::submit::RunLinks;
+use super::{Controller, ControllerError};
+use plan::{Child, Decision, Inputs, Outcome};
+use runplane_domain::workflow::{StepOf, WorkflowSpec, WORKFLOW_FRAMEWORK};
+use runplane_domain::{reason, Run, RunState};
+use runplane_store::{AttemptUpdate, RunQuery, StoreError, TransitionRequest};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use tokio::sync::mpsc;
+
+/// How many rounds of starts one evaluation makes at most (each round's new runs may let
+/// more nodes start, e.g. a step skipped by its condition).
+const MAX_ROUNDS: usize = 64;
+
+/// The engine's handle, kept by the controller.
+pub(crate) struct Workflows {
+    queue: mpsc::UnboundedSender<String>,
+    /// The workflow runs being driven, and the parent of each step run seen: which
+    /// workflow a run change concerns, without a store read.
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    workflows: BTreeSet<String>,
+    parents: HashMap<String, String>,
+    /// Node name → why its run could not be created, per workflow run.
+    start_errors: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Workflows {
+    pub(crate) fn channel() -> (Self, mpsc::UnboundedReceiver<String>) {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        (
+            Workflows {
+                queue,
+                known: Mutex::new(Known::default()),
+            },
+            receiver,
+        )
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an evaluation of the workflow run `id`.
+    pub(crate) fn wake(&self, id: &str) {
+        self.known().workflows.insert(id.to_string());
+        let _ = self.queue.send(id.to_string());
+    }
+
+    /// The workflow run a changed run concerns, if any.
+    fn concerned(&self, run_id: &str) -> Option<String> {
+        let known = self.known();
+        if known.workflows.contains(run_id) {
+            return Some(run_id.to_string());
+        }
+        known.parents.get(run_id).cloned()
+    }
+
+    fn forget(&self, id: &str) {
+        let mut known = self.known();
+        known.workflows.remove(id);
+        known.parents.retain(|_, parent| parent != id);
+        known.start_errors.remove(id);
+    }
+}
+
+pub(crate) fn is_workflow_run(run: &Run) -> bool {
+    run.spec.framework == WORKFLOW_FRAMEWORK
+}
+
+/// The engine's task: evaluations queued by `wake` and by the bus, one at a time.
+pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiver<String>) {
+    let mut bus = controller.bus().subscribe();
+    let mut pending: BTreeSet<String> = BTreeSet::new();
+    loop {
+        tokio::select! {
+            next = queue.recv() => match next {
+                Some(id) => { pending.insert(id); }
+                None => return,
+            },
+            event = bus.recv() => match event {
+                Ok(BusEvent::RunChanged { run_id, .. }) => {
+                    if let Some(parent) = controller.inner.workflows.concerned(&run_id) {
+                        pending.insert(parent);
+                    }
+                }
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    // Changes were missed: look at every workflow again.
+                    pending.extend(controller.inner.workflows.known().workflows.iter().cloned());
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+            _ = controller.bus().closing() => return,
+        }
+        // Take everything queued meanwhile, so that a burst of changes is one evaluation.
+        while let Ok(id) = queue.try_recv() {
+            pending.insert(id);
+        }
+        while let Some(id) = pending.pop_first() {
+            if let Err(error) = evaluate(&controller, &id).await {
+                tracing::error!(run = %id, %error, "workflow evaluation failed");
+            }
+        }
+    }
+}
+
+impl Controller {
+    /// Starts a READY workflow run: READY → PENDING → RUNNING at once (it holds no execution
+    /// slot; its step runs do), then the engine drives it.
+    pub(super) async fn start_workflow(&self, run: &Run) -> Result<(), StoreError> {
+        let claim = TransitionRequest {
+            attempt_update: Some(AttemptUpdate::Dispatched {
+                framework: WORKFLOW_FRAMEWORK.to_string(),
+            }),
+            ..TransitionRequest::new(
+                &run.metadata.id,
+                RunState::Ready,
+                run.status.attempt,
+                RunState::Pending,
+            )
+            .reason(reason::DISPATCHED)
+        };
+        let claimed = match self.transition(claim).await {
+            Ok(claimed) => claimed,
+            Err(StoreError::Conflict { .. }) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        self.inner.deadlines.watch_attempt(&claimed);
+        self.mark_workflow_started(&claimed).await?;
+        self.inner.workflows.wake(&run.metadata.id);
+        Ok(())
+    }
+
+    async fn mark_workflow_started(&self, run: &Run) -> Result<(), StoreError> {
+        let started = TransitionRequest {
+            attempt_update: Some(AttemptUpdate::Started),
+            ..TransitionRequest::new(
+                &run.metadata.id,
+                RunState::Pending,
+                run.status.attempt,
+                RunState::Running,
+            )
+            .reason(reason::STARTED)
+        };
+        match self.transition(started).await {
+            Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// A stop or delete of a workflow run: the engine stops its steps, then ends it.
+    pub(crate) fn workflow_stop_requested(&self, run: &Run) {
+        self.inner.workflows.wake(&run.metadata.id);
+    }
+
+    /// After a restart: every workflow run that has not ended is evaluated once.
+    pub(crate) async fn resume_workflows(&self) -> Result<(), StoreError> {
+        let active = self
+            .store()
+            .runs_in_states(
+                &[
+                    RunState::Pending,
+                    RunState::Running,
+                    RunState::Stop,
+                    RunState::Deleting,
+                ],
+                u32::MAX,
+            )
+            .await?;
+        for run in active.iter().filter(|run| is_workflow_run(run)) {
+            self.inner.workflows.wake(&run.metadata.id);
+        }
+        Ok(())
+    }
+}
+
+/// The workflow's parameters: the run's over the spec's defaults.
+fn parameters(spec: &WorkflowSpec, given: &Map<String, Value>) -> Map<String, Value> {
+    let mut params: Map<String, Value> = spec
+        .parameters
+        .iter()
+        .filter_map(|(name, p)| p.default.clone().map(|d| (name.clone(), d)))
+        .collect();
+    params.extend(given.clone());
+    params
+}
+
+/// The runs of the workflow's nodes, by node name.
+async fn children(
+    controller: &Controller,
+    run: &Run,
+) -> Result<BTreeMap<String, Child>, StoreError> {
+    let mut children = BTreeMap::new();
+    let mut cursor = None;
+    loop {
+        let page = controller
+            .store()
+            .list_runs(&RunQuery {
+                project: run.metadata.project.clone(),
+                step_of: Some(run.metadata.id.clone()),
+                limit: 1000,
+                cursor,
+                ..RunQuery::default()
+            })
+            .await?;
+        for child in page.runs {
+            let Some(step_of) = &child.status.step_of else {
+                continue;
+            };
+            let name = match step_of.index {
+                Some(i) => format!("{}[{i}]", step_of.step),
+                None => step_of.step.clone(),
+            };
+            // Oldest first wins: a node has one run (ids grow with creation time).
+            children.entry(name).or_insert(Child {
+                run_id: child.metadata.id.clone(),
+                state: child.status.state,
+                results: child.status.results.clone(),
+                artifacts: child.status.artifacts.clone(),
+                message: child.status.message.clone(),
+            });
+        }
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(children)
+}
+
+async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerError> {
+    let Some(mut run) = controller.store().get_run_by_id(id).await? else {
+        controller.inner.workflows.forget(id);
+        return Ok(());
+    };
+    match run.status.state {
+        RunState::Pending => {
+            // Claimed by a server that stopped before it recorded the start.
+            controller.mark_workflow_started(&run).await?;
+            run = controller.get_run(&run.metadata.project, id).await?;
+        }
+        RunState::Running | RunState::Stop | RunState::Deleting => {}
+        state if state.is_terminal() || state == RunState::Deleted => {
+            controller.inner.workflows.forget(id);
+            return Ok(());
+        }
+        _ => return Ok(()),
+    }
+    let spec: WorkflowSpec = match serde_json::from_value(run.spec.function_spec.clone()) {
+        Ok(spec) => spec,
+        Err(error) => {
+            return end(
+                controller,
+                &run,
+                Outcome::Failed(format!("not a workflow spec: {error}")),
+            )
+            .await
+        }
+    };
+    let params = parameters(&spec, &run.spec.parameters);
+    let stopping = matches!(run.status.state, RunState::Stop | RunState::Deleting);
+    let mut children = children(controller, &run).await?;
+    {
+        let mut known = controller.inner.workflows.known();
+        for child in children.values() {
+            known.parents.insert(child.run_id.clone(), id.to_string());
+        }
+    }
+    let mut decision: Decision;
+    let mut rounds = 0;
+    loop {
+        let start_errors = controller
+            .inner
+            .workflows
+            .known()
+            .start_errors
+            .get(id)
+            .cloned()
+            .unwrap_or_default();
+        decision = plan::decide(&Inputs {
+            workflow_run_id: id,
+            spec: &spec,
+            params: &params,
+            children: &children,
+            start_errors: &start_errors,
+            stopping,
+        });
+        rounds += 1;
+        if decision.starts.is_empty() || rounds > MAX_ROUNDS {
+            break;
+        }
+        for start in std::mem::take(&mut decision.starts) {
+            match start_node(controller, &run, &start).await {
+                Ok(child) => {
+                    controller
+                        .inner
+                        .workflows
+                        .known()
+                        .parents
+                        .insert(child.run_id.clone(), id.to_string());
+                    children.insert(start.node.clone(), child);
+                }
+                Err(message) => {
+                    controller
+                        .inner
+                        .workflows
+                        .known()
+                        .start_errors
+                        .entry(id.to_string())
+                        .or_default()
+                        .insert(start.node.clone(), message);
+                }
+            }
+        }
+    }
+    if stopping {
+        let why = stop_reason(&run);
+        for child in &decision.active_runs {
+            match controller
+                .stop_run(&run.metadata.project, child, &why)
+                .await
+            {
+                Ok(_) | Err(ControllerError::Conflict(_)) => {}
+                Err(error) => tracing::warn!(run = %child, %error, "cannot stop a step run"),
+            }
+        }
+    }
+    if run.status.workflow.as_ref() != Some(&decision.status) {
+        controller
+            .store()
+            .set_workflow_status(id, run.status.attempt, &decision.status)
+            .await?;
+        controller.published(&run);
+    }
+    if let Some(outcome) = decision.outcome {
+        end(controller, &run, outcome).await?;
+    }
+    Ok(())
+}
+
+/// Creates a node's run; Err is why it could not be (the node then fails).
+async fn start_node(
+    controller: &Controller,
+    run: &Run,
+    start: &plan::Start,
+) -> Result<Child, String> {
+    let key = format!("workflow:{}:{}", run.metadata.id, start.node);
+    let links = RunLinks {
+        step_of: Some(StepOf {
+            run_id: run.metadata.id.clone(),
+            step: start.step.clone(),
+            index: start.index,
+        }),
+        produced_by: None,
+    };
+    let created = controller
+        .submit_run_linked(
+            &run.metadata.project,
+            start.request.clone(),
+            &run.metadata.created_by,
+            Some(key),
+            links,
+        )
+        .await;
+    let child = match created {
+        Ok(put) => put.value,
+        // A replayed evaluation that renders another request (a newer function version
+        // appeared meanwhile): the node's run is the one created first.
+        Err(ControllerError::Store(StoreError::IdempotencyMismatch { run_id, .. })) => controller
+            .get_run(&run.metadata.project, &run_id)
+            .await
+            .map_err(|error| error.to_string())?,
+        Err(error) => return Err(error.to_string()),
+    };
+    Ok(Child {
+        run_id: child.metadata.id,
+        state: child.status.state,
+        results: child.status.results,
+        artifacts: child.status.artifacts,
+        message: child.status.message,
+    })
+}
+
+/// Ends the workflow run as the plan says.
+async fn end(controller: &Controller, run: &Run, outcome: Outcome) -> Result<(), ControllerError> {
+    let from = run.status.state;
+    if from == RunState::Deleting {
+        controller.purge(run).await?;
+        controller.inner.workflows.forget(&run.metadata.id);
+        return Ok(());
+    }
+    let (to, why, message, results) = match outcome {
+        Outcome::Completed(results) if from == RunState::Running => (
+            RunState::Completed,
+            reason::SUCCEEDED.to_string(),
+            None,
+            Some(results),
+        ),
+        Outcome::Failed(message) if from == RunState::Running => (
+            RunState::Error,
+            reason::FAILED.to_string(),
+            Some(message),
+            None,
+        ),
+        // Stopping: however the nodes ended, the stop decides.
+        _ if from == RunState::Stop => {
+            let why = stop_reason(run);
+            let to = if why == reason::TIMEOUT {
+                RunState::Error
+            } else {
+                RunState::Stopped
+            };
+            (to, why, None, None)
+        }
+        _ => return Ok(()),
+    };
+    let request = TransitionRequest {
+        reason: Some(why.clone()),
+        message,
+        results,
+        attempt_update: Some(AttemptUpdate::Ended {
+            exit_code: None,
+            signal: None,
+            reason: Some(why),
+        }),
+        ..TransitionRequest::new(&run.metadata.id, from, run.status.attempt, to)
+    };
+    match controller.transition(request).await {
+        Ok(_) => {
+            controller.inner.workflows.forget(&run.metadata.id);
+            Ok(())
+        }
+        // Moved meanwhile (a stop came in): the next evaluation sees it.
+        Err(StoreError::Conflict { .. }) => {
+            controller.inner.workflows.wake(&run.metadata.id);
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
+}
