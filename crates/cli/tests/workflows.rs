@@ -1,0 +1,343 @@
+//! Workflows end to end: the real binary, real Python steps, the workflow engine creating one
+//! run per node.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use support::*;
+
+fn workflow(server: &TestServer, name: &str, spec: Value) {
+    let (status, body) = server.post(
+        "/projects/p/functions",
+        &json!({"kind": "pipeline", "metadata": {"name": name}, "spec": spec}),
+    );
+    assert_eq!(status, 201, "{body}");
+}
+
+/// The runs the workflow run started, by node name (`step` or `step[i]`).
+fn steps_of(server: &TestServer, id: &str) -> BTreeMap<String, Vec<Value>> {
+    let (status, list) = server.get(&format!("/projects/p/runs?step_of={id}&limit=1000"));
+    assert_eq!(status, 200, "{list}");
+    let mut by_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for run in list["items"].as_array().expect("items") {
+        let step_of = &run["status"]["step_of"];
+        assert_eq!(step_of["run_id"], id);
+        let node = match step_of["index"].as_u64() {
+            Some(i) => format!("{}[{i}]", step_of["step"].as_str().unwrap()),
+            None => step_of["step"].as_str().unwrap().to_string(),
+        };
+        by_node.entry(node).or_default().push(run.clone());
+    }
+    by_node
+}
+
+fn node_states(run: &Value) -> BTreeMap<String, String> {
+    run["status"]["workflow"]["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["state"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn states(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(n, s)| (n.to_string(), s.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_diamond_passes_results_along_and_records_every_node() {
+    let server = TestServer::start();
+    function(&server, "double", "def handler(x):\n    return x * 2\n");
+    function(
+        &server,
+        "add",
+        "def handler(a, b):\n    return {'sum': a + b}\n",
+    );
+    workflow(
+        &server,
+        "diamond",
+        json!({
+            "parameters": {"n": {"default": 1}},
+            "steps": [
+                {"name": "a", "function": "double", "parameters": {"x": "${{ params.n }}"}},
+                {"name": "b", "function": "double", "parameters": {"x": "${{ steps.a.results }}"}},
+                {"name": "c", "function": "double", "parameters": {"x": "${{ steps.a.results + 1 }}"}},
+                {"name": "d", "function": "add", "parameters": {"a": "${{ steps.b.results }}", "b": "${{ steps.c.results }}"}},
+            ]
+        }),
+    );
+    // The CLI picks the workflow's own action (`pipeline`) and waits for the whole DAG.
+    let ran = server.cli(
+        "p",
+        &["run", "diamond", "-p", "n=3", "--wait", "-o", "json"],
+    );
+    assert!(
+        ran.status.success(),
+        "{}\n{}",
+        stderr(&ran),
+        server.server_log()
+    );
+    let results: Value = serde_json::from_str(&stdout(&ran)).expect("results");
+    // a = 6, b = 12, c = 14, d = 26.
+    assert_eq!(results["steps"]["d"], json!({"sum": 26}), "{results}");
+    assert_eq!(results["steps"]["a"], 6);
+
+    let (_, runs) = server.get("/projects/p/runs?function=diamond");
+    let run = &runs["items"][0];
+    assert_eq!(run["kind"], "pipeline+pipeline:run");
+    assert_eq!(run["status"]["state"], "COMPLETED");
+    assert_eq!(
+        node_states(run),
+        states(&[
+            ("a", "SUCCEEDED"),
+            ("b", "SUCCEEDED"),
+            ("c", "SUCCEEDED"),
+            ("d", "SUCCEEDED")
+        ])
+    );
+    let id = run["metadata"]["id"].as_str().unwrap();
+    let steps = steps_of(&server, id);
+    assert_eq!(steps.len(), 4);
+    for (node, runs) in &steps {
+        assert_eq!(runs.len(), 1, "node {node} ran once");
+        assert_eq!(runs[0]["metadata"]["labels"]["runplane.io/workflow"], id);
+        assert_eq!(
+            runs[0]["metadata"]["labels"]["runplane.io/step"],
+            node.as_str()
+        );
+    }
+    assert_eq!(
+        steps["d"][0]["spec"]["parameters"],
+        json!({"a": 12, "b": 14})
+    );
+    // d started only after b and c ended.
+    let ended = |r: &Value| {
+        r["status"]["attempts"][0]["ended"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let created = steps["d"][0]["metadata"]["created"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(created >= ended(&steps["b"][0]) && created >= ended(&steps["c"][0]));
+}
+
+#[test]
+fn for_each_fans_out_within_its_parallelism() {
+    let server = TestServer::start();
+    function(
+        &server,
+        "slow",
+        "import time\ndef handler(lr):\n    time.sleep(0.6)\n    return {'lr': lr, 'score': 1 - abs(lr - 0.2)}\n",
+    );
+    function(
+        &server,
+        "best",
+        "def handler(scores):\n    return max(scores, key=lambda s: s['score'])\n",
+    );
+    workflow(
+        &server,
+        "sweep",
+        json!({"steps": [
+            {"name": "train", "function": "slow", "for_each": [0.1, 0.2, 0.3, 0.4], "parallelism": 2,
+             "parameters": {"lr": "${{ item }}"}},
+            {"name": "pick", "function": "best", "parameters": {"scores": "${{ steps.train.results }}"}},
+        ]}),
+    );
+    let id = submit(&server, json!({"function": "sweep"}));
+    let run = wait_run_ended(&server, id.as_str(), Duration::from_secs(60));
+    assert_eq!(run["status"]["state"], "COMPLETED", "{run:#}");
+    assert_eq!(run["status"]["results"]["steps"]["pick"]["lr"], 0.2);
+    assert_eq!(
+        run["status"]["results"]["steps"]["train"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["lr"].as_f64().unwrap())
+            .collect::<Vec<_>>(),
+        [0.1, 0.2, 0.3, 0.4],
+        "the items' results in item order"
+    );
+    let steps = steps_of(&server, &id);
+    // Never more than two training runs between their start and their end at once.
+    let mut edges = vec![];
+    for i in 0..4 {
+        let attempt = &steps[&format!("train[{i}]")][0]["status"]["attempts"][0];
+        edges.push((attempt["dispatched"].as_str().unwrap().to_string(), 1));
+        edges.push((attempt["ended"].as_str().unwrap().to_string(), -1));
+    }
+    edges.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let (mut now, mut most) = (0, 0);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    assert_eq!(most, 2, "parallelism 2 is used and never exceeded");
+}
+
+#[test]
+fn a_failed_step_fails_the_workflow_and_skips_what_follows() {
+    let server = TestServer::start();
+    function(
+        &server,
+        "boom",
+        "def handler():\n    raise ValueError('no data')\n",
+    );
+    function(&server, "ok", "def handler(x=0):\n    return x\n");
+    workflow(
+        &server,
+        "fragile",
+        json!({"steps": [
+            {"name": "load", "function": "boom"},
+            {"name": "after", "function": "ok", "depends_on": ["load"]},
+            {"name": "never", "function": "ok", "if": "false"},
+            {"name": "maybe", "function": "boom", "optional": true},
+        ]}),
+    );
+    let ran = server.cli("p", &["run", "fragile", "--wait"]);
+    assert_eq!(ran.status.code(), Some(1), "{}", stdout(&ran));
+    let (_, runs) = server.get("/projects/p/runs?function=fragile");
+    let run = &runs["items"][0];
+    assert_eq!(run["status"]["state"], "ERROR");
+    let message = run["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("step load failed") && message.contains("no data"),
+        "{message}"
+    );
+    assert_eq!(
+        node_states(run),
+        states(&[
+            ("load", "FAILED"),
+            ("after", "SKIPPED"),
+            ("never", "SKIPPED"),
+            ("maybe", "FAILED")
+        ])
+    );
+    let steps = steps_of(&server, run["metadata"]["id"].as_str().unwrap());
+    assert!(
+        !steps.contains_key("after"),
+        "a step after a failure is never created"
+    );
+    assert!(!steps.contains_key("never"));
+}
+
+#[test]
+fn a_workflow_that_names_a_missing_function_is_refused() {
+    let server = TestServer::start();
+    workflow(
+        &server,
+        "typo",
+        json!({"steps": [{"name": "a", "function": "nope"}]}),
+    );
+    let (status, problem) = server.post("/projects/p/runs", &json!({"function": "typo"}));
+    assert_eq!(status, 422, "{problem}");
+    assert!(
+        problem.to_string().contains("step a: no function nope"),
+        "{problem}"
+    );
+}
+
+#[test]
+fn stopping_a_workflow_stops_its_running_steps() {
+    let server = TestServer::start();
+    function(
+        &server,
+        "sleepy",
+        "import time\ndef handler():\n    time.sleep(60)\n",
+    );
+    workflow(
+        &server,
+        "long",
+        json!({"steps": [
+            {"name": "wait", "function": "sleepy"},
+            {"name": "next", "function": "sleepy", "depends_on": ["wait"]},
+        ]}),
+    );
+    let id = submit(&server, json!({"function": "long"}));
+    // Its first step is running.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let step = loop {
+        if let Some(runs) = steps_of(&server, &id).get("wait") {
+            if runs[0]["status"]["state"] == "RUNNING" {
+                break runs[0]["metadata"]["id"].as_str().unwrap().to_string();
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let stopped = server.cli("p", &["stop", &id]);
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    let run = wait_run_ended(&server, &id, Duration::from_secs(30));
+    assert_eq!(run["status"]["state"], "STOPPED", "{run:#}");
+    let (_, step) = server.get(&format!("/projects/p/runs/{step}"));
+    assert_eq!(step["status"]["state"], "STOPPED");
+    assert_eq!(
+        node_states(&run),
+        states(&[("wait", "STOPPED"), ("next", "SKIPPED")])
+    );
+    assert!(!steps_of(&server, &id).contains_key("next"));
+}
+
+#[test]
+fn a_server_killed_mid_workflow_finishes_it_after_a_restart_with_no_step_run_twice() {
+    let mut server = TestServer::start();
+    function(
+        &server,
+        "tick",
+        "import time\ndef handler(i):\n    time.sleep(0.8)\n    return i + 1\n",
+    );
+    workflow(
+        &server,
+        "chain",
+        json!({"steps": [
+            {"name": "s1", "function": "tick", "parameters": {"i": 0}},
+            {"name": "s2", "function": "tick", "parameters": {"i": "${{ steps.s1.results }}"}},
+            {"name": "s3", "function": "tick", "parameters": {"i": "${{ steps.s2.results }}"}},
+            {"name": "s4", "function": "tick", "parameters": {"i": "${{ steps.s3.results }}"}},
+        ]}),
+    );
+    let id = submit(&server, json!({"function": "chain"}));
+    // Kill it while the second step runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !steps_of(&server, &id).contains_key("s2") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            server.server_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    server.restart(&[]);
+    let run = wait_run_ended(&server, &id, Duration::from_secs(60));
+    assert_eq!(
+        run["status"]["state"],
+        "COMPLETED",
+        "{run:#}\n{}",
+        server.server_log()
+    );
+    assert_eq!(run["status"]["results"]["steps"]["s4"], 4);
+    let steps = steps_of(&server, &id);
+    assert_eq!(steps.len(), 4);
+    for (node, runs) in steps {
+        assert_eq!(runs.len(), 1, "node {node} has exactly one run");
+        assert_eq!(runs[0]["status"]["attempts"].as_array().unwrap().len(), 1);
+    }
+}
