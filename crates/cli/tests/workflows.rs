@@ -341,3 +341,80 @@ fn a_server_killed_mid_workflow_finishes_it_after_a_restart_with_no_step_run_twi
         assert_eq!(runs[0]["status"]["attempts"].as_array().unwrap().len(), 1);
     }
 }
+
+#[test]
+fn a_rerun_from_failure_runs_only_the_failed_step_and_what_follows() {
+    let server = TestServer::start();
+    let marker = server.write("broken", "");
+    function(&server, "one", "def handler():\n    return 1\n");
+    function(
+        &server,
+        "fragile",
+        "import os\ndef handler(marker, x):\n    if os.path.exists(marker):\n        raise RuntimeError('marker present')\n    return x + 1\n",
+    );
+    workflow(
+        &server,
+        "flaky",
+        json!({"steps": [
+            {"name": "prepare", "function": "one"},
+            {"name": "side", "function": "one"},
+            {"name": "train", "function": "fragile",
+             "parameters": {"marker": marker.to_str().unwrap(), "x": "${{ steps.prepare.results }}"}},
+            {"name": "report", "function": "fragile",
+             "parameters": {"marker": "/nonexistent", "x": "${{ steps.train.results }}"}},
+        ]}),
+    );
+    let first = submit(&server, json!({"function": "flaky"}));
+    let run = wait_run_ended(&server, &first, Duration::from_secs(60));
+    assert_eq!(run["status"]["state"], "ERROR", "{run:#}");
+
+    // The cause is fixed outside the workflow; the rerun reuses prepare and side.
+    std::fs::remove_file(&marker).unwrap();
+    let rerun = server.cli(
+        "p",
+        &["rerun", &first, "--from-failure", "--wait", "-o", "json"],
+    );
+    assert!(
+        rerun.status.success(),
+        "{}\n{}",
+        stderr(&rerun),
+        server.server_log()
+    );
+    let results: Value = serde_json::from_str(&stdout(&rerun)).expect("results");
+    assert_eq!(results["steps"]["report"], 3);
+
+    let (_, runs) = server.get("/projects/p/runs?function=flaky");
+    let second = &runs["items"][0];
+    assert_eq!(second["status"]["rerun_of"], first.as_str());
+    assert_eq!(
+        node_states(second),
+        states(&[
+            ("prepare", "REUSED"),
+            ("side", "REUSED"),
+            ("train", "SUCCEEDED"),
+            ("report", "SUCCEEDED")
+        ])
+    );
+    let first_steps = steps_of(&server, &first);
+    let nodes = second["status"]["workflow"]["nodes"].as_array().unwrap();
+    let prepare = nodes.iter().find(|n| n["name"] == "prepare").unwrap();
+    assert_eq!(
+        prepare["reused_from"],
+        first_steps["prepare"][0]["metadata"]["id"]
+    );
+    let second_steps = steps_of(&server, second["metadata"]["id"].as_str().unwrap());
+    assert_eq!(
+        second_steps.keys().collect::<Vec<_>>(),
+        ["report", "train"],
+        "only the failed step and what follows it ran again"
+    );
+    // A completed workflow run is not rerun from a failure.
+    let (status, _) = server.post(
+        &format!(
+            "/projects/p/runs/{}/rerun",
+            second["metadata"]["id"].as_str().unwrap()
+        ),
+        &json!({"from_failure": true}),
+    );
+    assert_eq!(status, 409);
+}

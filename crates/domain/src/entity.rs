@@ -441,6 +441,10 @@ pub struct RunSpec {
     /// Input artifacts: parameter name → the pinned artifact key, resolved at submit.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub inputs: BTreeMap<String, String>,
+    /// Workflow runs rerun from a failure: node name → the run (of an earlier workflow run)
+    /// whose results the node reuses instead of running again.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reuse: BTreeMap<String, String>,
 }
 
 /// Task settings after defaults are applied.

@@ -73,6 +73,7 @@ fn run_of(runtime: &ContainerRuntime, spec: &Value, action: &str, parameters: Va
             },
             function_spec,
             inputs: Default::default(),
+            reuse: Default::default(),
         },
         status: RunStatus {
             state: RunState::Running,

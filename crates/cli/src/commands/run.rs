@@ -47,6 +47,9 @@ pub struct RunArgs {
 pub struct RerunArgs {
     /// The id of the run to run again.
     pub run: String,
+    /// A workflow run that failed or was stopped: reuse its succeeded steps, run the rest.
+    #[arg(long)]
+    pub from_failure: bool,
     #[command(flatten)]
     pub watch: Watch,
 }
@@ -101,10 +104,11 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<(), CliError> {
 }
 
 pub async fn rerun(client: &Client, args: RerunArgs) -> Result<(), CliError> {
+    let body = args.from_failure.then(|| json!({"from_failure": true}));
     let run = submit(
         client,
         &client.project_url(&format!("/runs/{}/rerun", args.run)),
-        None,
+        body.as_ref(),
     )
     .await?;
     watch(client, run, &args.watch).await

@@ -171,6 +171,7 @@ pub(crate) mod tests {
                 },
                 function_spec,
                 inputs: Default::default(),
+                reuse: Default::default(),
             },
             status: RunStatus {
                 state: RunState::Pending,

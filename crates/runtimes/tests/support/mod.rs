@@ -56,6 +56,7 @@ pub fn run_of(spec: Value, parameters: Value) -> Run {
             },
             function_spec,
             inputs: Default::default(),
+            reuse: Default::default(),
         },
         status: RunStatus {
             state: RunState::Running,

@@ -237,22 +237,44 @@ async fn resume_run(
     Ok(Json(state.controller.resume_run(&project, &id).await?))
 }
 
+/// What a rerun may ask for.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RerunOptions {
+    /// Workflow runs that ended ERROR or STOPPED: reuse the results of every node that
+    /// succeeded and run only the others.
+    #[serde(default)]
+    pub from_failure: bool,
+}
+
 /// Starts a new run with the same self-contained spec (`status.rerun_of` links them).
+/// With `{"from_failure": true}`, a workflow run's succeeded nodes are reused.
 #[utoipa::path(post, path = "/api/v1/projects/{project}/runs/{id}/rerun",
     params(("Idempotency-Key" = Option<String>, Header, description = "makes retries safe")),
-    responses((status = 201, body = Run), (status = 404, body = Problem)))]
+    request_body(content = Option<RerunOptions>),
+    responses((status = 201, body = Run), (status = 404, body = Problem),
+        (status = 409, body = Problem)))]
 async fn rerun_run(
     State(state): State<AppState>,
     caller: Caller,
     Path((project, id)): Path<(String, String)>,
     headers: HeaderMap,
+    body: Option<Json<RerunOptions>>,
 ) -> Result<(StatusCode, Json<Run>), Problem> {
     caller.authorize(&project)?;
     let key = idempotency_key(&headers)?;
-    let put = state
-        .controller
-        .rerun(&project, &id, &caller.name, key)
-        .await?;
+    let from_failure = body.is_some_and(|Json(options)| options.from_failure);
+    let put = if from_failure {
+        state
+            .controller
+            .rerun_from_failure(&project, &id, &caller.name, key)
+            .await?
+    } else {
+        state
+            .controller
+            .rerun(&project, &id, &caller.name, key)
+            .await?
+    };
     let status = if put.created {
         StatusCode::CREATED
     } else {

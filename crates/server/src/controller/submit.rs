@@ -11,7 +11,7 @@ use runplane_domain::hash::content_hash;
 use runplane_domain::invalid::Problems;
 use runplane_domain::key::split_name_version;
 use runplane_domain::names::validate_name;
-use runplane_domain::workflow::{WorkflowSpec, WORKFLOW_FRAMEWORK};
+use runplane_domain::workflow::{NodeState, WorkflowSpec, WORKFLOW_FRAMEWORK};
 use runplane_domain::{
     reason, FunctionVersion, Invalid, Run, RunMetadata, RunRequest, RunSettings, RunSpec, RunState,
     RunStatus, Task, Transition,
@@ -146,6 +146,57 @@ impl Controller {
             project,
             caller,
             original.spec,
+            original.metadata.labels,
+            Some(original.metadata.id),
+        );
+        self.store_new_run(run, idempotency).await
+    }
+
+    /// Reruns a workflow run that ended ERROR or STOPPED, reusing the results of every node
+    /// that succeeded (or was itself reused): only the others run.
+    pub async fn rerun_from_failure(
+        &self,
+        project: &str,
+        id: &str,
+        caller: &str,
+        idempotency_key: Option<String>,
+    ) -> Result<Put<Run>, ControllerError> {
+        let original = self.get_run(project, id).await?;
+        if original.spec.framework != WORKFLOW_FRAMEWORK {
+            return Err(ControllerError::Conflict(format!(
+                "run {id} is not a workflow run: rerun it without from_failure"
+            )));
+        }
+        if !matches!(original.status.state, RunState::Error | RunState::Stopped) {
+            return Err(ControllerError::Conflict(format!(
+                "run {id} is {}: only a workflow run that ended ERROR or STOPPED is rerun from \
+                 its failure",
+                original.status.state
+            )));
+        }
+        let reuse: std::collections::BTreeMap<String, String> = original
+            .status
+            .workflow
+            .iter()
+            .flat_map(|status| &status.nodes)
+            .filter_map(|node| match node.state {
+                NodeState::Succeeded => node.run_id.clone().map(|run| (node.name.clone(), run)),
+                NodeState::Reused => node.reused_from.clone().map(|run| (node.name.clone(), run)),
+                _ => None,
+            })
+            .collect();
+        let idempotency = idempotency_key.map(|key| IdempotencyKey {
+            key,
+            request_hash: content_hash(
+                &serde_json::json!({ "rerun_of": id, "from_failure": true }),
+            ),
+        });
+        let mut spec = original.spec;
+        spec.reuse = reuse;
+        let run = new_run(
+            project,
+            caller,
+            spec,
             original.metadata.labels,
             Some(original.metadata.id),
         );
@@ -423,6 +474,7 @@ impl Controller {
             settings,
             function_spec: function.spec.clone(),
             inputs: Default::default(),
+            reuse: Default::default(),
         })
     }
 }

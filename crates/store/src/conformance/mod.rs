@@ -195,6 +195,7 @@ impl RunBuilder {
                     },
                     function_spec: json!({ "source": { "code": "def handler(): pass" }, "handler": "handler" }),
                     inputs: Default::default(),
+                    reuse: Default::default(),
                 },
                 status: RunStatus {
                     service: None,

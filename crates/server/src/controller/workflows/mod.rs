@@ -250,6 +250,27 @@ async fn children(
     Ok(children)
 }
 
+/// The earlier runs a rerun from failure reuses, by node name.
+async fn reused(controller: &Controller, run: &Run) -> Result<BTreeMap<String, Child>, StoreError> {
+    let mut reused = BTreeMap::new();
+    for (node, run_id) in &run.spec.reuse {
+        // A reused run deleted since leaves its node to run again.
+        if let Some(earlier) = controller.store().get_run_by_id(run_id).await? {
+            reused.insert(
+                node.clone(),
+                Child {
+                    run_id: earlier.metadata.id,
+                    state: earlier.status.state,
+                    results: earlier.status.results,
+                    artifacts: earlier.status.artifacts,
+                    message: None,
+                },
+            );
+        }
+    }
+    Ok(reused)
+}
+
 async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerError> {
     let Some(mut run) = controller.store().get_run_by_id(id).await? else {
         controller.inner.workflows.forget(id);
@@ -282,6 +303,7 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
     let params = parameters(&spec, &run.spec.parameters);
     let stopping = matches!(run.status.state, RunState::Stop | RunState::Deleting);
     let mut children = children(controller, &run).await?;
+    let reused = reused(controller, &run).await?;
     {
         let mut known = controller.inner.workflows.known();
         for child in children.values() {
@@ -304,6 +326,7 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
             spec: &spec,
             params: &params,
             children: &children,
+            reused: &reused,
             start_errors: &start_errors,
             stopping,
         });

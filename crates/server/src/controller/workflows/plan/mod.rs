@@ -15,7 +15,9 @@
 //! - an expression that fails to render fails its node;
 //! - once a non-optional step failed (or was stopped) no node starts; when nothing runs any
 //!   more the workflow ends ERROR naming that step, and nodes never started are SKIPPED;
-//! - a stopping workflow starts nothing and ends when none of its nodes runs.
+//! - a stopping workflow starts nothing and ends when none of its nodes runs;
+//! - a rerun from failure marks the nodes its spec reuses REUSED, with the results of the
+//!   earlier runs, and runs the others.
 
 use runplane_domain::expr;
 use runplane_domain::workflow::{NodeState, NodeStatus, Step, WorkflowSpec, WorkflowStatus};
@@ -45,6 +47,8 @@ pub struct Inputs<'a> {
     pub params: &'a Map<String, Value>,
     /// Node name → its run.
     pub children: &'a BTreeMap<String, Child>,
+    /// Rerun from failure: node name → the earlier run whose results it reuses.
+    pub reused: &'a BTreeMap<String, Child>,
     /// Node name → why its run could not be created.
     pub start_errors: &'a BTreeMap<String, String>,
     /// The workflow is being stopped (or deleted): nothing starts.
@@ -432,7 +436,15 @@ fn evaluate_step(
             reused_from: None,
             message: None,
         };
-        if let Some(child) = inputs.children.get(&name) {
+        if let Some(earlier) = inputs.reused.get(&name) {
+            node.state = NodeState::Reused;
+            node.reused_from = Some(earlier.run_id.clone());
+            if first_run_id.is_null() {
+                first_run_id = Value::String(earlier.run_id.clone());
+            }
+            results.push(earlier.results.clone().unwrap_or(Value::Null));
+            artifacts.push(serde_json::to_value(&earlier.artifacts).unwrap_or(Value::Null));
+        } else if let Some(child) = inputs.children.get(&name) {
             node.state = node_state(child.state);
             node.run_id = Some(child.run_id.clone());
             if first_run_id.is_null() {
@@ -496,6 +508,8 @@ fn evaluate_step(
         NodeState::Failed
     } else if states.contains(&NodeState::Stopped) {
         NodeState::Stopped
+    } else if !states.is_empty() && states.iter().all(|s| *s == NodeState::Reused) {
+        NodeState::Reused
     } else {
         NodeState::Succeeded
     };

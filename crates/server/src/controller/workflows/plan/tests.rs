@@ -31,6 +31,7 @@ fn decide_with(
         spec,
         params: &params,
         children: &children,
+        reused: &BTreeMap::new(),
         start_errors: &BTreeMap::new(),
         stopping,
     })
@@ -251,4 +252,39 @@ fn order_rejects_cycles() {
         {"name": "b", "function": "f", "parameters": {"x": "${{ steps.a.results }}"}},
     ]}));
     assert!(order(&spec).is_err());
+}
+
+#[test]
+fn reused_nodes_keep_their_results_and_only_the_rest_runs() {
+    let spec = diamond();
+    let params = Map::new();
+    let reused: BTreeMap<String, Child> = [
+        (
+            "a".to_string(),
+            child("old-a", RunState::Completed, json!({"y": 10})),
+        ),
+        (
+            "b".to_string(),
+            child("old-b", RunState::Completed, json!({"y": 1})),
+        ),
+    ]
+    .into();
+    let decision = decide(&Inputs {
+        workflow_run_id: "wf2",
+        spec: &spec,
+        params: &params,
+        children: &BTreeMap::new(),
+        reused: &reused,
+        start_errors: &BTreeMap::new(),
+        stopping: false,
+    });
+    assert_eq!(started(&decision), ["c"]);
+    assert_eq!(state_of(&decision, "a"), NodeState::Reused);
+    let a = decision
+        .status
+        .nodes
+        .iter()
+        .find(|n| n.name == "a")
+        .unwrap();
+    assert_eq!(a.reused_from.as_deref(), Some("old-a"));
 }
