@@ -5,6 +5,8 @@
 //!
 //! Pure like every runtime.
 
+mod validate;
+
 use crate::{Interpretation, Runtime, RuntimeError};
 use runplane_domain::workflow::{WorkflowSpec, PIPELINE_ACTION, PIPELINE_KIND};
 use runplane_domain::{reason, ExitOutcome, Invalid, Run, RunState, Runnable};
@@ -52,6 +54,7 @@ impl Runtime for PipelineRuntime {
                 error.into_inner().to_string(),
             )
         })?;
+        let spec = validate::normalize(spec)?;
         serde_json::to_value(&spec).map_err(|error| Invalid::field("", error.to_string()))
     }
 
