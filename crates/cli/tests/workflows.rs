@@ -313,9 +313,13 @@ fn a_server_killed_mid_workflow_finishes_it_after_a_restart_with_no_step_run_twi
         ]}),
     );
     let id = submit(&server, json!({"function": "chain"}));
-    // Kill it while the second step runs.
+    // Kill it while the second step runs (a step killed between its claim and its start
+    // would end `lost`, as any run: at most one start per attempt).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !steps_of(&server, &id).contains_key("s2") {
+    while !steps_of(&server, &id)
+        .get("s2")
+        .is_some_and(|runs| runs[0]["status"]["state"] == "RUNNING")
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "{}",
@@ -417,4 +421,131 @@ fn a_rerun_from_failure_runs_only_the_failed_step_and_what_follows() {
         &json!({"from_failure": true}),
     );
     assert_eq!(status, 409);
+}
+
+#[test]
+fn the_example_pipeline_trains_a_sweep_picks_the_best_and_serves_it() {
+    let server = TestServer::start();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/pipeline/pipeline.yaml"
+    );
+    let applied = server.cli("p", &["apply", "-f", example]);
+    assert!(applied.status.success(), "{}", stderr(&applied));
+    assert!(
+        stdout(&applied).contains("workflow/linear created"),
+        "{}",
+        stdout(&applied)
+    );
+
+    let listed = server.cli("p", &["get", "workflows"]);
+    assert!(stdout(&listed).contains("linear"), "{}", stdout(&listed));
+    let (_, functions) = server.get("/projects/p/functions");
+    assert!(
+        functions
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["kind"] != "pipeline"),
+        "functions do not list workflows"
+    );
+
+    let ran = server.cli("p", &["run", "linear", "--wait", "-o", "json"]);
+    assert!(
+        ran.status.success(),
+        "{}\n{}",
+        stderr(&ran),
+        server.server_log()
+    );
+    let results: Value = serde_json::from_str(&stdout(&ran)).expect("results");
+    let best = &results["steps"]["pick"];
+    assert_eq!(results["steps"]["train"].as_array().unwrap().len(), 3);
+    assert!(best["mse"].as_f64().unwrap() < 0.05, "{results}");
+    assert_eq!(
+        results["steps"]["deploy"]["service"],
+        "/services/p/linear-model/"
+    );
+
+    // The run shows every node, the sweep's items included.
+    let (_, runs) = server.get("/projects/p/runs?function=linear");
+    let id = runs["items"][0]["metadata"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = server.cli("p", &["get", "runs", &id]);
+    let table = stdout(&shown);
+    for node in [
+        "prepare", "train[0]", "train[1]", "train[2]", "pick", "deploy",
+    ] {
+        assert!(table.contains(node), "{node} missing from\n{table}");
+    }
+
+    // The deployed step serves the best model.
+    let invoked = server.cli(
+        "p",
+        &["invoke", "linear-model", "--data", r#"{"x": [1.0]}"#],
+    );
+    assert!(invoked.status.success(), "{}", stderr(&invoked));
+    let answer: Value = serde_json::from_str(&stdout(&invoked)).expect("JSON");
+    let y = answer["y"][0].as_f64().unwrap();
+    assert!((y - 5.0).abs() < 0.3, "{answer}");
+    let deploy = &steps_of(&server, &id)["deploy"][0];
+    let stopped = server.cli("p", &["stop", deploy["metadata"]["id"].as_str().unwrap()]);
+    assert!(stopped.status.success());
+}
+
+#[test]
+fn bad_workflows_are_refused_at_apply_with_the_field_and_nothing_stored() {
+    let server = TestServer::start();
+    for (spec, field) in [
+        (
+            "steps:\n  - {name: a, function: f, depends_on: [b]}\n  - {name: b, function: f, depends_on: [a]}\n",
+            "spec.steps[0].depends_on",
+        ),
+        (
+            "steps:\n  - {name: a, function: f, depends_on: [zz]}\n",
+            "spec.steps[0].depends_on[0]",
+        ),
+        (
+            "steps:\n  - {name: a, function: f}\n  - {name: b, function: f, parameters: {x: '${{ steps.a.output }}'}}\n",
+            "spec.steps[1].parameters.x",
+        ),
+        (
+            "steps:\n  - {name: a, function: f, parameters: {x: '${{ steps.( }}'}}\n",
+            "spec.steps[0].parameters.x",
+        ),
+    ] {
+        let file = server.write("bad.yaml", &format!("kind: pipeline\nmetadata: {{name: bad}}\nspec:\n  {}", spec.replace('\n', "\n  ")));
+        let applied = server.cli("p", &["apply", "-f", file.to_str().unwrap()]);
+        assert_eq!(applied.status.code(), Some(2), "{spec}: {}", stdout(&applied));
+        assert!(stderr(&applied).contains(field), "{field} missing from {}", stderr(&applied));
+    }
+    let (status, _) = server.get("/projects/p/workflows/bad");
+    assert_eq!(status, 404, "nothing was stored");
+}
+
+#[test]
+fn a_function_and_a_workflow_cannot_share_a_name() {
+    let server = TestServer::start();
+    function(&server, "same", "def handler():\n    return 1\n");
+    let (status, problem) = server.post(
+        "/projects/p/workflows",
+        &json!({"kind": "pipeline", "metadata": {"name": "same"}, "spec": {"steps": [{"name": "a", "function": "same"}]}}),
+    );
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(fields(&problem), ["metadata.name"]);
+    workflow(
+        &server,
+        "flow",
+        json!({"steps": [{"name": "a", "function": "same"}]}),
+    );
+    let (status, problem) = server.post(
+        "/projects/p/functions",
+        &json!({"kind": "python", "metadata": {"name": "flow"}, "spec": {"handler": "handler", "source": {"code": "def handler():\n    pass\n"}}}),
+    );
+    assert_eq!(status, 422, "{problem}");
+    let (status, _) = server.get("/projects/p/functions/flow");
+    assert_eq!(status, 404, "a workflow is not a function");
+    let (status, _) = server.get("/projects/p/workflows/flow");
+    assert_eq!(status, 200);
 }

@@ -94,6 +94,39 @@ impl Catalog {
         problems.finish()
     }
 
+    /// A function and a workflow may not share a name in a project (DESIGN.md §2): `run NAME`
+    /// must mean one thing.
+    async fn check_name_class(
+        &self,
+        project: &str,
+        name: &str,
+        workflow: bool,
+    ) -> Result<(), CatalogError> {
+        let Some(existing) = self.store.get_function(project, name, None).await? else {
+            return Ok(());
+        };
+        let existing_is_workflow = self
+            .runtimes
+            .get(&existing.kind)
+            .is_some_and(|runtime| runtime.is_workflow());
+        if existing_is_workflow == workflow {
+            return Ok(());
+        }
+        let (is, not) = if existing_is_workflow {
+            ("workflow", "function")
+        } else {
+            ("function", "workflow")
+        };
+        Err(Invalid::field(
+            "metadata.name",
+            format!(
+                "{name} is a {is} in project {project}; a {not} cannot take its name (delete the \
+                 {is} first or choose another name)"
+            ),
+        )
+        .into())
+    }
+
     /// Applies a function document: a new immutable version unless a version with the same
     /// content hash exists (then that one is returned with `created: false`).
     pub async fn apply_function(
@@ -150,6 +183,8 @@ impl Catalog {
             "spec": runtime.hash_input(&spec),
         }));
         let version = version_id(&hash);
+        self.check_name_class(project, &document.metadata.name, runtime.is_workflow())
+            .await?;
         self.store.ensure_project(project, caller).await?;
         let key = Key::new(
             project,

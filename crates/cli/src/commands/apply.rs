@@ -63,6 +63,8 @@ pub async fn apply_document(client: &Client, document: SourceDocument) -> Result
     }
     let collection = if kind.contains('+') {
         "tasks"
+    } else if kind == "pipeline" {
+        "workflows"
     } else {
         "functions"
     };
@@ -89,6 +91,18 @@ pub async fn apply_document(client: &Client, document: SourceDocument) -> Result
         ),
         ("functions", _) => format!(
             "function/{name} unchanged (same content as version {})",
+            body.pointer("/metadata/version")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+        ),
+        ("workflows", StatusCode::CREATED) => format!(
+            "workflow/{name} created (version {})",
+            body.pointer("/metadata/version")
+                .and_then(Value::as_str)
+                .unwrap_or("?")
+        ),
+        ("workflows", _) => format!(
+            "workflow/{name} unchanged (same content as version {})",
             body.pointer("/metadata/version")
                 .and_then(Value::as_str)
                 .unwrap_or("?")

@@ -32,7 +32,6 @@ impl Kind {
     /// Kinds of DESIGN.md §4 that later issues build.
     pub fn not_yet(self) -> Option<CliError> {
         let name = match self {
-            Kind::Workflows => "workflows",
             Kind::Triggers => "triggers",
             Kind::Artifacts => "artifacts",
             _ => return None,
@@ -52,6 +51,9 @@ pub struct GetArgs {
     /// Runs: only of this function.
     #[arg(long)]
     pub function: Option<String>,
+    /// Runs: only the step runs of this workflow run (id).
+    #[arg(long)]
+    pub step_of: Option<String>,
     /// Runs: only in these states (comma-separated).
     #[arg(long)]
     pub state: Option<String>,
@@ -124,6 +126,12 @@ async fn list(client: &Client, args: &GetArgs) -> Result<(), CliError> {
                 .get_json(&client.project_url(&format!("/functions/{name}/versions")))
                 .await?
         }
+        (Kind::Workflows, None) => client.get_json(&client.project_url("/workflows")).await?,
+        (Kind::Workflows, Some(name)) => {
+            client
+                .get_json(&client.project_url(&format!("/workflows/{name}/versions")))
+                .await?
+        }
         (Kind::Tasks, None) => client.get_json(&client.project_url("/tasks")).await?,
         (Kind::Tasks, Some(name)) => {
             client
@@ -131,14 +139,22 @@ async fn list(client: &Client, args: &GetArgs) -> Result<(), CliError> {
                 .await?
         }
         (Kind::Runs, Some(id)) => {
-            client
+            let run: Value = client
                 .get_json(&client.project_url(&format!("/runs/{id}")))
-                .await?
+                .await?;
+            if args.output == Format::Table && run.pointer("/status/workflow").is_some() {
+                // A workflow run: the run, then every node of it.
+                output::print(&run, args.output, columns(args.kind))?;
+                println!();
+                return output::print(&run["status"]["workflow"]["nodes"], args.output, NODES);
+            }
+            run
         }
         (Kind::Runs, None) => {
             let mut query = vec![("limit".to_string(), args.limit.to_string())];
             for (key, value) in [
                 ("function", &args.function),
+                ("step_of", &args.step_of),
                 ("state", &args.state),
                 ("label", &args.label),
             ] {
@@ -184,6 +200,7 @@ pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliErro
             )
         }
         Kind::Functions => format!("/functions/{}", args.name),
+        Kind::Workflows => format!("/workflows/{}", args.name),
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
         Kind::Services => format!("/services/{}", args.name),
@@ -198,6 +215,33 @@ pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliErro
     };
     output::print(&value, format, columns(args.kind))
 }
+
+/// The nodes of a workflow run.
+const NODES: &[Column] = &[
+    Column {
+        header: "NODE",
+        cell: |v| text(v, "/name"),
+    },
+    Column {
+        header: "STATE",
+        cell: |v| text(v, "/state"),
+    },
+    Column {
+        header: "RUN",
+        cell: |v| {
+            let run = text(v, "/run_id");
+            if run.is_empty() {
+                text(v, "/reused_from")
+            } else {
+                run
+            }
+        },
+    },
+    Column {
+        header: "MESSAGE",
+        cell: |v| text(v, "/message"),
+    },
+];
 
 fn columns(kind: Kind) -> &'static [Column] {
     match kind {
@@ -231,6 +275,28 @@ fn columns(kind: Kind) -> &'static [Column] {
             Column {
                 header: "BUILT FROM",
                 cell: |v| text(v, "/spec/built_from/version"),
+            },
+            Column {
+                header: "CREATED",
+                cell: |v| time(v, "/metadata/created"),
+            },
+        ],
+        Kind::Workflows => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/metadata/name"),
+            },
+            Column {
+                header: "VERSION",
+                cell: |v| text(v, "/metadata/version"),
+            },
+            Column {
+                header: "STEPS",
+                cell: |v| {
+                    v.pointer("/spec/steps")
+                        .and_then(Value::as_array)
+                        .map_or_else(String::new, |steps| steps.len().to_string())
+                },
             },
             Column {
                 header: "CREATED",

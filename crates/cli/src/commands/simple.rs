@@ -51,6 +51,7 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> Result<(), CliError> {
     }
     let path = match args.kind {
         Kind::Functions => format!("/functions/{}", args.name),
+        Kind::Workflows => format!("/workflows/{}", args.name),
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
         Kind::Services => format!("/services/{}", args.name),
@@ -67,6 +68,7 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> Result<(), CliError> {
 fn singular(kind: Kind) -> &'static str {
     match kind {
         Kind::Functions => "function",
+        Kind::Workflows => "workflow",
         Kind::Tasks => "task",
         Kind::Services => "service",
         Kind::Secrets => "secret",

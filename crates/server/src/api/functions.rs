@@ -1,4 +1,6 @@
 //! `/api/v1/projects/{project}/functions`: applying creates immutable, content-hashed versions.
+//! Workflows (`kind: pipeline`) are versioned the same way and share the name space, but are
+//! listed and read under `/workflows` (`workflows.rs`), through the same helpers here.
 
 use super::caller::Caller;
 use super::json::JsonBody;
@@ -7,7 +9,8 @@ use super::AppState;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use runplane_domain::{Document, FunctionVersion};
+use runplane_domain::workflow::PIPELINE_KIND;
+use runplane_domain::{Document, FunctionVersion, Invalid};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -18,6 +21,166 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_version))
 }
 
+/// Functions proper, or workflows: which collection a request is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Class {
+    Function,
+    Workflow,
+}
+
+impl Class {
+    fn of(kind: &str) -> Class {
+        if kind == PIPELINE_KIND {
+            Class::Workflow
+        } else {
+            Class::Function
+        }
+    }
+
+    fn noun(self) -> &'static str {
+        match self {
+            Class::Function => "function",
+            Class::Workflow => "workflow",
+        }
+    }
+
+    fn collection(self) -> &'static str {
+        match self {
+            Class::Function => "functions",
+            Class::Workflow => "workflows",
+        }
+    }
+
+    fn not_found(self, project: &str, name: &str) -> Problem {
+        Problem::not_found(format!(
+            "{} {name} in project {project} not found",
+            self.noun()
+        ))
+    }
+
+    /// A version found under the other collection is a 404 that says where it is.
+    fn check(self, version: FunctionVersion, project: &str) -> Result<FunctionVersion, Problem> {
+        let class = Class::of(&version.kind);
+        if class == self {
+            return Ok(version);
+        }
+        Err(Problem::not_found(format!(
+            "{} in project {project} is a {}, not a {}: see /projects/{project}/{}/{}",
+            version.metadata.name,
+            class.noun(),
+            self.noun(),
+            class.collection(),
+            version.metadata.name
+        )))
+    }
+}
+
+pub(super) async fn list(
+    state: &AppState,
+    project: &str,
+    class: Class,
+) -> Result<Vec<FunctionVersion>, Problem> {
+    let all = state.controller.store().list_functions(project).await?;
+    Ok(all
+        .into_iter()
+        .filter(|version| Class::of(&version.kind) == class)
+        .collect())
+}
+
+pub(super) async fn apply(
+    state: &AppState,
+    project: &str,
+    document: Document,
+    caller: &str,
+    class: Class,
+) -> Result<(StatusCode, Json<FunctionVersion>), Problem> {
+    if class == Class::Workflow && document.kind != PIPELINE_KIND {
+        return Err(Invalid::field(
+            "kind",
+            format!(
+                "a workflow has kind {PIPELINE_KIND}, not {:?}",
+                document.kind
+            ),
+        )
+        .into());
+    }
+    let put = state
+        .controller
+        .catalog()
+        .apply_function(project, document, caller)
+        .await?;
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(put.value)))
+}
+
+pub(super) async fn get(
+    state: &AppState,
+    project: &str,
+    name: &str,
+    version: Option<&str>,
+    class: Class,
+) -> Result<FunctionVersion, Problem> {
+    let found = state
+        .controller
+        .catalog()
+        .resolve_function(project, name, version)
+        .await?;
+    class.check(found, project)
+}
+
+pub(super) async fn delete(
+    state: &AppState,
+    project: &str,
+    name: &str,
+    class: Class,
+) -> Result<StatusCode, Problem> {
+    match state
+        .controller
+        .store()
+        .get_function(project, name, None)
+        .await?
+    {
+        Some(found) => {
+            class.check(found, project)?;
+        }
+        None => return Err(class.not_found(project, name)),
+    }
+    if state
+        .controller
+        .store()
+        .delete_function(project, name)
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(class.not_found(project, name))
+    }
+}
+
+pub(super) async fn versions(
+    state: &AppState,
+    project: &str,
+    name: &str,
+    class: Class,
+) -> Result<Vec<FunctionVersion>, Problem> {
+    let versions = state
+        .controller
+        .store()
+        .list_function_versions(project, name)
+        .await?;
+    match versions.first() {
+        None => Err(class.not_found(project, name)),
+        Some(latest) => {
+            class.check(latest.clone(), project)?;
+            Ok(versions)
+        }
+    }
+}
+
 /// The latest version of every function.
 #[utoipa::path(get, path = "/api/v1/projects/{project}/functions", responses((status = 200, body = Vec<FunctionVersion>)))]
 async fn list_functions(
@@ -26,9 +189,7 @@ async fn list_functions(
     Path(project): Path<String>,
 ) -> Result<Json<Vec<FunctionVersion>>, Problem> {
     caller.authorize(&project)?;
-    Ok(Json(
-        state.controller.store().list_functions(&project).await?,
-    ))
+    Ok(Json(list(&state, &project, Class::Function).await?))
 }
 
 /// Applies a function document. 201 with a new version; 200 with the existing version when
@@ -42,17 +203,7 @@ async fn apply_function(
     JsonBody(document): JsonBody<Document>,
 ) -> Result<(StatusCode, Json<FunctionVersion>), Problem> {
     caller.authorize(&project)?;
-    let put = state
-        .controller
-        .catalog()
-        .apply_function(&project, document, &caller.name)
-        .await?;
-    let status = if put.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(put.value)))
+    apply(&state, &project, document, &caller.name, Class::Function).await
 }
 
 /// The latest version of a function.
@@ -64,11 +215,7 @@ async fn get_function(
 ) -> Result<Json<FunctionVersion>, Problem> {
     caller.authorize(&project)?;
     Ok(Json(
-        state
-            .controller
-            .catalog()
-            .resolve_function(&project, &name, None)
-            .await?,
+        get(&state, &project, &name, None, Class::Function).await?,
     ))
 }
 
@@ -80,18 +227,7 @@ async fn delete_function(
     Path((project, name)): Path<(String, String)>,
 ) -> Result<StatusCode, Problem> {
     caller.authorize(&project)?;
-    if state
-        .controller
-        .store()
-        .delete_function(&project, &name)
-        .await?
-    {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(Problem::not_found(format!(
-            "function {name} in project {project} not found"
-        )))
-    }
+    delete(&state, &project, &name, Class::Function).await
 }
 
 /// Every version of a function, newest first.
@@ -102,17 +238,9 @@ async fn list_versions(
     Path((project, name)): Path<(String, String)>,
 ) -> Result<Json<Vec<FunctionVersion>>, Problem> {
     caller.authorize(&project)?;
-    let versions = state
-        .controller
-        .store()
-        .list_function_versions(&project, &name)
-        .await?;
-    if versions.is_empty() {
-        return Err(Problem::not_found(format!(
-            "function {name} in project {project} not found"
-        )));
-    }
-    Ok(Json(versions))
+    Ok(Json(
+        versions(&state, &project, &name, Class::Function).await?,
+    ))
 }
 
 /// One version of a function.
@@ -124,10 +252,6 @@ async fn get_version(
 ) -> Result<Json<FunctionVersion>, Problem> {
     caller.authorize(&project)?;
     Ok(Json(
-        state
-            .controller
-            .catalog()
-            .resolve_function(&project, &name, Some(&version))
-            .await?,
+        get(&state, &project, &name, Some(&version), Class::Function).await?,
     ))
 }

@@ -15,6 +15,7 @@ mod schemas;
 mod secrets;
 mod services;
 mod tasks;
+mod workflows;
 
 use crate::controller::Controller;
 use axum::extract::DefaultBodyLimit;
@@ -65,6 +66,7 @@ pub fn router(controller: Controller) -> Router {
     let (router, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(projects::routes())
         .merge(functions::routes())
+        .merge(workflows::routes())
         .merge(tasks::routes())
         .merge(services::routes())
         .merge(secrets::routes())

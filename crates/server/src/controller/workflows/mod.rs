@@ -240,6 +240,7 @@ async fn children(
                 results: child.status.results.clone(),
                 artifacts: child.status.artifacts.clone(),
                 message: child.status.message.clone(),
+                service_url: child.status.service.as_ref().map(|s| s.url.clone()),
             });
         }
         match page.next_cursor {
@@ -264,6 +265,7 @@ async fn reused(controller: &Controller, run: &Run) -> Result<BTreeMap<String, C
                     results: earlier.status.results,
                     artifacts: earlier.status.artifacts,
                     message: None,
+                    service_url: earlier.status.service.map(|s| s.url),
                 },
             );
         }
@@ -423,6 +425,7 @@ async fn start_node(
         results: child.status.results,
         artifacts: child.status.artifacts,
         message: child.status.message,
+        service_url: child.status.service.map(|s| s.url),
     })
 }
 

@@ -38,6 +38,27 @@ pub struct Child {
     pub results: Option<Value>,
     pub artifacts: BTreeMap<String, String>,
     pub message: Option<String>,
+    /// A service run (serve/deploy): its gateway URL. Such a node is done once its run is
+    /// RUNNING (every replica ready): a service does not end by itself.
+    pub service_url: Option<String>,
+}
+
+impl Child {
+    fn node_state(&self) -> NodeState {
+        if self.state == RunState::Running && self.service_url.is_some() {
+            return NodeState::Succeeded;
+        }
+        node_state(self.state)
+    }
+
+    /// What later steps read as its results.
+    fn results(&self) -> Value {
+        match (&self.results, &self.service_url) {
+            (Some(results), _) => results.clone(),
+            (None, Some(url)) => json!({ "service": url }),
+            (None, None) => Value::Null,
+        }
+    }
 }
 
 pub struct Inputs<'a> {
@@ -213,7 +234,7 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
     let mut in_flight = inputs
         .children
         .values()
-        .filter(|c| node_state(c.state) == NodeState::Running)
+        .filter(|c| c.node_state() == NodeState::Running)
         .count();
     let workflow_cap = spec.parallelism.map_or(usize::MAX, |p| p as usize);
 
@@ -418,7 +439,7 @@ fn evaluate_step(
             inputs
                 .children
                 .get(&node_name(&step.name, **index))
-                .is_some_and(|c| node_state(c.state) == NodeState::Running)
+                .is_some_and(|c| c.node_state() == NodeState::Running)
         })
         .count();
     let mut results = Vec::new();
@@ -442,10 +463,10 @@ fn evaluate_step(
             if first_run_id.is_null() {
                 first_run_id = Value::String(earlier.run_id.clone());
             }
-            results.push(earlier.results.clone().unwrap_or(Value::Null));
+            results.push(earlier.results());
             artifacts.push(serde_json::to_value(&earlier.artifacts).unwrap_or(Value::Null));
         } else if let Some(child) = inputs.children.get(&name) {
-            node.state = node_state(child.state);
+            node.state = child.node_state();
             node.run_id = Some(child.run_id.clone());
             if first_run_id.is_null() {
                 first_run_id = Value::String(child.run_id.clone());
@@ -461,7 +482,7 @@ fn evaluate_step(
                         .unwrap_or_else(|| format!("its run ended {}", child.state)),
                 );
             }
-            results.push(child.results.clone().unwrap_or(Value::Null));
+            results.push(child.results());
             artifacts.push(serde_json::to_value(&child.artifacts).unwrap_or(Value::Null));
         } else if let Some(error) = inputs.start_errors.get(&name) {
             node.state = NodeState::Failed;

@@ -12,6 +12,7 @@ fn child(id: &str, state: RunState, results: Value) -> Child {
         results: Some(results),
         artifacts: BTreeMap::new(),
         message: None,
+        service_url: None,
     }
 }
 
