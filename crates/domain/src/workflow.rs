@@ -23,8 +23,10 @@ pub struct WorkflowSpec {
     /// The workflow's parameters and their defaults; a run's parameters go over them.
     /// Expressions read them as `params.<name>`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schema(inline)]
     pub parameters: BTreeMap<String, WorkflowParameter>,
     /// The steps, in the order written. Names are unique DNS-1123 labels.
+    #[schema(inline)]
     pub steps: Vec<Step>,
     /// At most this many step runs of one workflow run are active at once (none: no limit
     /// beyond the server's).
@@ -82,6 +84,7 @@ pub struct Step {
     pub parallelism: Option<u32>,
     /// The step run's retry policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(inline)]
     pub retry: Option<RetryPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_seconds: Option<u64>,

@@ -116,11 +116,15 @@ impl Runtime for PipelineRuntime {
     }
 
     fn spec_schema(&self) -> Value {
-        serde_json::json!({
-            "$schema": "https://json-schema.org/draft/2020-12/schema",
-            "title": "pipeline",
-            "type": "object",
-            "required": ["steps"],
-        })
+        use utoipa::PartialSchema;
+        let mut schema = serde_json::to_value(WorkflowSpec::schema()).unwrap_or_default();
+        if let Value::Object(object) = &mut schema {
+            object.insert(
+                "$schema".into(),
+                "https://json-schema.org/draft/2020-12/schema".into(),
+            );
+            object.insert("title".into(), PIPELINE_KIND.into());
+        }
+        schema
     }
 }

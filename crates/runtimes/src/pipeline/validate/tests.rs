@@ -163,3 +163,24 @@ proptest! {
         prop_assert!(invalid.0[0].problem.starts_with("cycle: "), "{:?}", invalid);
     }
 }
+
+#[test]
+fn the_schema_names_every_field_of_a_step() {
+    use crate::Runtime;
+    let schema = super::super::PipelineRuntime::new().spec_schema();
+    let step = &schema["properties"]["steps"]["items"]["properties"];
+    let written = serde_json::to_value(parse(json!({"steps": [{
+        "name": "a", "function": "f", "action": "job", "task": "t", "parameters": {"x": 1},
+        "inputs": {"d": "data"}, "depends_on": ["b"], "if": "true", "for_each": [1],
+        "parallelism": 1, "retry": {"max_attempts": 2}, "timeout_seconds": 5, "optional": true,
+        "framework": "local"
+    }, {"name": "b", "function": "f"}]})))
+    .unwrap();
+    for field in written["steps"][0].as_object().unwrap().keys() {
+        assert!(step.get(field).is_some(), "{field} missing from {schema:#}");
+    }
+    assert!(schema["required"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("steps")));
+}
