@@ -14,6 +14,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod reason;
 pub mod runnable;
+pub mod trigger;
 pub mod workflow;
 
 pub use entity::*;
