@@ -28,9 +28,7 @@ pub const MAX_CATCH_UP: usize = 1000;
 pub const CREATED_STATE: &str = "CREATED";
 
 /// What to do with the ticks a scheduler missed while the server was down.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CatchUp {
     /// No run for missed ticks: the next fire is the next future tick.
@@ -235,7 +233,10 @@ pub fn validate(kind: &str, name: &str, spec: &TriggerSpec) -> Result<(), Invali
     let mut problems = Problems::new();
     problems.check(validate_name("metadata.name", name));
     if !TRIGGER_KINDS.contains(&kind) {
-        problems.add("kind", format!("expected one of {}", TRIGGER_KINDS.join(", ")));
+        problems.add(
+            "kind",
+            format!("expected one of {}", TRIGGER_KINDS.join(", ")),
+        );
     }
     match kind {
         SCHEDULER_KIND => match &spec.schedule {
@@ -292,11 +293,17 @@ pub fn validate(kind: &str, name: &str, spec: &TriggerSpec) -> Result<(), Invali
 fn validate_template(kind: &str, template: &Value) -> Result<(), Invalid> {
     let mut problems = Problems::new();
     let Value::Object(members) = template else {
-        return Err(Invalid::field("spec.template", "expected a run request object"));
+        return Err(Invalid::field(
+            "spec.template",
+            "expected a run request object",
+        ));
     };
     match members.get("function") {
         Some(Value::String(_)) => {}
-        _ => problems.add("spec.template.function", "required (a function or workflow name)"),
+        _ => problems.add(
+            "spec.template.function",
+            "required (a function or workflow name)",
+        ),
     }
     // Shape: replace templated strings by nothing that could fail, then deserialize.
     if !template.to_string().contains("${{") {
@@ -315,7 +322,7 @@ fn validate_template(kind: &str, template: &Value) -> Result<(), Invalid> {
             "retry",
             "replicas",
             "secrets",
-            "limits",
+            "resources",
             "inputs",
         ];
         for key in members.keys() {
@@ -442,7 +449,10 @@ mod tests {
             vec![utc(2026, 1, 1, 5, 0, 0)]
         );
         assert_eq!(s.due(next, now, CatchUp::All).ticks.len(), 5);
-        assert_eq!(s.due(next, now, CatchUp::All).next, Some(utc(2026, 1, 1, 6, 0, 0)));
+        assert_eq!(
+            s.due(next, now, CatchUp::All).next,
+            Some(utc(2026, 1, 1, 6, 0, 0))
+        );
         // On time: one tick whatever the policy.
         let on_time = s.due(next, utc(2026, 1, 1, 1, 0, 0), CatchUp::Skip);
         assert_eq!(on_time.ticks, vec![next]);
@@ -476,16 +486,21 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("store://demo/run/prepare/*", "store://demo/run/prepare/abc"));
-        assert!(!glob_match("store://demo/run/prepare/*", "store://demo/run/train/abc"));
+        assert!(glob_match(
+            "store://demo/run/prepare/*",
+            "store://demo/run/prepare/abc"
+        ));
+        assert!(!glob_match(
+            "store://demo/run/prepare/*",
+            "store://demo/run/train/abc"
+        ));
         assert!(glob_match("a?c", "abc"));
     }
 
     #[test]
     fn renders_a_request() {
         let template = json!({"function": "f", "parameters": {"t": "${{ fire.scheduled_time }}"}});
-        let request =
-            render_request(&template, &json!({"fire": {"scheduled_time": "T"}})).unwrap();
+        let request = render_request(&template, &json!({"fire": {"scheduled_time": "T"}})).unwrap();
         assert_eq!(request.parameters["t"], json!("T"));
         assert!(render_request(&template, &json!({})).is_err());
     }

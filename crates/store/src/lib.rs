@@ -168,6 +168,18 @@ pub struct StoredEvent {
     pub data: Value,
 }
 
+/// What one fire of a trigger writes, in one transaction (see [`Store::fire_trigger`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FireBatch {
+    pub project: String,
+    pub trigger: String,
+    /// Schedulers: (the `next_fire` expected, the new one): a compare-and-set that makes the
+    /// whole batch happen once. None for lifecycle and webhook fires.
+    pub next_fire: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    /// The fire records (unique per trigger and `dedup_key`), each with the run it created.
+    pub fires: Vec<(runplane_domain::trigger::Fire, Option<Run>)>,
+}
+
 /// The largest page [`Store::events_after`] returns, whatever it is asked for.
 pub const MAX_EVENTS_PAGE: u32 = 1000;
 
@@ -314,6 +326,54 @@ pub trait Store: Send + Sync + 'static {
     /// The id of the newest event (0 when there is none): where a reader that wants only what
     /// happens from now on starts.
     async fn latest_event_id(&self) -> StoreResult<u64>;
+
+    // triggers
+    /// Creates or replaces a trigger (keeping `created`, `paused` and an existing token
+    /// hash), with `status.next_fire` as given. Appends a `trigger` event. `NotFound` when
+    /// the project does not exist. Returns it as stored.
+    async fn put_trigger(
+        &self,
+        trigger: &runplane_domain::trigger::Trigger,
+        token_hash: Option<&str>,
+    ) -> StoreResult<runplane_domain::trigger::Trigger>;
+    /// A trigger with its fire counts (`status.token` is never filled).
+    async fn get_trigger(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Option<runplane_domain::trigger::Trigger>>;
+    /// The project's triggers (every project's when None), by name.
+    async fn list_triggers(
+        &self,
+        project: Option<&str>,
+    ) -> StoreResult<Vec<runplane_domain::trigger::Trigger>>;
+    /// Removes a trigger and its fire records (its runs stay); appends a `trigger` event.
+    async fn delete_trigger(&self, project: &str, name: &str) -> StoreResult<bool>;
+    /// Pauses or resumes a trigger, setting its `next_fire`; None when it does not exist.
+    async fn set_trigger_paused(
+        &self,
+        project: &str,
+        name: &str,
+        paused: bool,
+        next_fire: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<runplane_domain::trigger::Trigger>>;
+    /// The sha256 (hex) of a webhook trigger's token.
+    async fn trigger_token_hash(&self, project: &str, name: &str) -> StoreResult<Option<String>>;
+    /// One fire, atomically: the scheduler's compare-and-set on `next_fire` (when given; only
+    /// while the trigger is not paused), the fire records and the runs they created (with their
+    /// events, as `create_run`). False, and nothing written, when the compare-and-set lost or a
+    /// fire's dedup key was already used: another fire did the work.
+    async fn fire_trigger(&self, batch: FireBatch) -> StoreResult<bool>;
+    /// A trigger's fires, newest first (at most `limit`; 0 means 100, capped at 1000).
+    async fn list_fires(
+        &self,
+        project: &str,
+        trigger: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<runplane_domain::trigger::Fire>>;
+    /// A durable reader's position in the event log (None: never stored).
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>>;
+    async fn set_cursor(&self, name: &str, position: u64) -> StoreResult<()>;
 
     // workflows
     /// Replaces `status.workflow` of the run while its attempt is `attempt` (any state), and

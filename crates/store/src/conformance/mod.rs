@@ -24,6 +24,7 @@ mod runs;
 mod secrets;
 mod services;
 mod transitions;
+mod triggers;
 mod workflows;
 
 pub use catalog::*;
@@ -33,6 +34,7 @@ pub use runs::*;
 pub use secrets::*;
 pub use services::*;
 pub use transitions::*;
+pub use triggers::*;
 pub use workflows::*;
 
 use crate::TransitionRequest;
@@ -89,6 +91,8 @@ macro_rules! store_conformance_tests {
             service_status_refused_changes_nothing,
             workflow_links_and_status_round_trip,
             count_active_ignores_workflow_runs,
+            triggers_apply_pause_and_delete,
+            a_tick_fires_once_with_its_run,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -198,6 +198,24 @@ pub(super) async fn service_deleted(
     append(conn, at, project, "service", &data).await
 }
 
+/// A trigger was applied, paused or resumed, or (`deleted`) removed.
+pub(super) async fn trigger_changed(
+    conn: &mut SqliteConnection,
+    project: &str,
+    name: &str,
+    change: &str,
+    at: &DateTime<Utc>,
+) -> StoreResult<()> {
+    let data = json!({
+        "type": "trigger",
+        "project": project,
+        "name": name,
+        "change": change,
+        "at": ts(at),
+    });
+    append(conn, at, project, "trigger", &data).await
+}
+
 /// A secret was created, given a new value, or (`deleted`) removed. Names only: an event
 /// never carries a secret's value, encrypted or not.
 pub(super) async fn secret_changed(

@@ -12,14 +12,17 @@ mod runs;
 mod secrets;
 mod services;
 mod transition;
+mod triggers;
 mod workflows;
 
 use crate::{
-    ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, Store, StoreError, StoreResult,
-    StoredEvent, TransitionRequest,
+    ActiveCounts, FireBatch, IdempotencyKey, Put, RunPage, RunQuery, Store, StoreError,
+    StoreResult, StoredEvent, TransitionRequest,
 };
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use codec::db;
+use runplane_domain::trigger::{Fire, Trigger};
 use runplane_domain::workflow::WorkflowStatus;
 use runplane_domain::{
     FunctionVersion, Project, Run, RunState, SecretMeta, ServiceRecord, ServiceStatus, Task,
@@ -351,6 +354,80 @@ impl Store for SqliteStore {
         let changed = services::set_service_status(&mut tx, run_id, attempt, status).await?;
         tx.commit().await.map_err(db)?;
         Ok(changed)
+    }
+
+    async fn put_trigger(
+        &self,
+        trigger: &Trigger,
+        token_hash: Option<&str>,
+    ) -> StoreResult<Trigger> {
+        let mut tx = self.write().await?;
+        let stored = triggers::put_trigger(&mut tx, trigger, token_hash).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(stored)
+    }
+
+    async fn get_trigger(&self, project: &str, name: &str) -> StoreResult<Option<Trigger>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        triggers::get_trigger(&mut conn, project, name).await
+    }
+
+    async fn list_triggers(&self, project: Option<&str>) -> StoreResult<Vec<Trigger>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        triggers::list_triggers(&mut conn, project).await
+    }
+
+    async fn delete_trigger(&self, project: &str, name: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = triggers::delete_trigger(&mut tx, project, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    async fn set_trigger_paused(
+        &self,
+        project: &str,
+        name: &str,
+        paused: bool,
+        next_fire: Option<DateTime<Utc>>,
+    ) -> StoreResult<Option<Trigger>> {
+        let mut tx = self.write().await?;
+        let trigger = triggers::set_paused(&mut tx, project, name, paused, next_fire).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(trigger)
+    }
+
+    async fn trigger_token_hash(&self, project: &str, name: &str) -> StoreResult<Option<String>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        triggers::token_hash(&mut conn, project, name).await
+    }
+
+    async fn fire_trigger(&self, batch: FireBatch) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        if triggers::fire(&mut tx, batch).await? {
+            tx.commit().await.map_err(db)?;
+            Ok(true)
+        } else {
+            tx.rollback().await.map_err(db)?;
+            Ok(false)
+        }
+    }
+
+    async fn list_fires(&self, project: &str, trigger: &str, limit: u32) -> StoreResult<Vec<Fire>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        triggers::list_fires(&mut conn, project, trigger, limit).await
+    }
+
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        triggers::get_cursor(&mut conn, name).await
+    }
+
+    async fn set_cursor(&self, name: &str, position: u64) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        triggers::set_cursor(&mut tx, name, position).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
     }
 
     async fn set_workflow_status(
