@@ -168,6 +168,9 @@ pub struct StoredEvent {
     pub data: Value,
 }
 
+/// A scheduler's (expected `next_fire`, new `next_fire`).
+pub type NextFireSwap = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// What one fire of a trigger writes, in one transaction (see [`Store::fire_trigger`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FireBatch {
@@ -175,7 +178,7 @@ pub struct FireBatch {
     pub trigger: String,
     /// Schedulers: (the `next_fire` expected, the new one): a compare-and-set that makes the
     /// whole batch happen once. None for lifecycle and webhook fires.
-    pub next_fire: Option<(Option<DateTime<Utc>>, Option<DateTime<Utc>>)>,
+    pub next_fire: Option<NextFireSwap>,
     /// The fire records (unique per trigger and `dedup_key`), each with the run it created.
     pub fires: Vec<(runplane_domain::trigger::Fire, Option<Run>)>,
 }
