@@ -443,7 +443,10 @@ mod tests {
         let s = Schedule::parse("@hourly", None).unwrap();
         let next = utc(2026, 1, 1, 1, 0, 0);
         let now = utc(2026, 1, 1, 5, 30, 0); // missed 01..05: five ticks
-        assert_eq!(s.due(next, now, CatchUp::Skip).ticks, Vec::<DateTime<Utc>>::new());
+        assert_eq!(
+            s.due(next, now, CatchUp::Skip).ticks,
+            Vec::<DateTime<Utc>>::new()
+        );
         assert_eq!(
             s.due(next, now, CatchUp::Once).ticks,
             vec![utc(2026, 1, 1, 5, 0, 0)]

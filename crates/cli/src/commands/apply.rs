@@ -65,6 +65,8 @@ pub async fn apply_document(client: &Client, document: SourceDocument) -> Result
         "tasks"
     } else if kind == "pipeline" {
         "workflows"
+    } else if ["scheduler", "lifecycle", "webhook"].contains(&kind.as_str()) {
+        "triggers"
     } else {
         "functions"
     };
@@ -107,6 +109,23 @@ pub async fn apply_document(client: &Client, document: SourceDocument) -> Result
                 .and_then(Value::as_str)
                 .unwrap_or("?")
         ),
+        ("triggers", status) => {
+            let mut line = format!(
+                "trigger/{name} {}",
+                if status == StatusCode::CREATED {
+                    "created"
+                } else {
+                    "applied"
+                }
+            );
+            if let Some(token) = body.pointer("/status/token").and_then(Value::as_str) {
+                line.push_str(&format!(
+                    "\nwebhook token (shown once): {token}\nPOST {}/api/v1/projects/{project}/triggers/{name}/webhook with Authorization: Bearer <token>",
+                    client.base()
+                ));
+            }
+            line
+        }
         _ => format!("task/{name} applied"),
     })
 }

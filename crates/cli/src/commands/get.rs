@@ -32,7 +32,6 @@ impl Kind {
     /// Kinds of DESIGN.md §4 that later issues build.
     pub fn not_yet(self) -> Option<CliError> {
         let name = match self {
-            Kind::Triggers => "triggers",
             Kind::Artifacts => "artifacts",
             _ => return None,
         };
@@ -132,6 +131,12 @@ async fn list(client: &Client, args: &GetArgs) -> Result<(), CliError> {
                 .get_json(&client.project_url(&format!("/workflows/{name}/versions")))
                 .await?
         }
+        (Kind::Triggers, None) => client.get_json(&client.project_url("/triggers")).await?,
+        (Kind::Triggers, Some(name)) => {
+            client
+                .get_json(&client.project_url(&format!("/triggers/{name}")))
+                .await?
+        }
         (Kind::Tasks, None) => client.get_json(&client.project_url("/tasks")).await?,
         (Kind::Tasks, Some(name)) => {
             client
@@ -201,6 +206,7 @@ pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliErro
         }
         Kind::Functions => format!("/functions/{}", args.name),
         Kind::Workflows => format!("/workflows/{}", args.name),
+        Kind::Triggers => format!("/triggers/{}", args.name),
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
         Kind::Services => format!("/services/{}", args.name),
@@ -279,6 +285,49 @@ fn columns(kind: Kind) -> &'static [Column] {
             Column {
                 header: "CREATED",
                 cell: |v| time(v, "/metadata/created"),
+            },
+        ],
+        Kind::Triggers => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/metadata/name"),
+            },
+            Column {
+                header: "KIND",
+                cell: |v| text(v, "/kind"),
+            },
+            Column {
+                header: "SCHEDULE/KEY",
+                cell: |v| {
+                    let schedule = text(v, "/spec/schedule");
+                    if schedule.is_empty() {
+                        text(v, "/spec/key")
+                    } else {
+                        schedule
+                    }
+                },
+            },
+            Column {
+                header: "PAUSED",
+                cell: |v| text(v, "/status/paused"),
+            },
+            Column {
+                header: "NEXT FIRE",
+                cell: |v| time(v, "/status/next_fire"),
+            },
+            Column {
+                header: "LAST FIRE",
+                cell: |v| time(v, "/status/last_fire"),
+            },
+            Column {
+                header: "FIRES",
+                cell: |v| {
+                    format!(
+                        "{} ({} failed)",
+                        text(v, "/status/fires"),
+                        text(v, "/status/failed_fires")
+                    )
+                },
             },
         ],
         Kind::Workflows => &[

@@ -52,6 +52,7 @@ pub async fn delete(client: &Client, args: DeleteArgs) -> Result<(), CliError> {
     let path = match args.kind {
         Kind::Functions => format!("/functions/{}", args.name),
         Kind::Workflows => format!("/workflows/{}", args.name),
+        Kind::Triggers => format!("/triggers/{}", args.name),
         Kind::Tasks => format!("/tasks/{}", args.name),
         Kind::Runs => format!("/runs/{}", args.name),
         Kind::Services => format!("/services/{}", args.name),
@@ -69,6 +70,7 @@ fn singular(kind: Kind) -> &'static str {
     match kind {
         Kind::Functions => "function",
         Kind::Workflows => "workflow",
+        Kind::Triggers => "trigger",
         Kind::Tasks => "task",
         Kind::Services => "service",
         Kind::Secrets => "secret",

@@ -15,6 +15,7 @@ mod schemas;
 mod secrets;
 mod services;
 mod tasks;
+mod triggers;
 mod workflows;
 
 use crate::controller::Controller;
@@ -67,6 +68,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(projects::routes())
         .merge(functions::routes())
         .merge(workflows::routes())
+        .merge(triggers::routes())
         .merge(tasks::routes())
         .merge(services::routes())
         .merge(secrets::routes())

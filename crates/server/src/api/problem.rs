@@ -121,6 +121,9 @@ impl From<ControllerError> for Problem {
             ControllerError::Store(error) => error.into(),
             ControllerError::Logs(error) => Problem::internal(error),
             ControllerError::Secret(error) => Problem::internal(error),
+            ControllerError::Unauthorized(detail) => {
+                Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+            }
             ControllerError::Unavailable(detail) => {
                 Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
             }

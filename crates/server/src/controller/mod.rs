@@ -7,6 +7,7 @@
 //! - [`actions`]: stop, resume, delete.
 //! - `deadlines`: attempt timeouts and the ends of retry backoffs, one timer task.
 //! - [`bus`]: publishes every change for waiters and followers.
+//! - [`triggers`]: applying triggers; the scheduler, lifecycle and webhook fires.
 //! - [`workflows`]: the workflow engine, which drives workflow runs by creating step runs.
 //!
 //! Every transition is a compare-and-set in the store, persisted before any side effect that
@@ -21,6 +22,7 @@ pub mod reconciler;
 pub mod secrets;
 mod services;
 pub mod submit;
+pub mod triggers;
 pub mod workflows;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -50,6 +52,9 @@ pub enum ControllerError {
     Logs(#[from] runplane_logstore::LogError),
     #[error(transparent)]
     Secret(#[from] crate::secrets::SecretError),
+    /// The caller did not prove who it is (a webhook without its token).
+    #[error("{0}")]
+    Unauthorized(String),
     /// Something the server depends on cannot be used right now.
     #[error("{0}")]
     Unavailable(String),
@@ -119,6 +124,8 @@ struct Inner {
     builds: builds::Builds,
     /// The workflow engine's queue and what it knows (`workflows/`).
     workflows: workflows::Workflows,
+    /// Wakes the scheduler when triggers change (`triggers.rs`).
+    triggers: triggers::Triggers,
     gateway: crate::gateway::Gateway,
     gateway_options: crate::gateway::GatewayOptions,
     options: ControllerOptions,
@@ -156,6 +163,7 @@ impl Controller {
                 services: services::Services::default(),
                 builds: builds::Builds::default(),
                 workflows,
+                triggers: triggers::Triggers::default(),
                 gateway: crate::gateway::Gateway::new(options.gateway.clone()),
                 gateway_options: options.gateway.clone(),
                 options,
@@ -165,9 +173,14 @@ impl Controller {
         let reconciler = tokio::spawn(reconciler::run(controller.clone(), framework_events));
         let timers = tokio::spawn(deadlines::run(controller.clone(), deadline_receiver));
         let engine = tokio::spawn(workflows::run(controller.clone(), workflow_queue));
+        let scheduler = tokio::spawn(triggers::run_scheduler(controller.clone()));
+        let lifecycle = tokio::spawn(triggers::run_lifecycle(controller.clone()));
         // Runs may already be READY in the store.
         controller.wake_dispatcher();
-        (controller, vec![dispatcher, reconciler, timers, engine])
+        (
+            controller,
+            vec![dispatcher, reconciler, timers, engine, scheduler, lifecycle],
+        )
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
