@@ -48,6 +48,8 @@ pub enum ServerError {
     DefaultFramework { name: String, enabled: String },
     #[error(transparent)]
     SecretKey(#[from] crate::secrets::SecretKeyError),
+    #[error(transparent)]
+    ArtifactStore(#[from] crate::artifacts::ArtifactStoreError),
 }
 
 /// A bound, running server.
@@ -149,6 +151,7 @@ impl Server {
                     uv: options.uv.clone(),
                     python: options.python.clone(),
                 },
+                artifacts: options.artifact_store()?,
             },
         );
         let listener =

@@ -17,6 +17,7 @@
 //! Timestamps built here are truncated to microseconds, the finest precision every backend
 //! keeps, so that what is read back can be compared with `==` to what was written.
 
+mod artifacts;
 mod catalog;
 mod events;
 mod listing;
@@ -25,6 +26,7 @@ mod secrets;
 mod services;
 mod transitions;
 
+pub use artifacts::*;
 pub use catalog::*;
 pub use events::*;
 pub use listing::*;
@@ -85,6 +87,10 @@ macro_rules! store_conformance_tests {
             secrets_need_their_project,
             secrets_events_never_carry_the_value,
             service_status_refused_changes_nothing,
+            // artifacts
+            artifacts_put_dedupes_by_hash,
+            artifacts_versions_newest_first,
+            artifacts_consumers_from_run_inputs,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
