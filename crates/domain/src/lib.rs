@@ -5,6 +5,7 @@
 //! This crate does no IO (no files, no network, no clock reads outside `now()` helpers passed
 //! in by callers) and depends on no other runplane crate. Everything else depends on it.
 
+pub mod artifact;
 pub mod entity;
 pub mod expr;
 pub mod hash;
@@ -17,6 +18,7 @@ pub mod runnable;
 pub mod trigger;
 pub mod workflow;
 
+pub use artifact::{Artifact, ArtifactMetadata, ArtifactSpec, ArtifactStatus, ArtifactType};
 pub use entity::*;
 pub use invalid::{FieldError, Invalid};
 pub use lifecycle::RunState;

@@ -209,6 +209,10 @@ pub struct ExitOutcome {
     /// whose replicas never became ready: `not_ready`); it decides the run's outcome.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// The attempt's outputs folder on this host, when the framework keeps it there (local
+    /// and engine do): where the controller finds logged artifacts (`artifacts/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs_dir: Option<std::path::PathBuf>,
 }
 
 /// Why a framework ended an execution: a machine-readable reason and a message for people.

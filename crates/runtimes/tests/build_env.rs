@@ -127,6 +127,7 @@ impl Started {
                 signal: status.signal(),
                 outputs: files,
                 failure: None,
+                outputs_dir: None,
             },
             log: format!(
                 "{}{}",

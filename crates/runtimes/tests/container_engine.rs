@@ -158,6 +158,7 @@ fn execute(job: &Job, outputs: &Path) -> ExitOutcome {
         signal,
         outputs: collected,
         failure: None,
+        outputs_dir: None,
     }
 }
 
@@ -310,6 +311,7 @@ fn a_built_image_becomes_a_version_whose_job_runs_it() {
             },
         )]),
         failure: None,
+        outputs_dir: None,
     };
     let got = runtime.interpret(&run, &ended);
     assert_eq!(

@@ -57,6 +57,9 @@ fn execute_job(job: &Job, wrap: Option<&[&str]>) -> Executed {
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(&outputs).unwrap() {
         let entry = entry.unwrap();
+        if entry.path().is_dir() {
+            continue;
+        }
         let contents = std::fs::read(entry.path()).unwrap();
         let size = contents.len() as u64;
         files.insert(
@@ -70,6 +73,7 @@ fn execute_job(job: &Job, wrap: Option<&[&str]>) -> Executed {
             signal: output.status.signal(),
             outputs: files,
             failure: None,
+            outputs_dir: Some(outputs.clone()),
         },
         stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -177,6 +181,71 @@ def handler(epochs, context, lr=0.1):
         (Some("accuracy"), Some(1))
     );
     assert!(lines[3].get("step").is_none() && lines[3]["time"].as_f64().unwrap() > 1.7e9);
+}
+
+#[test]
+fn log_artifact_copies_files_and_folders() {
+    if python_missing() {
+        return;
+    }
+    let code = r#"
+import os
+
+def handler(context):
+    with open("model.bin", "wb") as f:
+        f.write(b"weights")
+    os.makedirs("data/sub")
+    with open("data/a.csv", "w") as f:
+        f.write("x,y\n1,2\n")
+    with open("data/sub/b.txt", "w") as f:
+        f.write("b")
+    context.log_artifact("model", "model.bin", labels={"kind": "weights"})
+    context.log_artifact("dataset", "data")
+    for bad in ["", "Bad", "-x", "a_b", "x" * 64, 3]:
+        try:
+            context.log_artifact(bad, "model.bin")
+        except ValueError as e:
+            assert "artifact name" in str(e), str(e)
+        else:
+            raise AssertionError("accepted %r" % (bad,))
+    try:
+        context.log_artifact("missing", "nope.txt")
+    except FileNotFoundError as e:
+        assert "missing" in str(e)
+    else:
+        raise AssertionError("accepted a missing path")
+"#;
+    let run = inline(code, json!({}));
+    let (executed, got) = execute(&run);
+    assert_eq!(executed.outcome.exit_code, Some(0), "{}", executed.stderr);
+    assert_eq!(got.state, RunState::Completed, "{:?}", got.message);
+    let index =
+        String::from_utf8(executed.outcome.outputs["artifacts.jsonl"].contents.clone()).unwrap();
+    let lines: Vec<Value> = index
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            json!({"name": "model", "type": "file", "labels": {"kind": "weights"}}),
+            json!({"name": "dataset", "type": "dir", "labels": {}}),
+        ]
+    );
+    let artifacts = executed.outputs.join("artifacts");
+    assert_eq!(
+        std::fs::read(artifacts.join("model/model.bin")).unwrap(),
+        b"weights"
+    );
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("dataset/a.csv")).unwrap(),
+        "x,y\n1,2\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(artifacts.join("dataset/sub/b.txt")).unwrap(),
+        "b"
+    );
+    assert!(!artifacts.join("missing").exists());
 }
 
 #[test]

@@ -835,6 +835,7 @@ fn an_init_failure_exits_1_with_its_traceback() {
         })
         .collect(),
         failure: None,
+        outputs_dir: None,
     };
     let got = runtime().interpret(&run, &outcome);
     assert_eq!(got.reason, "failed");

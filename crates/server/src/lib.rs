@@ -6,6 +6,7 @@
 //! knows which runtime or framework it talks to beyond their traits.
 
 pub mod api;
+pub mod artifacts;
 pub mod catalog;
 pub mod controller;
 pub mod failpoints;

@@ -26,6 +26,8 @@ pub struct ServerOptions {
     pub uv: String,
     /// The framework of runs that name none; it must be enabled.
     pub default_framework: String,
+    /// `--artifact-store`: where artifacts are kept; `$RUNPLANE_HOME/artifacts` when None.
+    pub artifact_store: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,17 @@ impl ServerOptions {
     /// Python environments built from locks, one folder per lock hash.
     pub fn environments_dir(&self) -> PathBuf {
         self.home.join("envs")
+    }
+
+    /// The artifact store: `artifact_store` when set, else `$RUNPLANE_HOME/artifacts`.
+    pub fn artifact_store(
+        &self,
+    ) -> Result<crate::artifacts::ArtifactStore, crate::artifacts::ArtifactStoreError> {
+        let cache = self.home.join("artifact-cache");
+        match &self.artifact_store {
+            Some(url) => crate::artifacts::ArtifactStore::from_url(url, &cache),
+            None => crate::artifacts::ArtifactStore::local(&self.home.join("artifacts"), &cache),
+        }
     }
 
     pub fn runs_dir(&self) -> PathBuf {

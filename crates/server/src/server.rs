@@ -49,6 +49,8 @@ pub enum ServerError {
     DefaultFramework { name: String, enabled: String },
     #[error(transparent)]
     SecretKey(#[from] crate::secrets::SecretKeyError),
+    #[error(transparent)]
+    ArtifactStore(#[from] crate::artifacts::ArtifactStoreError),
 }
 
 /// A bound, running server.
@@ -150,6 +152,7 @@ impl Server {
                     uv: options.uv.clone(),
                     python: options.python.clone(),
                 },
+                artifacts: options.artifact_store()?,
             },
         );
         // Workflow runs have no framework to recover them: the engine takes them up again.

@@ -23,6 +23,10 @@ pub struct RunArgs {
     /// A YAML/JSON file with a map of parameters (`-p` overrides it).
     #[arg(long)]
     pub params_file: Option<PathBuf>,
+    /// An input artifact, `param=ref` (`name`, `name:version` or a `store://` key): the
+    /// handler's parameter `param` receives the artifact's local path. Repeatable.
+    #[arg(long = "input")]
+    pub inputs: Vec<String>,
     /// The task whose settings to use.
     #[arg(long)]
     pub task: Option<String>,
@@ -83,7 +87,23 @@ pub async fn run(client: &Client, args: RunArgs) -> Result<(), CliError> {
         })?;
         secrets.insert(env.to_string(), Value::String(secret.to_string()));
     }
+    let mut inputs = Map::new();
+    for pair in &args.inputs {
+        match pair.split_once('=') {
+            Some((param, reference)) if !param.is_empty() && !reference.is_empty() => {
+                inputs.insert(param.to_string(), Value::String(reference.to_string()));
+            }
+            _ => {
+                return Err(CliError::invalid(format!(
+                    "--input {pair:?}: expected param=artifact"
+                )))
+            }
+        }
+    }
     let mut body = json!({ "function": args.name, "parameters": parameters, "labels": labels });
+    if !inputs.is_empty() {
+        body["inputs"] = Value::Object(inputs);
+    }
     if !secrets.is_empty() {
         body["secrets"] = Value::Object(secrets);
     }

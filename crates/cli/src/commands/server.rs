@@ -34,6 +34,9 @@ pub struct ServerArgs {
     /// enabled).
     #[arg(long, env = "RUNPLANE_DEFAULT_FRAMEWORK", default_value = "local")]
     pub default_framework: String,
+    /// Where artifacts are kept: a local folder (default `$RUNPLANE_HOME/artifacts`).
+    #[arg(long, env = "RUNPLANE_ARTIFACT_STORE")]
+    pub artifact_store: Option<String>,
 }
 
 /// Settings shared by `server` and `quickstart`.
@@ -81,6 +84,7 @@ impl HomeArgs {
             secret_key_file: self.secret_key_file.clone(),
             uv: self.uv.clone(),
             default_framework: "local".to_string(),
+            artifact_store: None,
         })
     }
 }
@@ -93,6 +97,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
         registry: args.registry,
     });
     options.default_framework = args.default_framework;
+    options.artifact_store = args.artifact_store;
     let home = options.home.clone();
     let server = Server::bind(options).await?;
     eprintln!(

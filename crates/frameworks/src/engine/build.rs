@@ -163,6 +163,7 @@ impl EngineFramework {
                 signal: Some(STOP_SIGNAL),
                 outputs: BTreeMap::new(),
                 failure: None,
+                outputs_dir: None,
             }),
         );
         let docker = self.docker.clone();
@@ -237,6 +238,7 @@ impl Runner {
                         reason: reason::BUILD_FAILED.to_string(),
                         message,
                     }),
+                    outputs_dir: None,
                 }
             }
         };
@@ -316,6 +318,7 @@ fn success(built: &BuiltImage) -> ExitOutcome {
         signal: None,
         outputs: BTreeMap::from([(BUILD_OUTPUT.to_string(), OutputFile { contents, size })]),
         failure: None,
+        outputs_dir: None,
     }
 }
 

@@ -97,6 +97,7 @@ impl Follow {
             signal,
             outputs: collect_outputs(&self.outputs_dir),
             failure,
+            outputs_dir: Some(self.outputs_dir.clone()),
         })
     }
 }

@@ -330,6 +330,7 @@ fn read_ending(attempt_dir: &Path) -> Ending {
         signal: exit.signal,
         outputs: collect_outputs(&attempt_dir.join(OUTPUTS_DIR)),
         failure: exit.failure,
+        outputs_dir: Some(attempt_dir.join(OUTPUTS_DIR)),
     })
 }
 

@@ -106,6 +106,7 @@ pub(crate) mod tests {
                 })
                 .collect(),
             failure: None,
+            outputs_dir: None,
         }
     }
 

@@ -432,6 +432,7 @@ mod tests {
                 })
                 .collect(),
             failure: None,
+            outputs_dir: None,
         }
     }
 

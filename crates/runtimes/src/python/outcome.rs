@@ -173,6 +173,7 @@ mod tests {
                 })
                 .collect::<BTreeMap<_, _>>(),
             failure: None,
+            outputs_dir: None,
         }
     }
 

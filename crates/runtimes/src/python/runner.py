@@ -11,7 +11,9 @@ outcome in that folder:
 - `results.json`: the handler's return value as JSON (`null` for None);
 - `error.json`: `{"type", "message", "where"}` when the import or the handler raised, or when
   the return value cannot be kept (`ResultNotSerializable`, `ResultTooLarge`); exit code 1;
-- `metrics.jsonl`: one JSON object per `context.log_metric(...)` call.
+- `metrics.jsonl`: one JSON object per `context.log_metric(...)` call;
+- `artifacts/<name>/` and `artifacts.jsonl`: what `context.log_artifact(...)` copied, and one
+  `{"name", "type", "labels"}` line per call (the server stores them when the run ends).
 
 Serve mode (`"mode": "serve"`): the runner serves HTTP/1.1 until SIGTERM; that half of it is
 `runner_serve.py`, beside this file in a service's working directory (see its comments).
@@ -39,6 +41,8 @@ RESULTS = "results.json"
 SERVE_FILE = "runner_serve.py"
 ERROR = "error.json"
 METRICS = "metrics.jsonl"
+ARTIFACTS = "artifacts"
+ARTIFACTS_INDEX = "artifacts.jsonl"
 # Longest exception message kept in error.json; the full text is in the traceback on stderr.
 MESSAGE_LIMIT = 4000
 
@@ -123,7 +127,7 @@ def _write_atomically(path, text):
 class Context:
     """What a handler that declares a `context` parameter receives."""
 
-    __slots__ = ("run_id", "project", "parameters", "replica", "_metrics", "_dumps")
+    __slots__ = ("run_id", "project", "parameters", "replica", "_metrics", "_outputs", "_dumps")
 
     def __init__(self, run_id, project, parameters, outputs, dumps, replica=None):
         self.run_id = run_id
@@ -133,6 +137,7 @@ class Context:
         # Services: this replica's index (`RUNPLANE_REPLICA`); None for jobs.
         self.replica = replica
         self._metrics = os.path.join(outputs, METRICS)
+        self._outputs = outputs
         self._dumps = dumps
 
     def log_metric(self, name, value, step=None):
@@ -154,12 +159,57 @@ class Context:
         with open(self._metrics, "a", encoding="utf-8") as file:
             file.write(line)
 
+    def log_artifact(self, name, path, labels=None):
+        """Copies the file or folder `path` into `$RUNPLANE_OUTPUTS/artifacts/<name>/` (a file
+        keeps its base name there; a folder's content is copied) and records it in
+        `artifacts.jsonl`. The server stores it as a version of the artifact `name` when the
+        run ends. Logging `name` twice in one run keeps the last copy."""
+        if not _is_artifact_name(name):
+            raise ValueError(
+                "artifact name %r: use lowercase letters, digits and '-' (at most 63 characters, "
+                "starting and ending with a letter or a digit)" % (name,)
+            )
+        if labels is not None and (
+            not isinstance(labels, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+        ):
+            raise TypeError("artifact %s: labels must be a dict of str to str" % name)
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            kind = "dir"
+        elif os.path.isfile(path):
+            kind = "file"
+        else:
+            raise FileNotFoundError("artifact %s: no file or folder at %r" % (name, path))
+        import shutil  # only handlers that log artifacts pay for it
+
+        target = os.path.join(self._outputs, ARTIFACTS, name)
+        if os.path.lexists(target):
+            shutil.rmtree(target)
+        if kind == "dir":
+            shutil.copytree(path, target, symlinks=True)
+        else:
+            os.makedirs(target)
+            shutil.copy2(path, os.path.join(target, os.path.basename(path)))
+        line = self._dumps({"name": name, "type": kind, "labels": labels or {}}) + "\n"
+        with open(os.path.join(self._outputs, ARTIFACTS_INDEX), "a", encoding="utf-8") as file:
+            file.write(line)
+
     def log(self, message):
         """Prints a line to the run's log (stdout), flushed at once."""
         print(message, flush=True)
 
     def __repr__(self):
         return "Context(run_id=%r, project=%r)" % (self.run_id, self.project)
+
+
+def _is_artifact_name(name):
+    """DNS-1123 label: what the server accepts as an artifact name."""
+    if not isinstance(name, str) or not 0 < len(name) <= 63:
+        return False
+    if not (name[0].isalnum() and name[-1].isalnum()):
+        return False
+    return all(("a" <= c <= "z") or ("0" <= c <= "9") or c == "-" for c in name)
 
 
 def _where(error, src):

@@ -2,6 +2,7 @@
 //! handlers (`/openapi.json`). Handlers are thin: they authorize the [`caller::Caller`], call
 //! the catalog or the controller, and map errors to problem+json.
 
+mod artifacts;
 pub mod caller;
 mod events;
 mod functions;
@@ -72,6 +73,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(tasks::routes())
         .merge(services::routes())
         .merge(secrets::routes())
+        .merge(artifacts::routes())
         .merge(runs::routes())
         .merge(schemas::routes())
         .merge(logs::routes())

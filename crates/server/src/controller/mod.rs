@@ -100,6 +100,8 @@ pub struct ControllerOptions {
     pub secrets: crate::secrets::SecretBox,
     /// Locks the dependencies of new function versions.
     pub resolver: crate::resolver::Resolver,
+    /// Where logged artifacts are kept (`crate::artifacts`).
+    pub artifacts: crate::artifacts::ArtifactStore,
 }
 
 /// A cheap, cloneable handle on the controller.
@@ -197,6 +199,10 @@ impl Controller {
 
     pub fn bus(&self) -> &EventBus {
         &self.inner.bus
+    }
+
+    pub fn artifacts(&self) -> &crate::artifacts::ArtifactStore {
+        &self.inner.options.artifacts
     }
 
     pub fn framework_names(&self) -> Vec<&'static str> {

@@ -204,10 +204,18 @@ async fn end_attempt(
             }
         }
     }
+    let artifacts = crate::artifacts::collect::at_exit(
+        controller,
+        run,
+        outcome,
+        (&mut to, &mut to_reason, &mut message),
+    )
+    .await;
     let request = TransitionRequest {
         reason: Some(to_reason.clone()),
         message,
         results,
+        artifacts,
         attempt_update: Some(AttemptUpdate::Ended {
             exit_code: outcome.exit_code,
             signal: outcome.signal,

@@ -17,6 +17,7 @@
 //! Timestamps built here are truncated to microseconds, the finest precision every backend
 //! keeps, so that what is read back can be compared with `==` to what was written.
 
+mod artifacts;
 mod catalog;
 mod events;
 mod listing;
@@ -27,6 +28,7 @@ mod transitions;
 mod triggers;
 mod workflows;
 
+pub use artifacts::*;
 pub use catalog::*;
 pub use events::*;
 pub use listing::*;
@@ -93,6 +95,10 @@ macro_rules! store_conformance_tests {
             count_active_ignores_workflow_runs,
             triggers_apply_pause_and_delete,
             a_tick_fires_once_with_its_run,
+            // artifacts
+            artifacts_put_dedupes_by_hash,
+            artifacts_versions_newest_first,
+            artifacts_consumers_from_run_inputs,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

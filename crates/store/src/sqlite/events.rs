@@ -36,7 +36,7 @@ impl EventRow {
 
 /// Appends one event. Must run inside the write transaction of the change it describes: that
 /// is what makes the log exact (nothing rolled back is told, nothing committed is missed).
-async fn append(
+pub(super) async fn append(
     conn: &mut SqliteConnection,
     at: &DateTime<Utc>,
     project: &str,
@@ -277,4 +277,39 @@ pub(super) async fn latest_event_id(conn: &mut SqliteConnection) -> StoreResult<
         .map_err(db)?;
     u64::try_from(latest)
         .map_err(|e| StoreError::Database(format!("corrupt value in column events.id: {e}")))
+}
+
+/// A new artifact version was stored (a re-logged identical content appends nothing).
+pub(super) async fn artifact_created(
+    conn: &mut SqliteConnection,
+    artifact: &runplane_domain::Artifact,
+) -> StoreResult<()> {
+    let at = &artifact.metadata.created;
+    let data = json!({
+        "type": "artifact",
+        "project": artifact.metadata.project,
+        "name": artifact.metadata.name,
+        "version": artifact.metadata.version,
+        "key": artifact.status.key,
+        "produced_by": artifact.status.produced_by,
+        "at": ts(at),
+    });
+    append(conn, at, &artifact.metadata.project, "artifact", &data).await
+}
+
+/// Every version of an artifact was removed.
+pub(super) async fn artifact_deleted(
+    conn: &mut SqliteConnection,
+    project: &str,
+    name: &str,
+) -> StoreResult<()> {
+    let at = super::codec::now();
+    let data = json!({
+        "type": "artifact",
+        "project": project,
+        "name": name,
+        "deleted": true,
+        "at": ts(&at),
+    });
+    append(conn, &at, project, "artifact", &data).await
 }

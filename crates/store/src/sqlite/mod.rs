@@ -5,6 +5,7 @@
 //! upgrades a read to a write. Reads that span several statements run in a deferred
 //! transaction, which in WAL mode is a consistent snapshot that never blocks writers.
 
+mod artifacts;
 mod catalog;
 mod codec;
 mod events;
@@ -445,5 +446,72 @@ impl Store for SqliteStore {
     async fn latest_event_id(&self) -> StoreResult<u64> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         events::latest_event_id(&mut conn).await
+    }
+
+    // artifacts
+    async fn put_artifact(
+        &self,
+        artifact: runplane_domain::Artifact,
+    ) -> StoreResult<Put<runplane_domain::Artifact>> {
+        let mut tx = self.write().await?;
+        let put = artifacts::put_artifact(&mut tx, artifact).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(put)
+    }
+
+    async fn get_artifact(
+        &self,
+        project: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> StoreResult<Option<runplane_domain::Artifact>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        artifacts::get_artifact(&mut conn, project, name, version).await
+    }
+
+    async fn list_artifacts(
+        &self,
+        project: &str,
+        produced_by: Option<&str>,
+    ) -> StoreResult<Vec<runplane_domain::Artifact>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        artifacts::list_artifacts(&mut conn, project, produced_by).await
+    }
+
+    async fn artifact_versions(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Vec<runplane_domain::Artifact>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        artifacts::artifact_versions(&mut conn, project, name).await
+    }
+
+    async fn delete_artifact(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Vec<runplane_domain::Artifact>> {
+        let mut tx = self.write().await?;
+        let deleted = artifacts::delete_artifact(&mut tx, project, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    async fn put_run_inputs(
+        &self,
+        project: &str,
+        run_id: &str,
+        inputs: &std::collections::BTreeMap<String, String>,
+    ) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        artifacts::put_run_inputs(&mut tx, project, run_id, inputs).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(())
+    }
+
+    async fn artifact_consumers(&self, key: &str) -> StoreResult<Vec<String>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        artifacts::artifact_consumers(&mut conn, key).await
     }
 }
