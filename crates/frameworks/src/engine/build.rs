@@ -253,7 +253,18 @@ impl Runner {
     }
 
     async fn build_and_push(&mut self) -> Result<BuiltImage, String> {
-        let id = self.run_builder().await?;
+        let id = match self.run_builder().await {
+            // Podman's layer cache can lose a layer to a concurrent removal between its cache
+            // lookup and its use; the build itself is sound, and a second try finds a
+            // consistent cache.
+            Err(error) if error.contains(LAYER_RACE) => {
+                self.log.output(&format!(
+                    "the engine's layer cache changed under the build ({error}); building again\n"
+                ))?;
+                self.run_builder().await?
+            }
+            other => other?,
+        };
         let digest = if self.build.push {
             Some(self.push().await?)
         } else {
@@ -309,6 +320,9 @@ impl Runner {
             .ok_or_else(|| format!("the engine reports no id for {image}"))
     }
 }
+
+/// What Podman answers when a cached layer vanished under a build (a storage race).
+const LAYER_RACE: &str = "layer not known";
 
 fn success(built: &BuiltImage) -> ExitOutcome {
     let contents = serde_json::to_vec(built).unwrap_or_default();
