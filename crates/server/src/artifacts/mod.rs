@@ -4,13 +4,10 @@
 //! `Store`.
 //!
 //! - [`collect`]: when an attempt ends, stores what the run logged in its outputs folder;
-//! - [`inputs`]: resolves a run's input artifacts at submit and hands them to it as local
-//!   paths at dispatch;
 //! - [`content`]: scanning and hashing a logged folder (the version is its content).
 
 pub mod collect;
 pub mod content;
-pub mod inputs;
 
 use bytes::Bytes;
 use futures::TryStreamExt;

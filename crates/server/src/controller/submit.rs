@@ -86,6 +86,14 @@ impl Controller {
         ));
         let (function_name, pinned_version) = split_name_version(&request.function);
         problems.check(validate_name("function", function_name));
+        if !request.inputs.is_empty() {
+            // Refused rather than ignored: a run must not start without the data it asked for.
+            problems.add(
+                "inputs",
+                "artifacts as run inputs are not supported by this server yet; pass the \
+                 artifact's download URL or key as a parameter instead",
+            );
+        }
         problems.finish()?;
 
         let action = match request.action.clone() {
