@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use support::*;
 
-#[allow(dead_code)]
 const LOGGER: &str = r#"
 import os, tempfile
 
@@ -22,6 +21,70 @@ def handler(context, text="hello"):
     context.log_artifact("dataset", os.path.join(d, "data"), labels={"split": "train"})
     return "ok"
 "#;
+
+#[test]
+fn logged_files_and_folders_are_stored_versioned_and_served() {
+    let server = TestServer::start();
+    function(&server, "logger", LOGGER);
+    let first = submit(&server, json!({"function": "logger"}));
+    let run = wait_run_ended(&server, &first, Duration::from_secs(30));
+    assert_eq!(
+        run["status"]["state"],
+        "COMPLETED",
+        "{run:#}\n{}",
+        server.server_log()
+    );
+    let keys = &run["status"]["artifacts"];
+    assert!(
+        keys["model"]
+            .as_str()
+            .unwrap()
+            .starts_with("store://p/artifact/"),
+        "{keys}"
+    );
+    assert!(keys["dataset"].is_string(), "{keys}");
+
+    let (status, listed) = server.get(&format!("/projects/p/artifacts?produced_by={first}"));
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+    let (_, model) = server.get("/projects/p/artifacts/model");
+    assert_eq!(model["status"]["key"], keys["model"], "{model}");
+    let version = model["metadata"]["version"].as_str().unwrap().to_string();
+    let download = server
+        .http
+        .get(server.api(&format!(
+            "/projects/p/artifacts/model/versions/{version}/download"
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(download.status().as_u16(), 200);
+    assert_eq!(download.text().unwrap(), "hello");
+    let (_, dataset) = server.get("/projects/p/artifacts/dataset");
+    let dataset_version = dataset["metadata"]["version"].as_str().unwrap();
+    let one = server
+        .http
+        .get(server.api(&format!(
+            "/projects/p/artifacts/dataset/versions/{dataset_version}/download?path=sub/a.csv"
+        )))
+        .send()
+        .unwrap();
+    assert_eq!(one.text().unwrap(), "x,y\n1,2\n");
+
+    // The same content again: no new version; other content: a new one.
+    let again = submit(&server, json!({"function": "logger"}));
+    wait_run_ended(&server, &again, Duration::from_secs(30));
+    let versions = |server: &TestServer| {
+        let (_, versions) = server.get("/projects/p/artifacts/model/versions");
+        versions["items"].as_array().expect("items").len()
+    };
+    assert_eq!(versions(&server), 1);
+    let other = submit(
+        &server,
+        json!({"function": "logger", "parameters": {"text": "bye"}}),
+    );
+    wait_run_ended(&server, &other, Duration::from_secs(30));
+    assert_eq!(versions(&server), 2);
+}
 
 #[test]
 fn a_missing_path_fails_the_run_with_a_clear_message() {
