@@ -51,3 +51,23 @@ class Server:
         for leftover in subprocess.run(["pgrep", "-f", self.home], capture_output=True, text=True).stdout.split():
             subprocess.run(["kill", "-KILL", leftover])
         shutil.rmtree(self.home, ignore_errors=True)
+
+
+def bare_script(work, code, call):
+    """A script doing what the runner does for a job, without runplane: import the handler's
+    module from a source folder, call it (`call`, e.g. `main.handler(x=1)`), json.dumps the
+    result into a file. Returns its path."""
+    module_dir = os.path.join(work, "src")
+    os.makedirs(module_dir, exist_ok=True)
+    with open(os.path.join(module_dir, "main.py"), "w") as f:
+        f.write(code)
+    script = os.path.join(work, "bare.py")
+    with open(script, "w") as f:
+        f.write(
+            "import sys, json\n"
+            f"sys.path.insert(0, {module_dir!r})\n"
+            "import main\n"
+            f"result = {call}\n"
+            f"open({os.path.join(work, 'results.json')!r}, 'w').write(json.dumps(result))\n"
+        )
+    return script

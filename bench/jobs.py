@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import Server, call
+from benchlib import Server, bare_script, call
 
 PYTHON = "/usr/bin/python3"
 CODE = "def handler(x=1):\n    return {'y': x + 1}\n"
@@ -35,19 +35,7 @@ def percentile(values, q):
 
 
 def bare_runs(n, work):
-    module_dir = os.path.join(work, "src")
-    os.makedirs(module_dir, exist_ok=True)
-    with open(os.path.join(module_dir, "main.py"), "w") as f:
-        f.write(CODE)
-    script = os.path.join(work, "bare.py")
-    with open(script, "w") as f:
-        f.write(
-            "import sys, json\n"
-            f"sys.path.insert(0, {module_dir!r})\n"
-            "import main\n"
-            "result = main.handler(x=1)\n"
-            f"open({os.path.join(work, 'results.json')!r}, 'w').write(json.dumps(result))\n"
-        )
+    script = bare_script(work, CODE, 'main.handler(x=1)')
     times = []
     for _ in range(n):
         start = time.perf_counter()

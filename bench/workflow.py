@@ -20,7 +20,7 @@ import tempfile
 import time
 from datetime import datetime
 
-from benchlib import Server, call
+from benchlib import Server, bare_script, call
 
 PYTHON = "/usr/bin/python3"
 CODE = (
@@ -33,19 +33,7 @@ CODE = (
 
 
 def bare_runs(n, work):
-    module_dir = os.path.join(work, "src")
-    os.makedirs(module_dir, exist_ok=True)
-    with open(os.path.join(module_dir, "main.py"), "w") as f:
-        f.write(CODE)
-    script = os.path.join(work, "bare.py")
-    with open(script, "w") as f:
-        f.write(
-            "import sys, json\n"
-            f"sys.path.insert(0, {module_dir!r})\n"
-            "import main\n"
-            "result = main.handler(n=10)\n"
-            f"open({os.path.join(work, 'results.json')!r}, 'w').write(json.dumps(result))\n"
-        )
+    script = bare_script(work, CODE, 'main.handler(n=10)')
     start = time.perf_counter()
     for _ in range(n):
         subprocess.run([PYTHON, script], check=True)

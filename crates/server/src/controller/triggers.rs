@@ -35,6 +35,8 @@ use tokio::sync::Notify;
 
 /// The lifecycle reader's cursor in the store.
 const LIFECYCLE_CURSOR: &str = "lifecycle";
+/// Without lifecycle triggers, the reader's position is stored every this many events.
+const CURSOR_STRIDE: u64 = 10_000;
 /// The longest the scheduler sleeps without looking at the store again: triggers applied
 /// through another replica do not wake this one.
 const SCHEDULER_RECHECK: Duration = Duration::from_secs(30);
@@ -541,6 +543,8 @@ pub(super) async fn run_lifecycle(controller: Controller) {
         // First start: from now on (history does not fire).
         _ => store.latest_event_id().await.unwrap_or(0),
     };
+    let mut persisted = cursor;
+    let mut triggers: Option<Vec<Trigger>> = None;
     loop {
         appended.borrow_and_update();
         let events = match store.events_after(cursor, None, 1000).await {
@@ -557,26 +561,46 @@ pub(super) async fn run_lifecycle(controller: Controller) {
             }
             continue;
         }
-        let triggers: Vec<Trigger> = match store.list_triggers(None).await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|t| t.kind == LIFECYCLE_KIND && !t.status.paused)
-                .collect(),
-            Err(error) => {
-                tracing::error!(%error, "lifecycle triggers cannot be listed");
-                continue;
+        // The lifecycle triggers are read again only when the log tells of a trigger change
+        // (on any replica): run transitions, the bulk of the log, cost no trigger query.
+        if events.iter().any(|event| event.kind == "trigger") {
+            triggers = None;
+        }
+        if triggers.is_none() {
+            match store.list_triggers(None).await {
+                Ok(all) => {
+                    triggers = Some(
+                        all.into_iter()
+                            .filter(|t| t.kind == LIFECYCLE_KIND && !t.status.paused)
+                            .collect(),
+                    )
+                }
+                Err(error) => {
+                    tracing::error!(%error, "lifecycle triggers cannot be listed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
             }
-        };
+        }
+        let active = triggers.as_deref().unwrap_or_default();
         for event in &events {
-            if !triggers.is_empty() {
-                if let Err(error) = controller.on_event(event, &triggers).await {
+            if !active.is_empty() {
+                if let Err(error) = controller.on_event(event, active).await {
                     tracing::error!(event = event.id, %error, "lifecycle trigger failed");
                 }
             }
             cursor = event.id;
         }
-        if let Err(error) = store.set_cursor(LIFECYCLE_CURSOR, cursor).await {
-            tracing::error!(%error, "cannot store the lifecycle cursor");
+        // The position is written after each batch while lifecycle triggers exist, and when
+        // triggers change (a trigger never fires for events older than it). Without any, a
+        // write per batch would tax every run transition for nothing: it is written every
+        // CURSOR_STRIDE events, which bounds what a restart reads again.
+        let trigger_changed = events.iter().any(|event| event.kind == "trigger");
+        if !active.is_empty() || trigger_changed || cursor >= persisted + CURSOR_STRIDE {
+            match store.set_cursor(LIFECYCLE_CURSOR, cursor).await {
+                Ok(()) => persisted = cursor,
+                Err(error) => tracing::error!(%error, "cannot store the lifecycle cursor"),
+            }
         }
     }
 }

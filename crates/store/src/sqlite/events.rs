@@ -120,20 +120,8 @@ pub(super) async fn run_service_changed(
     status: &ServiceStatus,
     at: &DateTime<Utc>,
 ) -> StoreResult<()> {
-    let data = json!({
-        "type": "run",
-        "project": run.project,
-        "id": run.id,
-        "kind": run.kind,
-        "function": run.function,
-        "state": run.state,
-        "attempt": run.attempt,
-        "change": "service",
-        "ready": status.ready(),
-        "desired": status.desired,
-        "at": ts(at),
-    });
-    append(conn, at, &run.project, "run", &data).await
+    let counts = json!({"ready": status.ready(), "desired": status.desired});
+    run_document_changed(conn, run, "service", counts, at).await
 }
 
 /// A workflow run's node status was replaced.
@@ -148,7 +136,20 @@ pub(super) async fn run_workflow_changed(
         .iter()
         .filter(|n| n.state.is_terminal())
         .count();
-    let data = json!({
+    let counts = json!({"nodes": status.nodes.len(), "nodes_done": done});
+    run_document_changed(conn, run, "workflow", counts, at).await
+}
+
+/// A `run` event for a change that is not a transition (`change` says which document), with
+/// the run's head and the document's `counts`.
+async fn run_document_changed(
+    conn: &mut SqliteConnection,
+    run: &RunHead,
+    change: &str,
+    counts: Value,
+    at: &DateTime<Utc>,
+) -> StoreResult<()> {
+    let mut data = json!({
         "type": "run",
         "project": run.project,
         "id": run.id,
@@ -156,11 +157,12 @@ pub(super) async fn run_workflow_changed(
         "function": run.function,
         "state": run.state,
         "attempt": run.attempt,
-        "change": "workflow",
-        "nodes": status.nodes.len(),
-        "nodes_done": done,
+        "change": change,
         "at": ts(at),
     });
+    if let (Some(data), Value::Object(counts)) = (data.as_object_mut(), counts) {
+        data.extend(counts);
+    }
     append(conn, at, &run.project, "run", &data).await
 }
 

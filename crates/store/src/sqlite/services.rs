@@ -4,6 +4,7 @@
 use super::codec::{db, is_foreign_key_violation, now, parse_state, parse_ts, to_json, to_u32, ts};
 use super::events;
 use crate::{StoreError, StoreResult};
+use chrono::{DateTime, Utc};
 use runplane_domain::{RunState, ServiceRecord, ServiceStatus};
 use sqlx::SqliteConnection;
 
@@ -162,12 +163,66 @@ pub(super) async fn delete_service(
 }
 
 #[derive(sqlx::FromRow)]
-pub(super) struct UpdatedRun {
-    pub project: String,
-    pub kind: String,
-    pub function_name: String,
-    pub state: String,
-    pub attempt: i64,
+struct UpdatedRun {
+    project: String,
+    kind: String,
+    function_name: String,
+    state: String,
+    attempt: i64,
+}
+
+/// A document of a run's status that its reporter replaces whole.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RunDocument {
+    /// `status.service`: a service run's replicas.
+    Service,
+    /// `status.workflow`: a workflow run's nodes.
+    Workflow,
+}
+
+/// Replaces one status document of the run while its attempt is `attempt`; the run's head
+/// (for the event the caller appends), or None when the run is gone or on another attempt.
+///
+/// Guarded by attempt only, not state: replicas and nodes are reported while the run is
+/// PENDING, RUNNING and STOP alike; a report of an older attempt must not overwrite the
+/// current one's. RETURNING gives the event its fields in the same statement.
+pub(super) async fn replace_run_document(
+    conn: &mut SqliteConnection,
+    run_id: &str,
+    attempt: u32,
+    document: RunDocument,
+    json: String,
+    at: &DateTime<Utc>,
+) -> StoreResult<Option<RunHead>> {
+    let sql = match document {
+        RunDocument::Service => {
+            "UPDATE runs SET service = ?, updated = ? WHERE id = ? AND attempt = ?
+             RETURNING project, kind, function_name, state, attempt"
+        }
+        RunDocument::Workflow => {
+            "UPDATE runs SET workflow = ?, updated = ? WHERE id = ? AND attempt = ?
+             RETURNING project, kind, function_name, state, attempt"
+        }
+    };
+    let updated = sqlx::query_as::<_, UpdatedRun>(sql)
+        .bind(json)
+        .bind(ts(at))
+        .bind(run_id)
+        .bind(i64::from(attempt))
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    let Some(row) = updated else {
+        return Ok(None);
+    };
+    Ok(Some(RunHead {
+        state: parse_state("runs.state", &row.state)?,
+        attempt: to_u32("runs.attempt", row.attempt)?,
+        project: row.project,
+        id: run_id.to_string(),
+        kind: row.kind,
+        function: row.function_name,
+    }))
 }
 
 pub(super) async fn set_service_status(
@@ -177,30 +232,11 @@ pub(super) async fn set_service_status(
     status: &ServiceStatus,
 ) -> StoreResult<bool> {
     let at = now();
-    // Guarded by attempt only, not state: replicas are reported while the run is PENDING
-    // (coming up), RUNNING and STOP (going down) alike; a report of an older attempt must not
-    // overwrite the current one's. RETURNING gives the event its fields in the same statement.
-    let updated = sqlx::query_as::<_, UpdatedRun>(
-        "UPDATE runs SET service = ?, updated = ? WHERE id = ? AND attempt = ?
-         RETURNING project, kind, function_name, state, attempt",
-    )
-    .bind(to_json("service", status)?)
-    .bind(ts(&at))
-    .bind(run_id)
-    .bind(i64::from(attempt))
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(db)?;
-    let Some(row) = updated else {
+    let json = to_json("service", status)?;
+    let Some(head) =
+        replace_run_document(conn, run_id, attempt, RunDocument::Service, json, &at).await?
+    else {
         return Ok(false);
-    };
-    let head = RunHead {
-        state: parse_state("runs.state", &row.state)?,
-        attempt: to_u32("runs.attempt", row.attempt)?,
-        project: row.project,
-        id: run_id.to_string(),
-        kind: row.kind,
-        function: row.function_name,
     };
     events::run_service_changed(conn, &head, status, &at).await?;
     Ok(true)
