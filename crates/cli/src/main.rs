@@ -61,8 +61,12 @@ enum Command {
     Logs(commands::logs::LogsArgs),
     /// Stop a run (its whole process tree).
     Stop(commands::simple::RunRef),
-    /// Resume a stopped run as a new attempt.
-    Resume(commands::simple::RunRef),
+    /// Resume a stopped run as a new attempt, or a paused trigger (`resume trigger NAME`).
+    Resume(commands::simple::ResumeArgs),
+    /// Pause a trigger (`pause trigger NAME`): it fires no more until resumed.
+    Pause(commands::simple::PauseArgs),
+    /// Download an artifact (`NAME` or `NAME:VERSION`): a file, or a folder unpacked.
+    Download(commands::download::DownloadArgs),
     /// Send a request to a service through the server's gateway.
     Invoke(commands::invoke::InvokeArgs),
     /// Delete an entity (runs leave a tombstone).

@@ -55,16 +55,24 @@ fn a_scheduler_fires_each_tick_once_and_pauses() {
 
     let listed = server.cli("p", &["get", "triggers"]);
     assert!(stdout(&listed).contains("ticker"), "{}", stdout(&listed));
-    let (status, _) = server.post("/projects/p/triggers/ticker/pause", &json!({}));
-    assert_eq!(status, 200);
+    let paused = server.cli("p", &["pause", "trigger", "ticker"]);
+    assert!(paused.status.success(), "{}", stderr(&paused));
+    assert_eq!(stdout(&paused).trim(), "trigger ticker paused");
     let paused_at = fires(&server, "ticker").len();
     std::thread::sleep(Duration::from_millis(2500));
     assert!(
         fires(&server, "ticker").len() <= paused_at + 1,
         "a paused trigger stops firing"
     );
-    let (status, _) = server.post("/projects/p/triggers/ticker/resume", &json!({}));
-    assert_eq!(status, 200);
+    let resumed = server.cli("p", &["resume", "trigger", "ticker"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stdout(&resumed).starts_with("trigger ticker resumed, next fire "),
+        "{}",
+        stdout(&resumed)
+    );
+    let wrong = server.cli("p", &["resume", "triggr", "ticker"]);
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
     let resumed_at = fires(&server, "ticker").len();
     wait_until(
         &server,

@@ -29,6 +29,8 @@ pub const REPLACED: &str = "replaced";
 pub const NOT_READY: &str = "not_ready";
 /// A secret the run refers to was deleted after the run was submitted.
 pub const SECRET_MISSING: &str = "secret_missing";
+/// An input artifact of the run could not be made a local path (deleted, unreadable).
+pub const INPUT_UNAVAILABLE: &str = "input_unavailable";
 pub const RESUMED: &str = "resumed";
 pub const DELETED: &str = "deleted";
 /// READY runs waiting for a slot: the global concurrency limit is reached.

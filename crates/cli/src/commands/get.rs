@@ -28,19 +28,6 @@ pub enum Kind {
     Secrets,
 }
 
-impl Kind {
-    /// Kinds of DESIGN.md §4 that later issues build.
-    pub fn not_yet(self) -> Option<CliError> {
-        let name = match self {
-            Kind::Artifacts => "artifacts",
-            _ => return None,
-        };
-        Some(CliError::invalid(format!(
-            "{name} are not available in this version of runplane yet"
-        )))
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct GetArgs {
     pub kind: Kind,
@@ -77,9 +64,6 @@ pub struct DescribeArgs {
 }
 
 pub async fn get(client: &Client, args: GetArgs) -> Result<(), CliError> {
-    if let Some(error) = args.kind.not_yet() {
-        return Err(error);
-    }
     if args.watch {
         return watch(client, args).await;
     }
@@ -185,15 +169,21 @@ async fn list(client: &Client, args: &GetArgs) -> Result<(), CliError> {
                 .get_json(&client.project_url(&format!("/secrets/{name}")))
                 .await?
         }
-        _ => unreachable!("kinds that are not yet available returned above"),
+        (Kind::Artifacts, None) => {
+            let list: Value = client.get_json(&client.project_url("/artifacts")).await?;
+            list["items"].clone()
+        }
+        (Kind::Artifacts, Some(name)) => {
+            let list: Value = client
+                .get_json(&client.project_url(&format!("/artifacts/{name}/versions")))
+                .await?;
+            list["items"].clone()
+        }
     };
     output::print(&value, args.output, columns(args.kind))
 }
 
 pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliError> {
-    if let Some(error) = args.kind.not_yet() {
-        return Err(error);
-    }
     let path = match args.kind {
         Kind::Projects => {
             return output::print(
@@ -211,7 +201,7 @@ pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliErro
         Kind::Runs => format!("/runs/{}", args.name),
         Kind::Services => format!("/services/{}", args.name),
         Kind::Secrets => format!("/secrets/{}", args.name),
-        _ => unreachable!("kinds that are not yet available returned above"),
+        Kind::Artifacts => artifact_path(&args.name),
     };
     let value: Value = client.get_json(&client.project_url(&path)).await?;
     let format = if args.output == Format::Table {
@@ -220,6 +210,14 @@ pub async fn describe(client: &Client, args: DescribeArgs) -> Result<(), CliErro
         args.output
     };
     output::print(&value, format, columns(args.kind))
+}
+
+/// The API path of an artifact (`NAME`: its newest version) or of one version (`NAME:VERSION`).
+pub fn artifact_path(reference: &str) -> String {
+    match runplane_domain::key::split_name_version(reference) {
+        (name, Some(version)) => format!("/artifacts/{name}/versions/{version}"),
+        (name, None) => format!("/artifacts/{name}"),
+    }
 }
 
 /// The nodes of a workflow run.
@@ -372,6 +370,36 @@ fn columns(kind: Kind) -> &'static [Column] {
             Column {
                 header: "MAX CONCURRENCY",
                 cell: |v| text(v, "/spec/max_concurrency"),
+            },
+        ],
+        Kind::Artifacts => &[
+            Column {
+                header: "NAME",
+                cell: |v| text(v, "/metadata/name"),
+            },
+            Column {
+                header: "VERSION",
+                cell: |v| text(v, "/metadata/version"),
+            },
+            Column {
+                header: "TYPE",
+                cell: |v| text(v, "/spec/type"),
+            },
+            Column {
+                header: "FILES",
+                cell: |v| text(v, "/spec/files"),
+            },
+            Column {
+                header: "SIZE",
+                cell: |v| text(v, "/spec/size"),
+            },
+            Column {
+                header: "PRODUCED BY",
+                cell: |v| text(v, "/status/produced_by"),
+            },
+            Column {
+                header: "CREATED",
+                cell: |v| time(v, "/metadata/created"),
             },
         ],
         Kind::Secrets => &[

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod create;
+pub mod download;
 pub mod get;
 pub mod invoke;
 pub mod logs;
@@ -29,6 +30,8 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Logs(args) => Ok(logs::run(&client()?, args).await?),
         Command::Stop(args) => Ok(simple::stop(&client()?, args).await?),
         Command::Resume(args) => Ok(simple::resume(&client()?, args).await?),
+        Command::Pause(args) => Ok(simple::pause(&client()?, args).await?),
+        Command::Download(args) => Ok(download::run(&client()?, args).await?),
         Command::Delete(args) => Ok(simple::delete(&client()?, args).await?),
         Command::Supervise { .. } => Ok(()),
     }

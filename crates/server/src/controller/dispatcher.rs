@@ -241,9 +241,26 @@ async fn runnable_of(
                 format!("this server has no runtime {:?}", run.spec.runtime),
             )
         })?;
-    let mut runnable = runtime
-        .to_runnable(run)
-        .map_err(|error| (reason::START_FAILED, error.to_string()))?;
+    let mut runnable = if run.spec.inputs.is_empty() {
+        runtime.to_runnable(run)
+    } else {
+        let runs_containers = controller
+            .inner
+            .frameworks
+            .get(&run.spec.framework)
+            .is_some_and(|framework| framework.runs_containers());
+        let (parameters, volumes) = controller
+            .materialize_inputs(run, runs_containers)
+            .await
+            .map_err(|message| (reason::INPUT_UNAVAILABLE, message))?;
+        let mut with_inputs = run.clone();
+        with_inputs.spec.parameters = parameters;
+        runtime.to_runnable(&with_inputs).map(|mut runnable| {
+            super::inputs::mount_inputs(&mut runnable, volumes);
+            runnable
+        })
+    }
+    .map_err(|error| (reason::START_FAILED, error.to_string()))?;
     let secrets = controller
         .secret_env(&run.metadata.project, &run.spec.settings.secrets)
         .await

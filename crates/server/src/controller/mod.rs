@@ -18,6 +18,7 @@ mod builds;
 pub mod bus;
 mod deadlines;
 pub mod dispatcher;
+mod inputs;
 pub mod reconciler;
 pub mod secrets;
 mod services;

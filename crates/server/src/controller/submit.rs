@@ -86,14 +86,6 @@ impl Controller {
         ));
         let (function_name, pinned_version) = split_name_version(&request.function);
         problems.check(validate_name("function", function_name));
-        if !request.inputs.is_empty() {
-            // Refused rather than ignored: a run must not start without the data it asked for.
-            problems.add(
-                "inputs",
-                "artifacts as run inputs are not supported by this server yet; pass the \
-                 artifact's download URL or key as a parameter instead",
-            );
-        }
         problems.finish()?;
 
         let action = match request.action.clone() {
@@ -123,10 +115,20 @@ impl Controller {
                 }
                 other => other.into(),
             })?;
-        let spec = self.build_spec(&function, task.as_ref(), &action, &request)?;
+        let mut spec = self.build_spec(&function, task.as_ref(), &action, &request)?;
         if spec.framework == WORKFLOW_FRAMEWORK {
+            if !request.inputs.is_empty() {
+                return Err(Invalid::field(
+                    "inputs",
+                    "a workflow takes artifacts through its steps' inputs, not its own",
+                )
+                .into());
+            }
             self.check_workflow_steps(project, &spec).await?;
         }
+        spec.inputs = self
+            .resolve_inputs(project, &request.inputs, &spec.parameters)
+            .await?;
         // Checked at submit so that a typo is a 422 now rather than an ERROR later; a secret
         // deleted in between is caught again at dispatch (`secret_missing`).
         self.check_secrets_exist(project, &spec.settings.secrets)
@@ -372,7 +374,15 @@ impl Controller {
             .into());
         }
         let mut problems = Problems::new();
-        problems.check(runtime.validate_run(&function.spec, action, &request.parameters));
+        // Inputs become parameters (their local paths) at dispatch: the handler must accept
+        // them, and a required one is given by an input.
+        let mut parameters = request.parameters.clone();
+        for param in request.inputs.keys() {
+            parameters
+                .entry(param.clone())
+                .or_insert_with(|| serde_json::Value::String(String::new()));
+        }
+        problems.check(runtime.validate_run(&function.spec, action, &parameters));
         let framework = if runtime.is_workflow() {
             if request.framework.is_some() {
                 problems.add(
