@@ -74,6 +74,21 @@ def engine_gaps(base, workflow_id):
     return gaps
 
 
+def phases(base, workflow_id):
+    """Per step, seconds spent in each phase, from the stored transitions: queued (created →
+    PENDING: the dispatcher), starting (PENDING → RUNNING: the framework's spawn), running
+    (RUNNING → COMPLETED: the process, and the collection of its outputs)."""
+    steps = call("GET", f"{base}/runs?step_of={workflow_id}&limit=1000")["items"]
+    out = {"queued": [], "starting": [], "running": []}
+    for run in steps:
+        when = {t["to"]: at(t["at"]) for t in run["status"]["transitions"]}
+        created = at(run["metadata"]["created"])
+        out["queued"].append((when["PENDING"] - created).total_seconds())
+        out["starting"].append((when["RUNNING"] - when["PENDING"]).total_seconds())
+        out["running"].append((when["COMPLETED"] - when["RUNNING"]).total_seconds())
+    return out
+
+
 def main():
     binary = os.path.abspath(sys.argv[1])
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 40
@@ -81,6 +96,7 @@ def main():
     server = Server(binary)
     base = f"{server.url}/api/v1/projects/bench"
     totals, gaps = [], []
+    phase_times = {"queued": [], "starting": [], "running": []}
     try:
         call("POST", f"{base}/functions", {
             "kind": "python", "metadata": {"name": "fib"},
@@ -97,6 +113,8 @@ def main():
             totals.append(time.perf_counter() - start)
             assert done["status"]["state"] == "COMPLETED", done["status"]
             gaps.extend(engine_gaps(base, run["metadata"]["id"]))
+            for name, values in phases(base, run["metadata"]["id"]).items():
+                phase_times[name].extend(values)
     finally:
         server.close()
 
@@ -117,6 +135,7 @@ def main():
         "ratio": round(total / bare, 2),
         "overhead_per_step_ms": ms((total - bare) / steps),
         "engine_gap_ms": {"median": ms(statistics.median(gaps)), "max": ms(max(gaps))} if gaps else None,
+        "step_phase_median_ms": {name: ms(statistics.median(v)) for name, v in phase_times.items() if v},
     }, indent=2))
 
 
