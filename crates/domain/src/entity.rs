@@ -523,6 +523,10 @@ pub struct RunStatus {
     /// Workflow runs: every node and its state, as last recorded by the workflow engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workflow: Option<crate::workflow::WorkflowStatus>,
+    /// The server replica that follows the run's execution (set when it claims the run,
+    /// moved when another replica adopts it after the owner's lease ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub transitions: Vec<Transition>,
     pub attempts: Vec<Attempt>,
 }

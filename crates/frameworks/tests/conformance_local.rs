@@ -33,6 +33,7 @@ impl Platform for Local {
             runs_dir: runs.to_path_buf(),
             logs_dir: logs.to_path_buf(),
             supervisor: vec![exe.to_string_lossy().into_owned(), "supervise".into()],
+            shared_runs_dir: false,
         };
         Ok(LocalFramework::new(options, events))
     }

@@ -86,6 +86,7 @@ fn run_of(runtime: &ContainerRuntime, spec: &Value, action: &str, parameters: Va
             step_of: None,
             produced_by: None,
             workflow: None,
+            owner: None,
             artifacts: Default::default(),
             transitions: Vec::new(),
             attempts: Vec::new(),

@@ -28,6 +28,13 @@ pub struct ServerOptions {
     pub default_framework: String,
     /// `--artifact-store`: where artifacts are kept; `$RUNPLANE_HOME/artifacts` when None.
     pub artifact_store: Option<String>,
+    /// `--store`: `postgres://...` or `sqlite:PATH`; SQLite in the home when None.
+    pub store: Option<String>,
+    /// `--shared-dir`: logs, run folders and default artifacts, shared by replicas; the home
+    /// when None.
+    pub shared_dir: Option<PathBuf>,
+    /// This server among the replicas of a shared store.
+    pub replica: crate::controller::replicas::ReplicaOptions,
 }
 
 #[derive(Debug, Clone)]
@@ -53,8 +60,13 @@ impl ServerOptions {
         self.home.join("runplane.db")
     }
 
+    /// Where what replicas share lives: `shared_dir`, else the home.
+    fn shared(&self) -> &PathBuf {
+        self.shared_dir.as_ref().unwrap_or(&self.home)
+    }
+
     pub fn logs_dir(&self) -> PathBuf {
-        self.home.join("logs")
+        self.shared().join("logs")
     }
 
     /// Python environments built from locks, one folder per lock hash.
@@ -69,18 +81,20 @@ impl ServerOptions {
         let cache = self.home.join("artifact-cache");
         match &self.artifact_store {
             Some(url) => crate::artifacts::ArtifactStore::from_url(url, &cache),
-            None => crate::artifacts::ArtifactStore::local(&self.home.join("artifacts"), &cache),
+            None => {
+                crate::artifacts::ArtifactStore::local(&self.shared().join("artifacts"), &cache)
+            }
         }
     }
 
     pub fn runs_dir(&self) -> PathBuf {
-        self.home.join("runs")
+        self.shared().join("runs")
     }
 
     /// The engine framework's attempt folders: apart from the local framework's, whose
     /// recovery removes every attempt folder it was not handed.
     pub fn engine_runs_dir(&self) -> PathBuf {
-        self.home.join("engine")
+        self.shared().join("engine")
     }
 
     /// The secret key's file, and whether the server may create it: only the default one is

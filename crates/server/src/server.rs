@@ -5,11 +5,9 @@
 use crate::controller::{Controller, ControllerOptions, Frameworks};
 use crate::options::{ServerOptions, DEFAULT_ENGINE_IMAGE};
 use nix::fcntl::{Flock, FlockArg};
-use runplane_domain::workflow::WORKFLOW_FRAMEWORK;
-use runplane_domain::{reason, Run, RunState};
 use runplane_frameworks::engine::{EngineFramework, EngineOptions};
 use runplane_frameworks::local::{LocalFramework, LocalOptions};
-use runplane_frameworks::{ExecutionId, FrameworkError};
+use runplane_frameworks::FrameworkError;
 use runplane_logstore::file::FileLogStore;
 use runplane_runtimes::container::{ContainerConfig, ContainerRuntime};
 use runplane_runtimes::pipeline::PipelineRuntime;
@@ -17,7 +15,6 @@ use runplane_runtimes::python::{PythonConfig, PythonRuntime};
 use runplane_runtimes::Runtimes;
 use runplane_store::sqlite::SqliteStore;
 use runplane_store::{Store, StoreError};
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -51,6 +48,8 @@ pub enum ServerError {
     SecretKey(#[from] crate::secrets::SecretKeyError),
     #[error(transparent)]
     ArtifactStore(#[from] crate::artifacts::ArtifactStoreError),
+    #[error("--store {0:?}: expected postgres://user@host:port/database or sqlite:PATH")]
+    StoreUrl(String),
 }
 
 /// A bound, running server.
@@ -74,7 +73,7 @@ impl Server {
         let home_lock = lock_home(&options)?;
         let (key_path, create_key) = options.secret_key_path();
         let secret_key = crate::secrets::SecretKey::load_or_create(&key_path, create_key)?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&options.database_path()).await?);
+        let store = open_store(&options).await?;
         let logs = Arc::new(FileLogStore::new(options.logs_dir()));
         let (events, framework_events) = tokio::sync::mpsc::unbounded_channel();
         let local = LocalFramework::new(
@@ -82,6 +81,7 @@ impl Server {
                 runs_dir: options.runs_dir(),
                 logs_dir: options.logs_dir(),
                 supervisor: options.supervisor.clone(),
+                shared_runs_dir: store.is_shared(),
             },
             events.clone(),
         );
@@ -135,7 +135,17 @@ impl Server {
         // Before the controller starts: every execution is followed (and stoppable) before any
         // controller task or request can act on its run. The event channel is unbounded, so
         // what recovery reports waits for the reconciler.
-        recover_runs_of_previous_server(&store, &frameworks).await?;
+        let owned = crate::controller::replicas::adopt_at_startup(&store, &options.replica).await?;
+        let taken = owned.len();
+        let started = std::time::Instant::now();
+        crate::controller::replicas::take_over(&store, &frameworks, owned).await?;
+        if taken > 0 {
+            tracing::info!(
+                runs = taken,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "took over the runs of a previous server"
+            );
+        }
         crate::failpoints::hit("after_recover");
         let (controller, tasks) = Controller::start(
             store,
@@ -153,6 +163,7 @@ impl Server {
                     python: options.python.clone(),
                 },
                 artifacts: options.artifact_store()?,
+                replica: options.replica.clone(),
             },
         );
         // Workflow runs have no framework to recover them: the engine takes them up again.
@@ -217,6 +228,20 @@ impl Server {
     }
 }
 
+/// The store `--store` names (SQLite in the home by default).
+async fn open_store(options: &ServerOptions) -> Result<Arc<dyn Store>, ServerError> {
+    match options.store.as_deref() {
+        None => Ok(Arc::new(SqliteStore::open(&options.database_path()).await?)),
+        Some(url) if url.starts_with("sqlite:") => {
+            let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+            Ok(Arc::new(
+                SqliteStore::open(std::path::Path::new(path)).await?,
+            ))
+        }
+        Some(url) => Err(ServerError::StoreUrl(url.to_string())),
+    }
+}
+
 fn lock_home(options: &ServerOptions) -> Result<Flock<File>, ServerError> {
     let home_error = |source| ServerError::Home {
         path: options.home.display().to_string(),
@@ -232,117 +257,4 @@ fn lock_home(options: &ServerOptions) -> Result<Flock<File>, ServerError> {
         .map_err(home_error)?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| ServerError::HomeInUse(options.home.display().to_string()))
-}
-
-/// The states in which a run may have an execution a previous server process started.
-/// DELETING is among them: its purge waits for the execution's end.
-const ACTIVE_STATES: [RunState; 4] = [
-    RunState::Pending,
-    RunState::Running,
-    RunState::Stop,
-    RunState::Deleting,
-];
-
-/// Runs keep executing while no server runs (each under its own supervisor). On start-up, each
-/// framework takes over the executions of its runs still active in the store: those that ended
-/// meanwhile report their real outcome, live ones are followed again, vanished ones end as
-/// `lost` (an attempt is never started twice). Stops that a previous process recorded (STOP,
-/// DELETING) are delivered again, since it may have died before sending them.
-async fn recover_runs_of_previous_server(
-    store: &Arc<dyn Store>,
-    frameworks: &Frameworks,
-) -> Result<(), StoreError> {
-    let started = std::time::Instant::now();
-    let runs = store.runs_in_states(&ACTIVE_STATES, u32::MAX).await?;
-    let total = runs.len();
-    let mut by_framework: BTreeMap<String, Vec<Run>> = BTreeMap::new();
-    for run in runs {
-        by_framework
-            .entry(run.spec.framework.clone())
-            .or_default()
-            .push(run);
-    }
-    for (name, runs) in by_framework {
-        if name == WORKFLOW_FRAMEWORK {
-            // Driven by the controller's workflow engine, which resumes them.
-            continue;
-        }
-        let Some(framework) = frameworks.get(&name) else {
-            for run in runs {
-                end_run_without_framework(store, &run).await?;
-            }
-            continue;
-        };
-        let execution = |run: &Run| ExecutionId {
-            run_id: run.metadata.id.clone(),
-            attempt: run.status.attempt,
-        };
-        let executions = runs.iter().map(execution).collect();
-        if let Err(error) = framework.recover(executions).await {
-            // Nothing is lost by leaving the runs active: a later start-up tries again, and a
-            // stop meanwhile ends those the framework does not know.
-            tracing::error!(framework = %name, %error, "cannot recover the runs of a previous server");
-            continue;
-        }
-        for run in runs
-            .iter()
-            .filter(|run| matches!(run.status.state, RunState::Stop | RunState::Deleting))
-        {
-            match framework.stop(&execution(run)).await {
-                // Unknown: it was reported lost, which ends the run.
-                Ok(()) | Err(FrameworkError::UnknownExecution(_)) => {}
-                Err(error) => {
-                    tracing::warn!(run = %run.metadata.id, %error, "cannot deliver a recorded stop")
-                }
-            }
-        }
-    }
-    if total > 0 {
-        tracing::info!(
-            runs = total,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "took over the runs of a previous server"
-        );
-    }
-    Ok(())
-}
-
-/// A run active under a previous server whose framework this server does not enable: nothing
-/// can follow it, so it ends (`lost`, or STOPPED if it was being stopped) rather than stay
-/// active forever.
-async fn end_run_without_framework(store: &Arc<dyn Store>, run: &Run) -> Result<(), StoreError> {
-    let (to, why) = match run.status.state {
-        RunState::Stop => (
-            RunState::Stopped,
-            crate::controller::actions::stop_reason(run),
-        ),
-        RunState::Pending | RunState::Running => (RunState::Error, reason::LOST.to_string()),
-        // A DELETING run is purged by the controller once its execution has ended; with no
-        // framework to tell, it stays until that framework is enabled again.
-        _ => return Ok(()),
-    };
-    let request = runplane_store::TransitionRequest {
-        message: Some(format!(
-            "the server restarted without the {:?} framework this run executes on",
-            run.spec.framework
-        )),
-        attempt_update: Some(runplane_store::AttemptUpdate::Ended {
-            exit_code: None,
-            signal: None,
-            reason: Some(why.clone()),
-        }),
-        ..runplane_store::TransitionRequest::new(
-            &run.metadata.id,
-            run.status.state,
-            run.status.attempt,
-            to,
-        )
-        .reason(&why)
-    };
-    match store.transition(request).await {
-        Ok(_) | Err(StoreError::Conflict { .. }) => {}
-        Err(error) => return Err(error),
-    }
-    tracing::warn!(run = %run.metadata.id, framework = %run.spec.framework, "run of a framework that is not enabled marked {to}");
-    Ok(())
 }

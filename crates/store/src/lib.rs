@@ -99,6 +99,8 @@ pub struct TransitionRequest {
     /// Sets `status.artifacts` (artifact name → key) when Some.
     pub artifacts: Option<std::collections::BTreeMap<String, String>>,
     pub attempt_update: Option<AttemptUpdate>,
+    /// Makes this server replica the one that follows the run (set when a replica claims it).
+    pub owner: Option<String>,
 }
 
 impl TransitionRequest {
@@ -115,6 +117,7 @@ impl TransitionRequest {
             results: None,
             artifacts: None,
             attempt_update: None,
+            owner: None,
         }
     }
 
@@ -436,4 +439,32 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<()>;
     /// Ids of the runs that consume the artifact version `key`, sorted.
     async fn artifact_consumers(&self, key: &str) -> StoreResult<Vec<String>>;
+
+    // --- server replicas (several servers on one store) ---
+
+    /// Whether several server processes may share this store (each then holds a lease and
+    /// owns the runs it claimed). False for a store only one process can open.
+    fn is_shared(&self) -> bool {
+        false
+    }
+    /// Bumped whenever the event log may have grown through another process (PostgreSQL:
+    /// `LISTEN`); None when no other process writes to this store.
+    fn appends_elsewhere(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+    /// Records that server replica `id` is alive until `lease_until` (creating its record).
+    async fn renew_replica_lease(&self, id: &str, lease_until: DateTime<Utc>) -> StoreResult<()>;
+    /// The replicas with a lease record, and until when it runs, by id.
+    async fn list_replicas(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>>;
+    /// Makes replica `to` the owner of every active run (PENDING, RUNNING, STOP, DELETING)
+    /// owned by no replica or by one whose lease ended before `expired_before`, and forgets
+    /// those replicas. One transaction: a run is adopted by exactly one replica. Returns the
+    /// runs adopted.
+    async fn adopt_orphaned_runs(
+        &self,
+        to: &str,
+        expired_before: DateTime<Utc>,
+    ) -> StoreResult<Vec<Run>>;
+    /// The active runs replica `owner` follows.
+    async fn runs_owned_by(&self, owner: &str) -> StoreResult<Vec<Run>>;
 }

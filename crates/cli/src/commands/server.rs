@@ -37,6 +37,21 @@ pub struct ServerArgs {
     /// Where artifacts are kept: a local folder (default `$RUNPLANE_HOME/artifacts`).
     #[arg(long, env = "RUNPLANE_ARTIFACT_STORE")]
     pub artifact_store: Option<String>,
+    /// The store: `postgres://user@host:port/db` (several replicas may share it), or
+    /// `sqlite:PATH`; default: SQLite in `$RUNPLANE_HOME`.
+    #[arg(long, env = "RUNPLANE_STORE")]
+    pub store: Option<String>,
+    /// This server's name among the replicas of a shared store: stable across its restarts
+    /// (a pod's name), unique among live replicas. Default: the host's name.
+    #[arg(long, env = "RUNPLANE_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// A replica whose lease was not renewed for this long is dead: another adopts its runs.
+    #[arg(long, env = "RUNPLANE_REPLICA_LEASE_SECONDS", default_value_t = 15)]
+    pub replica_lease_seconds: u64,
+    /// Where logs, run folders and (by default) artifacts live, when replicas share them (one
+    /// host, or a shared filesystem); default: `$RUNPLANE_HOME`.
+    #[arg(long, env = "RUNPLANE_SHARED_DIR")]
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// Settings shared by `server` and `quickstart`.
@@ -85,6 +100,9 @@ impl HomeArgs {
             uv: self.uv.clone(),
             default_framework: "local".to_string(),
             artifact_store: None,
+            store: None,
+            shared_dir: None,
+            replica: Default::default(),
         })
     }
 }
@@ -98,6 +116,15 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     });
     options.default_framework = args.default_framework;
     options.artifact_store = args.artifact_store;
+    options.store = args.store;
+    options.shared_dir = args.shared_dir;
+    if let Some(id) = args.replica_id {
+        options.replica.id = id;
+    }
+    if args.replica_lease_seconds < 3 {
+        anyhow::bail!("--replica-lease-seconds must be at least 3");
+    }
+    options.replica.lease = std::time::Duration::from_secs(args.replica_lease_seconds);
     let home = options.home.clone();
     let server = Server::bind(options).await?;
     eprintln!(

@@ -57,6 +57,9 @@ pub struct LocalOptions {
     /// The argv prefix that runs a supervisor, e.g. `[current_exe, "supervise"]`; the attempt
     /// folder's absolute path is appended.
     pub supervisor: Vec<String>,
+    /// Other servers (replicas of a shared store) start executions in `runs_dir` too: a
+    /// recovery then leaves alone the folders it was not handed (their owner cleans them up).
+    pub shared_runs_dir: bool,
 }
 
 /// Runs jobs as local processes; see the module documentation.
@@ -376,9 +379,14 @@ impl Framework for LocalFramework {
             (todo, active)
         };
         let runs_dir = self.options.runs_dir.clone();
+        let shared_runs_dir = self.options.shared_runs_dir;
         let inspected = tokio::task::spawn_blocking(move || {
             // Attempts that ended under a server that died before cleaning them up.
-            let cleaned = recover::clean_ended_attempts(&runs_dir, &active);
+            let cleaned = if shared_runs_dir {
+                0
+            } else {
+                recover::clean_ended_attempts(&runs_dir, &active)
+            };
             if cleaned > 0 {
                 tracing::info!(cleaned, "cleaned up attempts that ended before a crash");
             }

@@ -70,6 +70,7 @@ pub fn harness() -> Result<Harness, String> {
         runs_dir: runs_dir.clone(),
         logs_dir: logs_dir.clone(),
         supervisor: vec![exe.to_string_lossy().into_owned(), "supervise".into()],
+        shared_runs_dir: false,
     };
     Ok(Harness {
         _tmp: tmp,
@@ -90,6 +91,7 @@ pub fn reopen(
         runs_dir: h.runs_dir.clone(),
         logs_dir: h.logs.root().to_path_buf(),
         supervisor: vec![exe.to_string_lossy().into_owned(), "supervise".into()],
+        shared_runs_dir: false,
     };
     Ok((LocalFramework::new(options, tx), events))
 }

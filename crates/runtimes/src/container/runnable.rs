@@ -142,6 +142,7 @@ pub(crate) mod tests {
                 step_of: None,
                 produced_by: None,
                 workflow: None,
+                owner: None,
                 artifacts: Default::default(),
                 transitions: Vec::new(),
                 attempts: Vec::new(),

@@ -69,6 +69,7 @@ pub fn run_of(spec: Value, parameters: Value) -> Run {
             step_of: None,
             produced_by: None,
             workflow: None,
+            owner: None,
             artifacts: Default::default(),
             transitions: Vec::new(),
             attempts: Vec::new(),

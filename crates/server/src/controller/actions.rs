@@ -144,6 +144,11 @@ impl Controller {
     /// a PENDING run is still being started (the dispatcher delivers the stop once the start
     /// returns); anything else has no execution left, so the run ends now.
     pub(crate) async fn stop_execution_of(&self, run: &Run, was_pending: bool) {
+        if self.owned_elsewhere(run) {
+            // Its owner follows the execution: it sees the stop in the event log and
+            // delivers it (`replicas::run_pump`).
+            return;
+        }
         if super::workflows::is_workflow_run(run) {
             // No framework runs it: the workflow engine stops its steps, then ends it.
             self.workflow_stop_requested(run);

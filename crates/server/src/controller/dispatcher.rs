@@ -119,6 +119,7 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
         }
         let claim = TransitionRequest {
             reason: Some(reason::DISPATCHED.to_string()),
+            owner: Some(controller.replica_id().to_string()),
             attempt_update: Some(AttemptUpdate::Dispatched {
                 framework: run.spec.framework.clone(),
             }),

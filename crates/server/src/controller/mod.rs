@@ -20,6 +20,7 @@ mod deadlines;
 pub mod dispatcher;
 mod inputs;
 pub mod reconciler;
+pub mod replicas;
 pub mod secrets;
 mod services;
 pub mod submit;
@@ -103,6 +104,8 @@ pub struct ControllerOptions {
     pub resolver: crate::resolver::Resolver,
     /// Where logged artifacts are kept (`crate::artifacts`).
     pub artifacts: crate::artifacts::ArtifactStore,
+    /// This server among the replicas of its store (`replicas.rs`).
+    pub replica: replicas::ReplicaOptions,
 }
 
 /// A cheap, cloneable handle on the controller.
@@ -178,12 +181,14 @@ impl Controller {
         let engine = tokio::spawn(workflows::run(controller.clone(), workflow_queue));
         let scheduler = tokio::spawn(triggers::run_scheduler(controller.clone()));
         let lifecycle = tokio::spawn(triggers::run_lifecycle(controller.clone()));
+        let mut tasks = vec![dispatcher, reconciler, timers, engine, scheduler, lifecycle];
+        if controller.store().is_shared() {
+            tasks.push(tokio::spawn(replicas::run_leases(controller.clone())));
+            tasks.push(tokio::spawn(replicas::run_pump(controller.clone())));
+        }
         // Runs may already be READY in the store.
         controller.wake_dispatcher();
-        (
-            controller,
-            vec![dispatcher, reconciler, timers, engine, scheduler, lifecycle],
-        )
+        (controller, tasks)
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

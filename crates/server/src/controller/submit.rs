@@ -537,6 +537,7 @@ fn new_run(
             step_of: None,
             produced_by: None,
             workflow: None,
+            owner: None,
             artifacts: Default::default(),
             transitions: vec![
                 step(None, RunState::Created, reason::SUBMITTED),

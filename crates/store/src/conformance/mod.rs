@@ -21,6 +21,7 @@ mod artifacts;
 mod catalog;
 mod events;
 mod listing;
+mod replicas;
 mod runs;
 mod secrets;
 mod services;
@@ -32,6 +33,7 @@ pub use artifacts::*;
 pub use catalog::*;
 pub use events::*;
 pub use listing::*;
+pub use replicas::*;
 pub use runs::*;
 pub use secrets::*;
 pub use services::*;
@@ -99,6 +101,9 @@ macro_rules! store_conformance_tests {
             artifacts_put_dedupes_by_hash,
             artifacts_versions_newest_first,
             artifacts_consumers_from_run_inputs,
+            // replicas
+            replicas_claim_own_and_adopt_once,
+            ended_runs_are_never_adopted,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -212,6 +217,7 @@ impl RunBuilder {
                     step_of: None,
                     produced_by: None,
                     workflow: None,
+                    owner: None,
                     artifacts: Default::default(),
                     state: RunState::Created,
                     attempt: 1,

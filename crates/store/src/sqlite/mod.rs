@@ -9,6 +9,7 @@ mod artifacts;
 mod catalog;
 mod codec;
 mod events;
+mod replicas;
 mod runs;
 mod secrets;
 mod services;
@@ -513,5 +514,34 @@ impl Store for SqliteStore {
     async fn artifact_consumers(&self, key: &str) -> StoreResult<Vec<String>> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         artifacts::artifact_consumers(&mut conn, key).await
+    }
+
+    async fn renew_replica_lease(&self, id: &str, lease_until: DateTime<Utc>) -> StoreResult<()> {
+        let mut tx = self.write().await?;
+        replicas::renew_lease(&mut tx, id, &lease_until).await?;
+        tx.commit().await.map_err(db)
+    }
+
+    async fn list_replicas(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        replicas::list(&mut conn).await
+    }
+
+    async fn adopt_orphaned_runs(
+        &self,
+        to: &str,
+        expired_before: DateTime<Utc>,
+    ) -> StoreResult<Vec<Run>> {
+        let mut tx = self.write().await?;
+        let runs = replicas::adopt(&mut tx, to, &expired_before).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(runs)
+    }
+
+    async fn runs_owned_by(&self, owner: &str) -> StoreResult<Vec<Run>> {
+        let mut tx = self.read().await?;
+        let runs = replicas::owned_by(&mut tx, owner).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(runs)
     }
 }

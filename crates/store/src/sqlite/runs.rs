@@ -19,7 +19,7 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 const RUN_COLUMNS: &str = "r.id, r.project, r.kind, r.state, r.attempt, r.reason, r.message, \
-     r.results, r.rerun_of, r.service, r.step, r.produced_by, r.workflow, r.artifacts, r.labels, r.spec, r.created, r.updated, r.created_by";
+     r.results, r.rerun_of, r.service, r.step, r.produced_by, r.workflow, r.artifacts, r.owner, r.labels, r.spec, r.created, r.updated, r.created_by";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -37,6 +37,7 @@ pub(super) struct RunRow {
     produced_by: Option<String>,
     workflow: Option<String>,
     artifacts: Option<String>,
+    owner: Option<String>,
     labels: String,
     spec: String,
     created: String,
@@ -84,6 +85,7 @@ impl RunRow {
                     .as_deref()
                     .map(|w| from_json("runs.workflow", w))
                     .transpose()?,
+                owner: self.owner,
                 artifacts: self
                     .artifacts
                     .as_deref()
@@ -557,4 +559,41 @@ pub(super) async fn delete_run(
         .await
         .map_err(db)?;
     Ok(done.rows_affected() > 0)
+}
+
+/// The states in which a run is followed by the replica that owns it.
+pub(super) const OWNED_STATES: [RunState; 4] = [
+    RunState::Pending,
+    RunState::Running,
+    RunState::Stop,
+    RunState::Deleting,
+];
+
+/// The active runs whose owner satisfies `owner_condition` (SQL over `r.owner`, with `?`
+/// placeholders bound from `binds` in order), oldest first.
+pub(super) async fn active_runs_where(
+    conn: &mut SqliteConnection,
+    owner_condition: &str,
+    binds: &[String],
+) -> StoreResult<Vec<Run>> {
+    let mut query = QueryBuilder::<Sqlite>::new(format!(
+        "SELECT {RUN_COLUMNS} FROM runs r WHERE r.state IN ("
+    ));
+    push_states(&mut query, &OWNED_STATES);
+    query.push(") AND ");
+    let mut parts = owner_condition.split('?');
+    if let Some(first) = parts.next() {
+        query.push(first);
+    }
+    for (part, value) in parts.zip(binds) {
+        query.push_bind(value.clone());
+        query.push(part);
+    }
+    query.push(" ORDER BY r.id ASC");
+    let rows = query
+        .build_query_as::<RunRow>()
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    assemble(conn, rows).await
 }

@@ -28,7 +28,8 @@ pub(super) async fn transition(
         .transpose()?;
     let updated = sqlx::query(
         "UPDATE runs SET state = ?, attempt = ?, reason = ?, message = ?,
-             results = COALESCE(?, results), artifacts = COALESCE(?, artifacts), updated = ?
+             results = COALESCE(?, results), artifacts = COALESCE(?, artifacts), updated = ?,
+             owner = COALESCE(?, owner)
          WHERE id = ? AND state = ? AND attempt = ?",
     )
     .bind(request.to.as_str())
@@ -38,6 +39,7 @@ pub(super) async fn transition(
     .bind(results)
     .bind(artifacts)
     .bind(&at)
+    .bind(&request.owner)
     .bind(&request.run_id)
     .bind(request.from.as_str())
     .bind(i64::from(request.attempt))

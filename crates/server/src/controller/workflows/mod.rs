@@ -134,6 +134,7 @@ impl Controller {
             attempt_update: Some(AttemptUpdate::Dispatched {
                 framework: WORKFLOW_FRAMEWORK.to_string(),
             }),
+            owner: Some(self.replica_id().to_string()),
             ..TransitionRequest::new(
                 &run.metadata.id,
                 RunState::Ready,
