@@ -6,6 +6,7 @@
 
 pub mod conformance;
 mod cursor;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
