@@ -141,7 +141,8 @@ CREATE TABLE run_attempts (
 -- visible out of order (a transaction that drew id 10 may commit after the one that drew 11);
 -- the store therefore inserts events only at the very end of a transaction, under the
 -- transaction-level advisory lock EVENT_LOG_LOCK (src/postgres/mod.rs), so that transactions
--- draw event ids in the order they commit.
+-- draw event ids in the order they commit. The sequence keeps CACHE 1 (the default): a
+-- per-session cache would hand out ids that do not follow the lock's order.
 CREATE TABLE events (
     id      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     at      TIMESTAMPTZ NOT NULL,

@@ -1,7 +1,7 @@
 //! Projects, function versions and tasks: the entities runs are made from.
 
 use super::codec::{
-    from_json, is_foreign_key_violation, is_unique_violation, now, to_json, PgResult,
+    from_json, is_foreign_key_violation, is_unique_violation, now, text, to_json, PgResult,
 };
 use super::{events, Write};
 use crate::{Put, StoreError};
@@ -141,7 +141,7 @@ pub(super) async fn put_function_version(
     .bind(&version.status.key)
     .bind(to_json("spec", &version.spec)?)
     .bind(to_json("labels", &meta.labels)?)
-    .bind(&meta.description)
+    .bind(text(meta.description.as_deref()))
     .bind(meta.created)
     .bind(&meta.created_by)
     .execute(w.conn())

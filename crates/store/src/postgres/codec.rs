@@ -94,6 +94,15 @@ pub(crate) fn ts_text(at: &DateTime<Utc>) -> String {
     micros(at).to_rfc3339_opts(SecondsFormat::Nanos, true)
 }
 
+/// Free text (messages, reasons, descriptions, fire errors) as PostgreSQL can store it: TEXT
+/// cannot hold the NUL character, which SQLite keeps, and such text can come from user code
+/// (an exception's message). NUL becomes U+FFFD rather than failing the write, which would
+/// leave, say, a run that cannot be moved to ERROR. JSON documents need nothing: serde_json
+/// writes NUL as `\u0000`.
+pub(crate) fn text(value: Option<&str>) -> Option<String> {
+    value.map(|v| v.replace('\0', "\u{FFFD}"))
+}
+
 pub(crate) fn to_json<T: Serialize>(column: &str, value: &T) -> StoreResult<String> {
     serde_json::to_string(value)
         .map_err(|e| StoreError::Database(format!("cannot encode {column}: {e}")))
@@ -139,6 +148,13 @@ mod tests {
             + chrono::Duration::nanoseconds(123_456_789);
         assert_eq!(ts_text(&at), "2024-05-01T12:00:00.123456000Z");
         assert_eq!(micros(&at).timestamp_subsec_nanos(), 123_456_000);
+    }
+
+    #[test]
+    fn nul_characters_are_replaced() {
+        assert_eq!(text(Some("a\0b")).as_deref(), Some("a\u{FFFD}b"));
+        assert_eq!(text(Some("plain")).as_deref(), Some("plain"));
+        assert_eq!(text(None), None);
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! listings, and the dispatcher's queries.
 
 use super::codec::{
-    from_json, is_foreign_key_violation, is_unique_violation, opt_from_json, parse_state, to_json,
-    to_u32, to_u64, PgResult,
+    from_json, is_foreign_key_violation, is_unique_violation, opt_from_json, parse_state, text,
+    to_json, to_u32, to_u64, PgResult,
 };
 use super::{events, Write};
 use crate::{cursor, ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, StoreError};
@@ -211,8 +211,8 @@ pub(super) async fn create_run(
     .bind(&run.spec.task)
     .bind(status.state.as_str())
     .bind(i64::from(status.attempt))
-    .bind(&status.reason)
-    .bind(&status.message)
+    .bind(text(status.reason.as_deref()))
+    .bind(text(status.message.as_deref()))
     .bind(
         status
             .results
@@ -299,8 +299,8 @@ pub(super) async fn create_run(
         .bind(t.from.map(RunState::as_str))
         .bind(t.to.as_str())
         .bind(i64::from(t.attempt))
-        .bind(&t.reason)
-        .bind(&t.message)
+        .bind(text(t.reason.as_deref()))
+        .bind(text(t.message.as_deref()))
         .bind(t.at)
         .execute(w.conn())
         .await?;
@@ -319,7 +319,7 @@ pub(super) async fn create_run(
         .bind(a.ended)
         .bind(a.exit_code)
         .bind(a.signal)
-        .bind(&a.reason)
+        .bind(text(a.reason.as_deref()))
         .execute(w.conn())
         .await?;
     }

@@ -1,6 +1,6 @@
 //! The compare-and-set on a run's (state, attempt), and the wait reason of a queued run.
 
-use super::codec::{micros, now, parse_state, to_json, to_u32, PgResult};
+use super::codec::{micros, now, parse_state, text, to_json, to_u32, PgResult};
 use super::runs::get_run;
 use super::{events, Write};
 use crate::{AttemptUpdate, StoreError, TransitionRequest};
@@ -15,6 +15,8 @@ use runplane_domain::{Run, RunState};
 pub(super) async fn transition(w: &mut Write, request: &TransitionRequest) -> PgResult<Run> {
     let next_attempt = request.next_attempt.unwrap_or(request.attempt);
     let at = micros(&request.at);
+    let reason = text(request.reason.as_deref());
+    let message = text(request.message.as_deref());
     let results = request
         .results
         .as_ref()
@@ -32,8 +34,8 @@ pub(super) async fn transition(w: &mut Write, request: &TransitionRequest) -> Pg
     )
     .bind(request.to.as_str())
     .bind(i64::from(next_attempt))
-    .bind(&request.reason)
-    .bind(&request.message)
+    .bind(&reason)
+    .bind(&message)
     .bind(results)
     .bind(artifacts)
     .bind(at)
@@ -57,8 +59,8 @@ pub(super) async fn transition(w: &mut Write, request: &TransitionRequest) -> Pg
     .bind(request.from.as_str())
     .bind(request.to.as_str())
     .bind(i64::from(next_attempt))
-    .bind(&request.reason)
-    .bind(&request.message)
+    .bind(&reason)
+    .bind(&message)
     .bind(at)
     .execute(w.conn())
     .await?;
@@ -108,7 +110,7 @@ pub(super) async fn transition(w: &mut Write, request: &TransitionRequest) -> Pg
             .bind(at)
             .bind(*exit_code)
             .bind(*signal)
-            .bind(reason)
+            .bind(text(reason.as_deref()))
             .bind(&request.run_id)
             .bind(i64::from(request.attempt))
             .execute(w.conn())
@@ -179,8 +181,8 @@ pub(super) async fn set_wait_reason(
         "UPDATE runs SET reason = $1, message = $2, updated = $3
          WHERE id = $4 AND state = $5 AND attempt = $6",
     )
-    .bind(reason)
-    .bind(message)
+    .bind(text(reason))
+    .bind(text(message))
     .bind(now())
     .bind(run_id)
     .bind(state.as_str())

@@ -2,7 +2,7 @@
 //! `next_fire`, the fire records (unique per trigger and dedup key) and the runs they created.
 
 use super::codec::{
-    from_json, is_foreign_key_violation, is_unique_violation, now, to_json, to_u64, PgResult,
+    from_json, is_foreign_key_violation, is_unique_violation, now, text, to_json, to_u64, PgResult,
 };
 use super::{events, runs, Write};
 use crate::{FireBatch, StoreError};
@@ -231,7 +231,7 @@ pub(super) async fn fire(w: &mut Write, batch: &FireBatch) -> PgResult<bool> {
         .bind(fire.at)
         .bind(fire.scheduled_for)
         .bind(&fire.run_id)
-        .bind(&fire.error)
+        .bind(text(fire.error.as_deref()))
         .execute(w.conn())
         .await;
         match inserted {
