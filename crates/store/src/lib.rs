@@ -1,11 +1,14 @@
-//! runplane's durable state: the [`Store`] trait, its SQLite implementation ([`sqlite`]), and
-//! the [`conformance`] suite that every implementation runs (PostgreSQL joins it later).
+//! runplane's durable state: the [`Store`] trait, its two implementations — [`sqlite`] (the
+//! embedded default, one file, one writer at a time) and [`postgres`] (production: any number
+//! of server replicas writing to one database at once) — and the [`conformance`] suite that
+//! both run, so that they behave the same.
 //!
 //! Must not depend on runtimes, frameworks or the server: it stores entities of
 //! `runplane-domain` and enforces the run lifecycle's compare-and-set, nothing more.
 
 pub mod conformance;
 mod cursor;
+pub mod postgres;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -322,7 +325,7 @@ pub trait Store: Send + Sync + 'static {
     /// something). Implementations must make
     /// ids visible in increasing order (a reader that saw id N never finds a smaller one
     /// later): resuming after an id relies on it. SQLite has it for free (one writer at a
-    /// time); a concurrent backend has to serialize its appends.
+    /// time); PostgreSQL serializes its appends under an advisory lock (see [`postgres`]).
     async fn events_after(
         &self,
         after: u64,

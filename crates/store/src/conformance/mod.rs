@@ -1,5 +1,6 @@
 //! The conformance suite: the behaviour every [`Store`](crate::Store) implementation must have,
-//! written once and run against each of them (SQLite here, PostgreSQL later).
+//! written once and run against each of them (`tests/sqlite_conformance.rs`,
+//! `tests/postgres_conformance.rs`).
 //!
 //! Each case is a public `async fn(Arc<dyn Store>)` that panics on a violation; it gets a fresh,
 //! empty store. [`store_conformance_tests!`](crate::store_conformance_tests) turns all of them
