@@ -238,6 +238,9 @@ async fn open_store(options: &ServerOptions) -> Result<Arc<dyn Store>, ServerErr
                 SqliteStore::open(std::path::Path::new(path)).await?,
             ))
         }
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
+            Arc::new(runplane_store::postgres::PostgresStore::connect(url).await?),
+        ),
         Some(url) => Err(ServerError::StoreUrl(url.to_string())),
     }
 }

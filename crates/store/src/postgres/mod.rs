@@ -35,6 +35,7 @@ mod artifacts;
 mod catalog;
 mod codec;
 mod events;
+mod replicas;
 mod runs;
 mod secrets;
 mod services;
@@ -61,7 +62,9 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// The key of the transaction-level advisory lock under which events are inserted (the bytes
 /// of "runplan\x01"). Advisory locks are per database, so two runplane databases on one
@@ -98,7 +101,13 @@ impl Default for PostgresOptions {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Bumped on every notification on [`EVENTS_CHANNEL`]; the listener starts with the first
+    /// subscriber.
+    appends: Arc<OnceLock<watch::Sender<u64>>>,
 }
+
+/// The `NOTIFY` channel every write that appended events signals at its commit.
+pub const EVENTS_CHANNEL: &str = "runplane_events";
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://user:password@host:port/database`) with
@@ -128,13 +137,48 @@ impl PostgresStore {
             max_connections = options.max_connections,
             "opened PostgreSQL store"
         );
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            appends: Arc::new(OnceLock::new()),
+        })
     }
 
     /// The underlying pool, for diagnostics and tests. Writing through it bypasses the store's
     /// invariants (events in particular must only be inserted under [`EVENT_LOG_LOCK`]).
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Listens on [`EVENTS_CHANNEL`] (reconnecting after a lost connection) and bumps
+    /// `appends` on every notification, and once after each reconnection, since
+    /// notifications sent meanwhile are lost.
+    fn start_listener(&self) -> watch::Sender<u64> {
+        let (sender, _) = watch::channel(0_u64);
+        let bump = sender.clone();
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            loop {
+                let listener = async {
+                    let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+                    listener.listen(EVENTS_CHANNEL).await?;
+                    bump.send_modify(|n| *n = n.wrapping_add(1));
+                    loop {
+                        listener.recv().await?;
+                        bump.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    #[allow(unreachable_code)]
+                    Ok::<(), sqlx::Error>(())
+                };
+                if let Err(error) = listener.await {
+                    if pool.is_closed() || bump.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(%error, "listening for other replicas' events failed; retrying");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        sender
     }
 
     /// Closes every connection; later calls fail.
@@ -288,6 +332,11 @@ impl Write {
             // so a holder of the lock is never stuck behind a transaction that waits for it.
             sqlx::query("SELECT pg_advisory_xact_lock($1)")
                 .bind(EVENT_LOG_LOCK)
+                .execute(&mut *self.tx)
+                .await?;
+            // Delivered at commit, to every replica's listener.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(EVENTS_CHANNEL)
                 .execute(&mut *self.tx)
                 .await?;
             for event in std::mem::take(&mut self.events) {
@@ -785,6 +834,48 @@ impl Store for PostgresStore {
             Box::pin(artifacts::artifact_consumers(c, key))
         })
         .await
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    fn appends_elsewhere(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(
+            self.appends
+                .get_or_init(|| self.start_listener())
+                .subscribe(),
+        )
+    }
+
+    async fn renew_replica_lease(&self, id: &str, lease_until: DateTime<Utc>) -> StoreResult<()> {
+        let until = codec::micros(&lease_until);
+        self.write("renew_replica_lease", &(id, until), |w, (id, until)| {
+            Box::pin(replicas::renew_lease(w, id, *until))
+        })
+        .await
+    }
+
+    async fn list_replicas(&self) -> StoreResult<Vec<(String, DateTime<Utc>)>> {
+        self.single(&(), |c, ()| Box::pin(replicas::list(c))).await
+    }
+
+    async fn adopt_orphaned_runs(
+        &self,
+        to: &str,
+        expired_before: DateTime<Utc>,
+    ) -> StoreResult<Vec<Run>> {
+        self.write(
+            "adopt_orphaned_runs",
+            &(to, expired_before),
+            |w, (to, expired_before)| Box::pin(replicas::adopt(w, to, *expired_before)),
+        )
+        .await
+    }
+
+    async fn runs_owned_by(&self, owner: &str) -> StoreResult<Vec<Run>> {
+        self.snapshot(owner, |c, owner| Box::pin(replicas::owned_by(c, owner)))
+            .await
     }
 }
 

@@ -18,8 +18,8 @@ const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
 const RUN_COLUMNS: &str = "r.id, r.project, r.kind, r.state, r.attempt, r.reason, r.message, \
-     r.results, r.rerun_of, r.service, r.step, r.produced_by, r.workflow, r.artifacts, r.labels, \
-     r.spec, r.created, r.updated, r.created_by";
+     r.results, r.rerun_of, r.service, r.step, r.produced_by, r.workflow, r.artifacts, r.owner, \
+     r.labels, r.spec, r.created, r.updated, r.created_by";
 
 #[derive(sqlx::FromRow)]
 struct RunRow {
@@ -37,6 +37,7 @@ struct RunRow {
     produced_by: Option<String>,
     workflow: Option<String>,
     artifacts: Option<String>,
+    owner: Option<String>,
     labels: String,
     spec: String,
     created: DateTime<Utc>,
@@ -70,6 +71,7 @@ impl RunRow {
                 workflow: opt_from_json("runs.workflow", self.workflow.as_deref())?,
                 artifacts: opt_from_json("runs.artifacts", self.artifacts.as_deref())?
                     .unwrap_or_default(),
+                owner: self.owner,
                 transitions,
                 attempts,
             },
@@ -509,4 +511,29 @@ pub(super) async fn delete_run(w: &mut Write, project: &str, id: &str) -> PgResu
         .execute(w.conn())
         .await?;
     Ok(done.rows_affected() > 0)
+}
+
+/// The states in which a run is followed by the replica that owns it.
+pub(super) const OWNED_STATES: [RunState; 4] = [
+    RunState::Pending,
+    RunState::Running,
+    RunState::Stop,
+    RunState::Deleting,
+];
+
+/// The runs in [`OWNED_STATES`] that satisfy `condition` (SQL over `r`, whose `$1` is bound to
+/// `values`), oldest first.
+pub(super) async fn active_runs_where(
+    conn: &mut PgConnection,
+    condition: &str,
+    values: &[String],
+) -> PgResult<Vec<Run>> {
+    let rows = sqlx::query_as::<_, RunRow>(&format!(
+        "SELECT {RUN_COLUMNS} FROM runs r WHERE {condition} AND r.state = ANY($2) ORDER BY r.id ASC"
+    ))
+    .bind(values)
+    .bind(state_names(&OWNED_STATES))
+    .fetch_all(&mut *conn)
+    .await?;
+    assemble(conn, rows).await
 }

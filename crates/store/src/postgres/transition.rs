@@ -29,7 +29,8 @@ pub(super) async fn transition(w: &mut Write, request: &TransitionRequest) -> Pg
         .transpose()?;
     let updated = sqlx::query(
         "UPDATE runs SET state = $1, attempt = $2, reason = $3, message = $4,
-             results = COALESCE($5, results), artifacts = COALESCE($6, artifacts), updated = $7
+             results = COALESCE($5, results), artifacts = COALESCE($6, artifacts), updated = $7,
+             owner = COALESCE($11, owner)
          WHERE id = $8 AND state = $9 AND attempt = $10",
     )
     .bind(request.to.as_str())
@@ -42,6 +43,7 @@ pub(super) async fn transition(w: &mut Write, request: &TransitionRequest) -> Pg
     .bind(&request.run_id)
     .bind(request.from.as_str())
     .bind(i64::from(request.attempt))
+    .bind(&request.owner)
     .execute(w.conn())
     .await?;
 
