@@ -1,0 +1,204 @@
+//! Several server replicas on one PostgreSQL database: runs submitted to any replica run once,
+//! a replica killed mid-run has its runs adopted by the others, events reach every replica,
+//! and a scheduler fires each tick once cluster-wide.
+
+mod support;
+
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Sleeps, then appends its run id to a file every replica sees: how many times each run's
+/// code executed.
+const MARKER: &str = r#"
+import os, time
+
+def handler(context, seconds, marker):
+    time.sleep(seconds)
+    with open(marker, "a") as f:
+        f.write(context.run_id + "\n")
+    return {"slept": seconds}
+"#;
+
+struct Cluster {
+    replicas: Vec<TestServer>,
+    shared: tempfile::TempDir,
+}
+
+fn cluster(size: usize) -> Cluster {
+    let url = tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(runplane_store::postgres::testing::fresh_database());
+    let shared = tempfile::tempdir().expect("shared dir");
+    let key = shared.path().join("secret.key");
+    write_key(&key);
+    let replicas = (0..size)
+        .map(|i| {
+            TestServer::start_with(&[
+                "--store",
+                &url,
+                "--replica-id",
+                &format!("r{i}"),
+                "--replica-lease-seconds",
+                "3",
+                "--shared-dir",
+                &shared.path().display().to_string(),
+                "--secret-key-file",
+                &key.display().to_string(),
+            ])
+        })
+        .collect();
+    Cluster { replicas, shared }
+}
+
+fn write_key(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let bytes: Vec<u8> = (0..32u8)
+        .map(|i| i.wrapping_mul(37).wrapping_add(11))
+        .collect();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true).mode(0o600);
+    let mut file = options.open(path).expect("key file");
+    std::io::Write::write_all(&mut file, &bytes).expect("write key");
+}
+
+fn run_of(server: &TestServer, id: &str) -> Value {
+    let (status, run) = server.get(&format!("/projects/p/runs/{id}"));
+    assert_eq!(status, 200, "{run}");
+    run
+}
+
+#[test]
+fn runs_end_once_across_replicas_and_a_dead_replicas_runs_are_adopted() {
+    let mut cluster = cluster(3);
+    let marker = cluster.shared.path().join("executed.txt");
+    function(&cluster.replicas[0], "work", MARKER);
+
+    // Every replica accepts runs; whichever claims one owns it.
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let server = &cluster.replicas[i % 3];
+        let seconds = 0.5 + (i % 4) as f64 * 0.75;
+        ids.push(submit(
+            server,
+            json!({"function": "work", "parameters": {
+                "seconds": seconds, "marker": marker.display().to_string()}}),
+        ));
+    }
+    // Wait until r1 owns a running run, then kill it (SIGKILL: no shutdown code runs).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owned_by_r1: Vec<String> = loop {
+        let owned: Vec<String> = ids
+            .iter()
+            .filter(|id| {
+                let run = run_of(&cluster.replicas[0], id);
+                run["status"]["owner"] == "r1" && run["status"]["state"] == "RUNNING"
+            })
+            .cloned()
+            .collect();
+        if !owned.is_empty() {
+            break owned;
+        }
+        assert!(Instant::now() < deadline, "r1 never ran a run");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    cluster.replicas[1].kill9();
+
+    // A wait on r2 for a run r0 accepted: r2 learns of it through the event log.
+    let (status, waited) = cluster.replicas[2].get(&format!("/projects/p/runs/{}?wait=60", ids[0]));
+    assert_eq!(status, 200);
+    assert!(
+        waited["status"]["state"] == "COMPLETED",
+        "{waited:#}\n{}",
+        cluster.replicas[2].server_log()
+    );
+
+    let survivors = [&cluster.replicas[0], &cluster.replicas[2]];
+    let mut ended = BTreeMap::new();
+    for id in &ids {
+        let run = wait_run_ended(survivors[0], id, Duration::from_secs(90));
+        ended.insert(id.clone(), run);
+    }
+    let executed = std::fs::read_to_string(&marker).unwrap_or_default();
+    let mut times: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in executed.lines() {
+        *times.entry(line).or_default() += 1;
+    }
+    for (id, run) in &ended {
+        let terminal: Vec<&Value> = run["status"]["transitions"]
+            .as_array()
+            .expect("transitions")
+            .iter()
+            .filter(|t| ["COMPLETED", "ERROR", "STOPPED"].contains(&t["to"].as_str().unwrap_or("")))
+            .collect();
+        assert_eq!(terminal.len(), 1, "ended once: {run:#}");
+        assert_eq!(run["status"]["attempt"], 1, "started once: {run:#}");
+        assert_eq!(
+            run["status"]["state"],
+            "COMPLETED",
+            "{run:#}\nr0:\n{}\nr2:\n{}",
+            survivors[0].server_log(),
+            survivors[1].server_log()
+        );
+        assert_eq!(
+            times.get(id.as_str()),
+            Some(&1),
+            "{id} executed once: {executed}"
+        );
+        assert_ne!(run["status"]["owner"], "r1", "adopted: {run:#}");
+    }
+    // The runs r1 was running were finished by another replica, which took them over.
+    for id in &owned_by_r1 {
+        let owner = ended[id]["status"]["owner"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(owner == "r0" || owner == "r2", "{id}: {owner}");
+    }
+    // Every replica claimed some of the runs.
+    let owners: std::collections::BTreeSet<String> = ended
+        .values()
+        .filter_map(|run| run["status"]["owner"].as_str().map(str::to_string))
+        .collect();
+    assert!(owners.len() >= 2, "{owners:?}");
+}
+
+#[test]
+fn a_scheduler_fires_each_tick_once_across_replicas() {
+    let cluster = cluster(3);
+    function(
+        &cluster.replicas[0],
+        "tick",
+        "def handler(at):\n    return at\n",
+    );
+    let (status, body) = cluster.replicas[1].post(
+        "/projects/p/triggers",
+        &json!({"kind": "scheduler", "metadata": {"name": "every-second"},
+                "spec": {"schedule": "* * * * * *", "catch_up": "skip",
+                         "template": {"function": "tick",
+                                      "parameters": {"at": "${{ fire.scheduled_time }}"}}}}),
+    );
+    assert_eq!(status, 201, "{body}");
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, paused) =
+        cluster.replicas[2].post("/projects/p/triggers/every-second/pause", &json!({}));
+    assert_eq!(paused["status"]["paused"], true, "{paused}");
+    let (_, fires) = cluster.replicas[0].get("/projects/p/triggers/every-second/fires?limit=1000");
+    let fires = fires.as_array().expect("fires").clone();
+    assert!(fires.len() >= 2, "{fires:#?}");
+    let mut ticks: Vec<String> = fires
+        .iter()
+        .map(|fire| {
+            fire["scheduled_for"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    let total = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert_eq!(ticks.len(), total, "a tick fired twice: {fires:#?}");
+}
