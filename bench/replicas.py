@@ -33,6 +33,10 @@ CODE = "def handler():\n    return 1\n"
 def fresh_database():
     name = f"rp_bench_{uuid.uuid4().hex[:12]}"
     subprocess.run(["psql", PG_SERVER, "-q", "-c", f"CREATE DATABASE {name}"], check=True)
+    # The test cluster turns synchronous_commit off for speed; the benchmark compares durable
+    # commits on both stores (SQLite runs with synchronous=FULL).
+    subprocess.run(["psql", PG_SERVER, "-q", "-c", f"ALTER DATABASE {name} SET synchronous_commit = on"],
+                   check=True)
     return name, urlunparse(urlparse(PG_SERVER)._replace(path=f"/{name}"))
 
 
