@@ -8,6 +8,7 @@
 //! when a process ends.
 
 pub mod engine;
+pub mod kubernetes;
 pub mod local;
 
 use async_trait::async_trait;
