@@ -285,10 +285,12 @@ fn bad_input_gets_a_clear_reason() {
     let error = build_objects(&settings, &execution(), &build()).unwrap_err();
     assert!(matches!(error, ManifestError::Unsupported(_)), "{error}");
     let mut with_dirs = build();
-    with_dirs.context_dirs.push(runplane_domain::runnable::ContextDir {
-        host_path: "/envs/x".into(),
-        path: "env".into(),
-    });
+    with_dirs
+        .context_dirs
+        .push(runplane_domain::runnable::ContextDir {
+            host_path: "/envs/x".into(),
+            path: "env".into(),
+        });
     let error = build_objects(&self::settings(), &execution(), &with_dirs).unwrap_err();
     assert!(error.to_string().starts_with("context_dirs:"), "{error}");
 }

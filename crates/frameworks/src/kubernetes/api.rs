@@ -27,7 +27,11 @@ pub(crate) fn is_conflict(error: &KubeError) -> bool {
 
 /// Calls `call` until it succeeds, fails for good, or [`TRIES`] transient failures in a row,
 /// doubling the wait from `base` between tries.
-pub(crate) async fn retry<T, F, Fut>(base: Duration, what: &str, mut call: F) -> Result<T, KubeError>
+pub(crate) async fn retry<T, F, Fut>(
+    base: Duration,
+    what: &str,
+    mut call: F,
+) -> Result<T, KubeError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, KubeError>>,

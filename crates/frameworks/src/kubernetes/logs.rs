@@ -82,7 +82,8 @@ impl LogSink {
                 "log limit of {} bytes reached: the rest of the output is discarded\n",
                 self.limit
             );
-            self.writer.append(Stream::System, Utc::now(), note.as_bytes())
+            self.writer
+                .append(Stream::System, Utc::now(), note.as_bytes())
         } else {
             self.writer.append(Stream::Stdout, time, &record)
         };

@@ -385,8 +385,10 @@ pub fn service_objects(
         return Err(invalid("port", "0 is not a port"));
     }
     if service.port.is_none() {
-        job.env
-            .insert("RUNPLANE_PORT".to_string(), DEFAULT_SERVICE_PORT.to_string());
+        job.env.insert(
+            "RUNPLANE_PORT".to_string(),
+            DEFAULT_SERVICE_PORT.to_string(),
+        );
     }
     let pod = Pod::new(settings, execution, &job, &options, profile, token, true)?;
     let mut spec = pod.spec(settings, "Always")?;
@@ -488,7 +490,10 @@ pub fn build_objects(
         ));
     }
     if build.image.is_empty() || build.image.contains(char::is_whitespace) {
-        return Err(invalid("image", format!("{:?} is not an image reference", build.image)));
+        return Err(invalid(
+            "image",
+            format!("{:?} is not an image reference", build.image),
+        ));
     }
     let archive = context_archive(build)?;
     if archive.len() > CONFIG_MAP_MAX_BYTES - 1024 {
@@ -637,7 +642,8 @@ fn context_archive(build: &Build) -> Result<Vec<u8>, ManifestError> {
     };
     add("Containerfile", 0o644, build.containerfile.as_bytes())?;
     for (i, file) in build.context.iter().enumerate() {
-        let path = check_file_path(&file.path).map_err(|m| invalid(format!("context[{i}].path"), m))?;
+        let path =
+            check_file_path(&file.path).map_err(|m| invalid(format!("context[{i}].path"), m))?;
         add(&path.to_string_lossy(), file.mode, &file.contents)?;
     }
     let gz = tar
@@ -689,8 +695,8 @@ impl<'a> Pod<'a> {
         let mut files = Vec::new();
         let mut size = 0usize;
         for (i, file) in job.files.iter().enumerate() {
-            let path = check_file_path(&file.path)
-                .map_err(|m| invalid(format!("files[{i}].path"), m))?;
+            let path =
+                check_file_path(&file.path).map_err(|m| invalid(format!("files[{i}].path"), m))?;
             size += file.contents.len();
             files.push((
                 format!("f{i}"),
@@ -794,10 +800,7 @@ impl<'a> Pod<'a> {
 
     fn spec(&self, settings: &KubernetesSettings, restart: &str) -> Result<PodSpec, ManifestError> {
         let name = object_name(self.execution);
-        let mut volumes = vec![
-            empty_dir("work"),
-            empty_dir("outputs"),
-        ];
+        let mut volumes = vec![empty_dir("work"), empty_dir("outputs")];
         let mut mounts = vec![
             mount("work", WORK_MOUNT, false),
             mount("outputs", OUTPUTS_MOUNT, false),
@@ -962,7 +965,10 @@ pub fn outputs_url(base: &str, execution: &ExecutionId) -> String {
 fn copy_script(files: &[(String, String, u32, &[u8])]) -> String {
     let mut script = String::from("set -e\ncd /runplane/work\n");
     for (key, path, mode, _) in files {
-        if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
             script.push_str(&format!("mkdir -p {}\n", quote(&parent.to_string_lossy())));
         }
         script.push_str(&format!(

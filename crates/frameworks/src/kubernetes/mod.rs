@@ -247,8 +247,7 @@ impl KubernetesFramework {
         let watchers = vec![
             tokio::spawn(watch::<K8sJob>(shared.clone(), Shared::on_job)).abort_handle(),
             tokio::spawn(watch::<Pod>(shared.clone(), Shared::on_pod)).abort_handle(),
-            tokio::spawn(watch::<Deployment>(shared.clone(), Shared::on_deployment))
-                .abort_handle(),
+            tokio::spawn(watch::<Deployment>(shared.clone(), Shared::on_deployment)).abort_handle(),
         ];
         KubernetesFramework { shared, watchers }
     }
@@ -618,7 +617,7 @@ impl Shared {
             ..Default::default()
         };
         let ending = Ending::Exited(outcome);
-        self.finish_now(ending, &self.force_end(&execution));
+        self.finish_now(ending, &self.force_end(execution));
     }
 
     fn force_end(&self, execution: &ExecutionId) -> Option<Ended> {
@@ -707,9 +706,11 @@ impl Shared {
     async fn find_terminated(&self, execution: &ExecutionId) -> Option<Terminated> {
         let pods: Api<Pod> = self.api();
         let params = ListParams::default().labels(&pod_selector(&self.settings, execution));
-        let list = retry(self.settings.retry_delay, "list pods", || pods.list(&params))
-            .await
-            .ok()?;
+        let list = retry(self.settings.retry_delay, "list pods", || {
+            pods.list(&params)
+        })
+        .await
+        .ok()?;
         list.items.iter().find_map(status::terminated)
     }
 
@@ -728,7 +729,10 @@ impl Shared {
             ..Default::default()
         };
         if let Some(terminated) = &terminated {
-            if terminated.message.starts_with("runplane: outputs not uploaded") {
+            if terminated
+                .message
+                .starts_with("runplane: outputs not uploaded")
+            {
                 tracing::warn!(?execution, "{}", terminated.message.trim());
             }
         }
@@ -803,15 +807,16 @@ impl Shared {
     /// Deletes one object; gone already is fine.
     async fn delete<K>(&self, name: &str, params: &DeleteParams) -> Result<(), String>
     where
-        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug,
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
         K::DynamicType: Default,
     {
         let api: Api<K> = self.api();
         let what = format!("delete {} {name}", K::kind(&Default::default()));
-        match retry(self.settings.retry_delay, &what, || api.delete(name, params)).await {
+        match retry(self.settings.retry_delay, &what, || {
+            api.delete(name, params)
+        })
+        .await
+        {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(describe(&self.settings.namespace, &what, &e)),
@@ -834,13 +839,19 @@ impl Shared {
         let name = object.meta().name.clone().unwrap_or_default();
         let what = format!("create {kind} {name}");
         let post = PostParams::default();
-        match retry(self.settings.retry_delay, &what, || api.create(&post, object)).await {
+        match retry(self.settings.retry_delay, &what, || {
+            api.create(&post, object)
+        })
+        .await
+        {
             Ok(created) => Ok(created),
             Err(e) if is_conflict(&e) && kind != "Job" && kind != "Deployment" => {
                 self.delete::<K>(&name, &DeleteParams::default()).await?;
-                retry(self.settings.retry_delay, &what, || api.create(&post, object))
-                    .await
-                    .map_err(|e| describe(&self.settings.namespace, &what, &e))
+                retry(self.settings.retry_delay, &what, || {
+                    api.create(&post, object)
+                })
+                .await
+                .map_err(|e| describe(&self.settings.namespace, &what, &e))
             }
             Err(e) => Err(describe(&self.settings.namespace, &what, &e)),
         }
@@ -849,7 +860,15 @@ impl Shared {
     /// Makes the ConfigMap and Secret of an execution owned by its Job or Deployment, so
     /// that the garbage collector removes them with it. Best effort: cleanup deletes them
     /// by name anyway.
-    async fn adopt(&self, owner_kind: &str, api_version: &str, name: &str, uid: &str, secret: bool, config_map: bool) {
+    async fn adopt(
+        &self,
+        owner_kind: &str,
+        api_version: &str,
+        name: &str,
+        uid: &str,
+        secret: bool,
+        config_map: bool,
+    ) {
         let patch = serde_json::json!({
             "metadata": { "ownerReferences": [owner_reference(owner_kind, api_version, name, uid)] }
         });
@@ -975,10 +994,20 @@ impl Shared {
         };
         let jobs: Api<K8sJob> = self.api();
         let name = object_name(execution);
-        match retry(self.settings.retry_delay, "read Job", || jobs.get_opt(&name)).await {
+        match retry(self.settings.retry_delay, "read Job", || {
+            jobs.get_opt(&name)
+        })
+        .await
+        {
             Ok(Some(_)) => return Err("a Job of this attempt already exists".to_string()),
             Ok(None) => {}
-            Err(e) => return Err(describe(&self.settings.namespace, &format!("read Job {name}"), &e)),
+            Err(e) => {
+                return Err(describe(
+                    &self.settings.namespace,
+                    &format!("read Job {name}"),
+                    &e,
+                ))
+            }
         }
         if let Some(config_map) = config_map {
             if let Err(why) = self.create(config_map).await {
@@ -1001,8 +1030,8 @@ impl Shared {
         execution: &ExecutionId,
         build: &runplane_domain::Build,
     ) -> Result<(), String> {
-        let objects =
-            manifests::build_objects(&self.settings, execution, build).map_err(|e| e.to_string())?;
+        let objects = manifests::build_objects(&self.settings, execution, build)
+            .map_err(|e| e.to_string())?;
         let sink = self.open_sink(
             execution,
             &[],
@@ -1026,7 +1055,8 @@ impl Shared {
             .await
         {
             Ok(uid) => {
-                self.adopt("Job", "batch/v1", &name, &uid, false, true).await;
+                self.adopt("Job", "batch/v1", &name, &uid, false, true)
+                    .await;
                 Ok(())
             }
             Err(why) => {
@@ -1155,9 +1185,11 @@ impl Shared {
         let params = ListParams::default().labels(&selector);
         let jobs: Api<K8sJob> = self.api();
         let deployments: Api<Deployment> = self.api();
-        let found_jobs = retry(self.settings.retry_delay, "list Jobs", || jobs.list(&params))
-            .await
-            .map_err(|e| describe(&self.settings.namespace, "list Jobs", &e))?;
+        let found_jobs = retry(self.settings.retry_delay, "list Jobs", || {
+            jobs.list(&params)
+        })
+        .await
+        .map_err(|e| describe(&self.settings.namespace, "list Jobs", &e))?;
         let found_deployments = retry(self.settings.retry_delay, "list Deployments", || {
             deployments.list(&params)
         })
@@ -1211,7 +1243,11 @@ impl Shared {
         Ok(())
     }
 
-    async fn reattach(self: &Arc<Self>, execution: &ExecutionId, found: Found) -> Result<(), String> {
+    async fn reattach(
+        self: &Arc<Self>,
+        execution: &ExecutionId,
+        found: Found,
+    ) -> Result<(), String> {
         // The secrets to redact are not kept outside the cluster: read them back from the
         // execution's Secret.
         let secrets: Api<Secret> = self.api();
@@ -1300,7 +1336,11 @@ impl Shared {
     async fn replay_pods(self: &Arc<Self>, execution: &ExecutionId) {
         let pods: Api<Pod> = self.api();
         let params = ListParams::default().labels(&pod_selector(&self.settings, execution));
-        match retry(self.settings.retry_delay, "list pods", || pods.list(&params)).await {
+        match retry(self.settings.retry_delay, "list pods", || {
+            pods.list(&params)
+        })
+        .await
+        {
             Ok(list) => {
                 for pod in list.items {
                     self.on_pod(pod, false);
@@ -1480,9 +1520,11 @@ impl Framework for KubernetesFramework {
     }
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
-        let running_job = self.shared.tracked().get(execution).is_some_and(|t| {
-            !t.ended && !matches!(t.what, What::Service { .. })
-        });
+        let running_job = self
+            .shared
+            .tracked()
+            .get(execution)
+            .is_some_and(|t| !t.ended && !matches!(t.what, What::Service { .. }));
         if running_job {
             return Err(busy(execution));
         }

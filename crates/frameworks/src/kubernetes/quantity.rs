@@ -19,9 +19,7 @@ pub fn check_quantity(field: &str, value: &str) -> Result<Quantity, QuantityErro
     } else {
         Err(QuantityError {
             field: field.to_string(),
-            message: format!(
-                "{value:?} is not a Kubernetes quantity (like 500m, 2, 1.5Gi, 64M)"
-            ),
+            message: format!("{value:?} is not a Kubernetes quantity (like 500m, 2, 1.5Gi, 64M)"),
         })
     }
 }
@@ -69,7 +67,7 @@ pub fn cpu_quantity(field: &str, cpus: f64) -> Result<Quantity, QuantityError> {
         });
     }
     let millis = ((cpus * 1000.0).round() as u64).max(1);
-    Ok(Quantity(if millis % 1000 == 0 {
+    Ok(Quantity(if millis.is_multiple_of(1000) {
         (millis / 1000).to_string()
     } else {
         format!("{millis}m")
@@ -85,7 +83,7 @@ pub fn memory_quantity(field: &str, bytes: u64) -> Result<Quantity, QuantityErro
         });
     }
     for (suffix, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-        if bytes % (1u64 << shift) == 0 {
+        if bytes.is_multiple_of(1u64 << shift) {
             return Ok(Quantity(format!("{}{suffix}", bytes >> shift)));
         }
     }

@@ -23,7 +23,10 @@ pub enum JobEnd {
     Running,
     Succeeded,
     /// `reason` is the condition's (`DeadlineExceeded`, `BackoffLimitExceeded`, ...).
-    Failed { reason: String, message: String },
+    Failed {
+        reason: String,
+        message: String,
+    },
 }
 
 pub fn job_end(job: &K8sJob) -> JobEnd {
@@ -136,7 +139,10 @@ pub fn start_failure(pod: &Pod) -> Option<Failure> {
                 let message = if why.contains("Image") {
                     format!("cannot pull image {image:?} ({why}): {detail}")
                 } else {
-                    format!("cannot start container {:?} ({why}): {detail}", container.name)
+                    format!(
+                        "cannot start container {:?} ({why}): {detail}",
+                        container.name
+                    )
                 };
                 return Some(Failure {
                     reason: reason::START_FAILED.to_string(),

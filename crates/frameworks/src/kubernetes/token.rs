@@ -28,7 +28,10 @@ fn hmac(key: &[u8], message: &[u8]) -> [u8; 32] {
 
 /// The token of `execution` (hex).
 pub fn run_token(key: &[u8], execution: &ExecutionId) -> String {
-    let message = format!("runplane-outputs\0{}\0{}", execution.run_id, execution.attempt);
+    let message = format!(
+        "runplane-outputs\0{}\0{}",
+        execution.run_id, execution.attempt
+    );
     hmac(key, message.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
