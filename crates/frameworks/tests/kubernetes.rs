@@ -708,3 +708,46 @@ async fn a_restarted_server_finds_its_objects_by_label() {
         "nothing lost, nothing twice"
     );
 }
+
+#[tokio::test]
+async fn connect_reads_a_kubeconfig_and_a_server_that_is_down_fails_starts_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A port nothing listens on, on loopback.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let kubeconfig = tmp.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+             clusters: [{{name: test, cluster: {{server: \"https://127.0.0.1:{port}\", insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: test, user: {{token: abc}}}}]\n\
+             contexts: [{{name: test, context: {{cluster: test, user: test, namespace: runs}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let mut settings = settings(&tmp);
+    settings.kubeconfig = Some(kubeconfig);
+    let (tx, _events) = mpsc::unbounded_channel();
+    let framework = KubernetesFramework::connect(settings, tx)
+        .await
+        .expect("a client from the kubeconfig");
+    match framework.start(exec("down"), Runnable::Job(job())).await {
+        Err(FrameworkError::StartFailed { message, .. }) => assert!(
+            message.contains("the Kubernetes API server cannot be reached"),
+            "{message}"
+        ),
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+
+    let mut settings = self::settings(&tmp);
+    settings.kubeconfig = Some(tmp.path().join("missing"));
+    let (tx, _events) = mpsc::unbounded_channel();
+    match KubernetesFramework::connect(settings, tx).await {
+        Err(error) => assert!(error.to_string().contains("cannot read"), "{error}"),
+        Ok(_) => panic!("a missing kubeconfig must be an error"),
+    }
+}

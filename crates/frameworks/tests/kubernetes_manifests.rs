@@ -305,3 +305,67 @@ fn a_profile_with_a_bad_quantity_is_refused_at_load() {
         "profiles.x.resources.requests.cpu: \"lots\" is not a Kubernetes quantity (like 500m, 2, 1.5Gi, 64M)"
     );
 }
+
+#[test]
+fn the_example_deployments_profiles_load() {
+    // deploy/kubernetes/configmap.yaml carries the profiles a cluster install starts with.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/kubernetes/configmap.yaml"
+    ))
+    .expect("deploy/kubernetes/configmap.yaml");
+    let config_map: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+    let profiles = config_map["data"]["profiles.yaml"].as_str().unwrap();
+    let profiles = Profiles::from_yaml(profiles).expect("the example profiles are valid");
+    assert!(profiles.profile(Some("gpu")).unwrap().is_some());
+    assert!(
+        profiles.profile(None).unwrap().is_some(),
+        "a default profile"
+    );
+}
+
+#[test]
+fn the_example_deployment_manifests_are_well_typed() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use serde::Deserialize;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes");
+    let mut kinds = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("deploy/kubernetes") {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(document).unwrap();
+            let kind = value["kind"].as_str().unwrap_or_default().to_string();
+            let checked = match kind.as_str() {
+                "Namespace" => serde_json::from_value::<Namespace>(value).map(drop),
+                "ServiceAccount" => serde_json::from_value::<ServiceAccount>(value).map(drop),
+                "Role" => serde_json::from_value::<Role>(value).map(drop),
+                "RoleBinding" => serde_json::from_value::<RoleBinding>(value).map(drop),
+                "ConfigMap" => serde_json::from_value::<ConfigMap>(value).map(drop),
+                "Secret" => serde_json::from_value::<Secret>(value).map(drop),
+                "Deployment" => serde_json::from_value::<Deployment>(value).map(drop),
+                "Service" => serde_json::from_value::<Service>(value).map(drop),
+                other => panic!("{}: unexpected kind {other:?}", path.display()),
+            };
+            checked.unwrap_or_else(|e| panic!("{}: {kind}: {e}", path.display()));
+            kinds.push(kind);
+        }
+    }
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Deployment",
+            "Namespace",
+            "Namespace",
+            "Role",
+            "RoleBinding",
+            "Secret",
+            "Service",
+            "ServiceAccount"
+        ]
+    );
+}
