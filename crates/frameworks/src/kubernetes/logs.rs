@@ -227,7 +227,25 @@ async fn read_once(
     let mut lines = Box::pin(stream.lines());
     let mut seen_at_time = 0u64;
     let mut new = 0u64;
-    while let Some(line) = lines.next().await {
+    // Lines that come together are told to the controller together: one `LogAppended` once
+    // the stream pauses (or every FLUSH_EVERY lines), not one per line.
+    let mut unflushed = 0u32;
+    loop {
+        let next = if unflushed == 0 {
+            lines.next().await
+        } else {
+            match tokio::time::timeout(FLUSH_AFTER, lines.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    lock(sink).flush();
+                    unflushed = 0;
+                    continue;
+                }
+            }
+        };
+        let Some(line) = next else {
+            break;
+        };
         let line = match line {
             Ok(line) => line,
             Err(e) => {
@@ -242,10 +260,22 @@ async fn read_once(
         new += 1;
         let mut sink = lock(sink);
         sink.line(time, text.as_bytes());
-        sink.flush();
+        unflushed += 1;
+        if unflushed >= FLUSH_EVERY {
+            sink.flush();
+            unflushed = 0;
+        }
+    }
+    if unflushed > 0 {
+        lock(sink).flush();
     }
     new
 }
+
+/// How long a pause in the stream is before appended lines are reported.
+const FLUSH_AFTER: Duration = Duration::from_millis(50);
+/// Report at least every this many lines of a stream that never pauses.
+const FLUSH_EVERY: u32 = 256;
 
 enum PodState {
     Gone,

@@ -402,7 +402,10 @@ impl Shared {
     /// enough metadata for the handlers.
     fn ghost<K: Resource + Default>(&self, name: &str) -> Option<K> {
         let tracked = self.tracked();
-        let (execution, _) = tracked.iter().find(|(_, t)| t.name == name)?;
+        // A Job's or Deployment's name, or one of a service's pods.
+        let (execution, _) = tracked
+            .iter()
+            .find(|(_, t)| t.name == name || t.pods.contains_key(name))?;
         let mut object = K::default();
         let meta = object.meta_mut();
         meta.name = Some(name.to_string());
@@ -460,7 +463,8 @@ impl Shared {
             if entry.stopping {
                 let outcome = stopped_outcome(entry.terminated.as_ref());
                 drop(tracked);
-                self.finish(&execution, Ending::Exited(outcome), true);
+                // Stopped before it ran: no `Started` for it.
+                self.finish(&execution, Ending::Exited(outcome), false);
             } else {
                 drop(tracked);
                 self.finish(
