@@ -1,6 +1,7 @@
 //! Frameworks (DESIGN.md §3) execute [`Runnable`]s on one kind of infrastructure — `local`
-//! OS processes first — and report what happens to them as [`FrameworkEvent`]s on a channel
-//! the controller reads.
+//! OS processes, `engine` containers on a Docker-API engine, `kubernetes` Jobs, Deployments
+//! and Kaniko builds on a cluster (state from watches, objects found again by label) — and
+//! report what happens to them as [`FrameworkEvent`]s on a channel the controller reads.
 //!
 //! Frameworks know nothing about functions, runtimes, the store or run states: they start,
 //! stop and clean up executions identified by (run id, attempt), take over those a previous
@@ -8,6 +9,7 @@
 //! when a process ends.
 
 pub mod engine;
+pub mod kubernetes;
 pub mod local;
 
 use async_trait::async_trait;

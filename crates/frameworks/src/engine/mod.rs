@@ -12,7 +12,7 @@
 
 mod build;
 mod container;
-mod copied;
+pub(crate) mod copied;
 mod follow;
 mod oom;
 mod probe;
