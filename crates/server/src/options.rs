@@ -35,6 +35,29 @@ pub struct ServerOptions {
     pub shared_dir: Option<PathBuf>,
     /// This server among the replicas of a shared store.
     pub replica: crate::controller::replicas::ReplicaOptions,
+    /// Enables the `kubernetes` framework.
+    pub kubernetes: Option<KubernetesOptions>,
+}
+
+/// The `kubernetes` framework's settings (`--kubernetes-*`).
+#[derive(Debug, Clone)]
+pub struct KubernetesOptions {
+    /// The namespace runs are created in.
+    pub namespace: String,
+    /// The image of runs that name none.
+    pub image: String,
+    /// The `runplane.io/instance` label of this deployment's objects.
+    pub instance: String,
+    /// Admin-defined profiles (YAML).
+    pub profiles_file: Option<PathBuf>,
+    /// Where jobs upload their outputs: this server's `/api/v1/outputs` as pods reach it.
+    pub outputs_url: Option<String>,
+    /// A kubeconfig; in-cluster configuration (or `$KUBECONFIG`) when None.
+    pub kubeconfig: Option<PathBuf>,
+    /// The Kaniko image of builds; builds are refused without it (and without `registry`).
+    pub kaniko_image: Option<String>,
+    /// Where builds push (`--registry`).
+    pub registry: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -64,6 +64,18 @@ impl SecretKey {
         SecretKey(bytes)
     }
 
+    /// A key for another purpose (e.g. signing run-scoped tokens), derived from this one so
+    /// that the encryption key itself is never used for anything else.
+    pub fn derive(&self, purpose: &str) -> Vec<u8> {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(b"runplane key derivation\0");
+        hasher.update(purpose.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(self.0);
+        hasher.finalize().to_vec()
+    }
+
     /// A new random key (tests, and the first start of a server).
     pub fn generate() -> Result<SecretKey, SecretKeyError> {
         let mut bytes = [0u8; KEY_LEN];

@@ -7,6 +7,8 @@ use crate::options::{ServerOptions, DEFAULT_ENGINE_IMAGE};
 use nix::fcntl::{Flock, FlockArg};
 use runplane_frameworks::engine::{EngineFramework, EngineOptions};
 use runplane_frameworks::local::{LocalFramework, LocalOptions};
+use runplane_frameworks::kubernetes::profiles::Profiles;
+use runplane_frameworks::kubernetes::{BuildSettings, KubernetesFramework, KubernetesSettings};
 use runplane_frameworks::FrameworkError;
 use runplane_logstore::file::FileLogStore;
 use runplane_runtimes::container::{ContainerConfig, ContainerRuntime};
@@ -48,6 +50,10 @@ pub enum ServerError {
     SecretKey(#[from] crate::secrets::SecretKeyError),
     #[error(transparent)]
     ArtifactStore(#[from] crate::artifacts::ArtifactStoreError),
+    #[error("cannot enable the kubernetes framework: {0}")]
+    Kubernetes(FrameworkError),
+    #[error("--kubernetes-profiles {path}: {message}")]
+    KubernetesProfiles { path: String, message: String },
     #[error("--store {0:?}: expected postgres://user@host:port/database or sqlite:PATH")]
     StoreUrl(String),
 }
@@ -76,6 +82,7 @@ impl Server {
         let store = open_store(&options).await?;
         let logs = Arc::new(FileLogStore::new(options.logs_dir()));
         let (events, framework_events) = tokio::sync::mpsc::unbounded_channel();
+        let events_for_kubernetes = events.clone();
         let local = LocalFramework::new(
             LocalOptions {
                 runs_dir: options.runs_dir(),
@@ -99,6 +106,19 @@ impl Server {
             .await
             .map_err(ServerError::Engine)?;
             frameworks = frameworks.with(Arc::new(engine));
+        }
+        let mut kubernetes = None;
+        if let Some(kube) = &options.kubernetes {
+            let framework = Arc::new(
+                KubernetesFramework::connect(
+                    kubernetes_settings(&options, kube, &secret_key)?,
+                    events_for_kubernetes,
+                )
+                .await
+                .map_err(ServerError::Kubernetes)?,
+            );
+            frameworks = frameworks.with(framework.clone());
+            kubernetes = Some(framework);
         }
         if frameworks.get(&options.default_framework).is_none() {
             return Err(ServerError::DefaultFramework {
@@ -164,6 +184,7 @@ impl Server {
                 },
                 artifacts: options.artifact_store()?,
                 replica: options.replica.clone(),
+                kubernetes,
             },
         );
         // Workflow runs have no framework to recover them: the engine takes them up again.
@@ -226,6 +247,41 @@ impl Server {
         }
         result
     }
+}
+
+/// The kubernetes framework's settings from the server's options.
+fn kubernetes_settings(
+    options: &ServerOptions,
+    kube: &crate::options::KubernetesOptions,
+    secret_key: &crate::secrets::SecretKey,
+) -> Result<KubernetesSettings, ServerError> {
+    let mut settings = KubernetesSettings::new(
+        &kube.namespace,
+        options.shared_dir.as_ref().unwrap_or(&options.home).join("kubernetes"),
+        options.logs_dir(),
+    );
+    settings.default_image = kube.image.clone();
+    settings.instance = kube.instance.clone();
+    settings.outputs_url = kube.outputs_url.clone();
+    settings.kubeconfig = kube.kubeconfig.clone();
+    settings.token_key = secret_key.derive("kubernetes outputs tokens");
+    if let Some(path) = &kube.profiles_file {
+        let bad = |message: String| ServerError::KubernetesProfiles {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        settings.profiles = Profiles::from_yaml(&text).map_err(|e| bad(e.to_string()))?;
+    }
+    if let (Some(kaniko), Some(registry)) = (&kube.kaniko_image, &kube.registry) {
+        settings.build = Some(BuildSettings {
+            registry: registry.clone(),
+            kaniko_image: kaniko.clone(),
+            insecure: false,
+            push_secret: None,
+        });
+    }
+    Ok(settings)
 }
 
 /// The store `--store` names (SQLite in the home by default).

@@ -2,7 +2,7 @@
 
 use clap::Args;
 use runplane_server::options::{
-    EngineSettings, DEFAULT_ENGINE_IMAGE, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_RUNS,
+    EngineSettings, KubernetesOptions, DEFAULT_ENGINE_IMAGE, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_RUNS,
     DEFAULT_PYTHON, DEFAULT_UV,
 };
 use runplane_server::{Server, ServerOptions};
@@ -51,7 +51,35 @@ pub struct ServerArgs {
     /// Where logs, run folders and (by default) artifacts live, when replicas share them (one
     /// host, or a shared filesystem); default: `$RUNPLANE_HOME`.
     #[arg(long, env = "RUNPLANE_SHARED_DIR")]
-    pub shared_dir: Option<PathBuf>,
+    pub shared_dir: Option<PathBuf>,    #[command(flatten)]
+    pub kubernetes: KubernetesArgs,
+}
+
+/// The `kubernetes` framework (enabled by `--kubernetes-namespace`).
+#[derive(Debug, Args)]
+pub struct KubernetesArgs {
+    /// Enable the `kubernetes` framework: runs become Jobs and Deployments in this namespace.
+    #[arg(long, env = "RUNPLANE_KUBERNETES_NAMESPACE")]
+    pub kubernetes_namespace: Option<String>,
+    /// The image of Kubernetes runs that name none; it must hold the Python interpreter.
+    #[arg(long, env = "RUNPLANE_KUBERNETES_IMAGE", default_value = DEFAULT_ENGINE_IMAGE)]
+    pub kubernetes_image: String,
+    /// The `runplane.io/instance` label of this deployment's objects (how a restarted server
+    /// finds its runs again).
+    #[arg(long, env = "RUNPLANE_KUBERNETES_INSTANCE", default_value = "runplane")]
+    pub kubernetes_instance: String,
+    /// Admin-defined profiles (YAML: name → node selector, tolerations, runtime class, ...).
+    #[arg(long, env = "RUNPLANE_KUBERNETES_PROFILES")]
+    pub kubernetes_profiles: Option<PathBuf>,
+    /// This server's `/api/v1/outputs` as pods reach it; jobs upload their outputs there.
+    #[arg(long, env = "RUNPLANE_KUBERNETES_OUTPUTS_URL")]
+    pub kubernetes_outputs_url: Option<String>,
+    /// A kubeconfig file; default: in-cluster configuration, else `$KUBECONFIG`.
+    #[arg(long, env = "RUNPLANE_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The Kaniko executor image of builds on Kubernetes (they push to `--registry`).
+    #[arg(long, env = "RUNPLANE_KANIKO_IMAGE")]
+    pub kaniko_image: Option<String>,
 }
 
 /// Settings shared by `server` and `quickstart`.
@@ -103,12 +131,24 @@ impl HomeArgs {
             store: None,
             shared_dir: None,
             replica: Default::default(),
+            kubernetes: None,
         })
     }
 }
 
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut options = args.home.options(args.listen, args.insecure_no_auth)?;
+    let kube = args.kubernetes;
+    options.kubernetes = kube.kubernetes_namespace.map(|namespace| KubernetesOptions {
+        namespace,
+        image: kube.kubernetes_image,
+        instance: kube.kubernetes_instance,
+        profiles_file: kube.kubernetes_profiles,
+        outputs_url: kube.kubernetes_outputs_url,
+        kubeconfig: kube.kubeconfig,
+        kaniko_image: kube.kaniko_image,
+        registry: args.registry.clone(),
+    });
     options.engine = args.engine_socket.map(|socket| EngineSettings {
         socket,
         image: args.engine_image,

@@ -7,6 +7,7 @@ pub mod caller;
 mod events;
 mod functions;
 mod health;
+mod outputs;
 pub mod json;
 mod logs;
 pub mod problem;
@@ -79,6 +80,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(logs::routes())
         .merge(events::routes())
         .merge(health::routes())
+        .merge(outputs::routes())
         .split_for_parts();
     let openapi_json = openapi.to_pretty_json().unwrap_or_default();
     router

@@ -106,6 +106,8 @@ pub struct ControllerOptions {
     pub artifacts: crate::artifacts::ArtifactStore,
     /// This server among the replicas of its store (`replicas.rs`).
     pub replica: replicas::ReplicaOptions,
+    /// The kubernetes framework, when enabled: the outputs upload endpoint hands it uploads.
+    pub kubernetes: Option<Arc<runplane_frameworks::kubernetes::KubernetesFramework>>,
 }
 
 /// A cheap, cloneable handle on the controller.
@@ -189,6 +191,11 @@ impl Controller {
         // Runs may already be READY in the store.
         controller.wake_dispatcher();
         (controller, tasks)
+    }
+
+    /// The kubernetes framework, when this server enables it.
+    pub fn kubernetes(&self) -> Option<&Arc<runplane_frameworks::kubernetes::KubernetesFramework>> {
+        self.inner.options.kubernetes.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
