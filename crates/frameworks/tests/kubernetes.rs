@@ -751,3 +751,45 @@ async fn connect_reads_a_kubeconfig_and_a_server_that_is_down_fails_starts_clear
         Ok(_) => panic!("a missing kubeconfig must be an error"),
     }
 }
+
+#[tokio::test]
+async fn a_replicas_log_survives_its_container_restarting() {
+    let mut h = harness().await;
+    let execution = exec("svc-restart");
+    let deployment = name("svc-restart");
+    h.framework
+        .start(execution.clone(), Runnable::Service(service(1, 60)))
+        .await
+        .unwrap();
+    let pod = format!("{deployment}-a");
+    h.fake.make_pod("deployments", &deployment, &pod);
+    h.fake.pod_running(&pod, 0, true, "10.6.0.1");
+    loop {
+        if h.next(&execution).await == EventKind::Started {
+            break;
+        }
+    }
+    h.fake.log(&pod, "first life");
+    h.wait_log(&execution, "first life").await;
+    // The container crashed and the kubelet restarted it: the stream ended, the pod lives.
+    h.fake.close_log(&pod);
+    h.fake.pod_running(&pod, 1, true, "10.6.0.1");
+    h.fake.log(&pod, "second life");
+    h.wait_log(&execution, "second life").await;
+    let restarts = loop {
+        if let EventKind::Replicas(replicas) = h.next(&execution).await {
+            if replicas[0].restarts == 1 {
+                break replicas[0].restarts;
+            }
+        }
+    };
+    assert_eq!(restarts, 1);
+    // Deleted with its Deployment: what was read stays.
+    h.framework.stop(&execution).await.unwrap();
+    loop {
+        if let EventKind::Exited(_) = h.next(&execution).await {
+            break;
+        }
+    }
+    assert_eq!(h.log(&execution), "first life\nsecond life\n");
+}
