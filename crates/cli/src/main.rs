@@ -41,7 +41,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server (API, controller, local runs).
-    Server(commands::server::ServerArgs),
+    Server(Box<commands::server::ServerArgs>),
     /// Run the example job on embedded defaults and print its logs and results.
     Quickstart(commands::quickstart::QuickstartArgs),
     /// Create or update functions and tasks from YAML/JSON files.

@@ -35,7 +35,10 @@ fn a_run_on_an_unreachable_cluster_fails_clearly_and_the_server_keeps_working() 
         &kubeconfig.display().to_string(),
     ]);
     function(&server, "hello", "def handler():\n    return 'hi'\n");
-    let id = submit(&server, json!({"function": "hello", "framework": "kubernetes"}));
+    let id = submit(
+        &server,
+        json!({"function": "hello", "framework": "kubernetes"}),
+    );
     let run = wait_run_ended(&server, &id, Duration::from_secs(60));
     assert_eq!(run["status"]["state"], "ERROR", "{run:#}");
     assert_eq!(run["status"]["reason"], "start_failed", "{run:#}");

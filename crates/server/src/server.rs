@@ -6,9 +6,9 @@ use crate::controller::{Controller, ControllerOptions, Frameworks};
 use crate::options::{ServerOptions, DEFAULT_ENGINE_IMAGE};
 use nix::fcntl::{Flock, FlockArg};
 use runplane_frameworks::engine::{EngineFramework, EngineOptions};
-use runplane_frameworks::local::{LocalFramework, LocalOptions};
 use runplane_frameworks::kubernetes::profiles::Profiles;
 use runplane_frameworks::kubernetes::{BuildSettings, KubernetesFramework, KubernetesSettings};
+use runplane_frameworks::local::{LocalFramework, LocalOptions};
 use runplane_frameworks::FrameworkError;
 use runplane_logstore::file::FileLogStore;
 use runplane_runtimes::container::{ContainerConfig, ContainerRuntime};
@@ -257,7 +257,11 @@ fn kubernetes_settings(
 ) -> Result<KubernetesSettings, ServerError> {
     let mut settings = KubernetesSettings::new(
         &kube.namespace,
-        options.shared_dir.as_ref().unwrap_or(&options.home).join("kubernetes"),
+        options
+            .shared_dir
+            .as_ref()
+            .unwrap_or(&options.home)
+            .join("kubernetes"),
         options.logs_dir(),
     );
     settings.default_image = kube.image.clone();

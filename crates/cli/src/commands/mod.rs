@@ -18,7 +18,7 @@ use crate::{Cli, Command};
 pub async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let client = || Client::new(&cli.url, &cli.project);
     match cli.command {
-        Command::Server(args) => server::run(args).await,
+        Command::Server(args) => server::run(*args).await,
         Command::Quickstart(args) => quickstart::run(args, &cli.url, &cli.project).await,
         Command::Apply(args) => Ok(apply::run(&client()?, args).await?),
         Command::Create(command) => Ok(create::run(&client()?, command).await?),

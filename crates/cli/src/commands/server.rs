@@ -2,8 +2,8 @@
 
 use clap::Args;
 use runplane_server::options::{
-    EngineSettings, KubernetesOptions, DEFAULT_ENGINE_IMAGE, DEFAULT_LISTEN, DEFAULT_MAX_CONCURRENT_RUNS,
-    DEFAULT_PYTHON, DEFAULT_UV,
+    EngineSettings, KubernetesOptions, DEFAULT_ENGINE_IMAGE, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONCURRENT_RUNS, DEFAULT_PYTHON, DEFAULT_UV,
 };
 use runplane_server::{Server, ServerOptions};
 use std::net::SocketAddr;
@@ -51,7 +51,8 @@ pub struct ServerArgs {
     /// Where logs, run folders and (by default) artifacts live, when replicas share them (one
     /// host, or a shared filesystem); default: `$RUNPLANE_HOME`.
     #[arg(long, env = "RUNPLANE_SHARED_DIR")]
-    pub shared_dir: Option<PathBuf>,    #[command(flatten)]
+    pub shared_dir: Option<PathBuf>,
+    #[command(flatten)]
     pub kubernetes: KubernetesArgs,
 }
 
@@ -139,16 +140,18 @@ impl HomeArgs {
 pub async fn run(args: ServerArgs) -> anyhow::Result<()> {
     let mut options = args.home.options(args.listen, args.insecure_no_auth)?;
     let kube = args.kubernetes;
-    options.kubernetes = kube.kubernetes_namespace.map(|namespace| KubernetesOptions {
-        namespace,
-        image: kube.kubernetes_image,
-        instance: kube.kubernetes_instance,
-        profiles_file: kube.kubernetes_profiles,
-        outputs_url: kube.kubernetes_outputs_url,
-        kubeconfig: kube.kubeconfig,
-        kaniko_image: kube.kaniko_image,
-        registry: args.registry.clone(),
-    });
+    options.kubernetes = kube
+        .kubernetes_namespace
+        .map(|namespace| KubernetesOptions {
+            namespace,
+            image: kube.kubernetes_image,
+            instance: kube.kubernetes_instance,
+            profiles_file: kube.kubernetes_profiles,
+            outputs_url: kube.kubernetes_outputs_url,
+            kubeconfig: kube.kubeconfig,
+            kaniko_image: kube.kaniko_image,
+            registry: args.registry.clone(),
+        });
     options.engine = args.engine_socket.map(|socket| EngineSettings {
         socket,
         image: args.engine_image,
