@@ -327,7 +327,9 @@ fn the_example_deployments_profiles_load() {
 #[test]
 fn the_example_deployment_manifests_are_well_typed() {
     use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
+    };
     use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
     use serde::Deserialize;
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/kubernetes");
@@ -347,6 +349,9 @@ fn the_example_deployment_manifests_are_well_typed() {
                 "Secret" => serde_json::from_value::<Secret>(value).map(drop),
                 "Deployment" => serde_json::from_value::<Deployment>(value).map(drop),
                 "Service" => serde_json::from_value::<Service>(value).map(drop),
+                "PersistentVolumeClaim" => {
+                    serde_json::from_value::<PersistentVolumeClaim>(value).map(drop)
+                }
                 other => panic!("{}: unexpected kind {other:?}", path.display()),
             };
             checked.unwrap_or_else(|e| panic!("{}: {kind}: {e}", path.display()));
@@ -361,6 +366,7 @@ fn the_example_deployment_manifests_are_well_typed() {
             "Deployment",
             "Namespace",
             "Namespace",
+            "PersistentVolumeClaim",
             "Role",
             "RoleBinding",
             "Secret",
