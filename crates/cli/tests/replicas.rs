@@ -202,3 +202,42 @@ fn a_scheduler_fires_each_tick_once_across_replicas() {
     ticks.dedup();
     assert_eq!(ticks.len(), total, "a tick fired twice: {fires:#?}");
 }
+
+#[test]
+fn a_task_limit_holds_across_replicas() {
+    let cluster = cluster(3);
+    function(
+        &cluster.replicas[0],
+        "span",
+        "import time\n\ndef handler():\n    start = time.time()\n    time.sleep(0.4)\n    return [start, time.time()]\n",
+    );
+    let (status, task) = cluster.replicas[0].post(
+        "/projects/p/tasks",
+        &json!({"kind": "python+job", "metadata": {"name": "two-at-a-time"},
+                "spec": {"function": "span", "max_concurrency": 2}}),
+    );
+    assert_eq!(status, 200, "{task}");
+    let ids: Vec<String> = (0..9)
+        .map(|i| submit(&cluster.replicas[i % 3], json!({"function": "span"})))
+        .collect();
+    let mut spans = Vec::new();
+    for id in &ids {
+        let run = wait_run_ended(&cluster.replicas[0], id, Duration::from_secs(60));
+        assert_eq!(run["status"]["state"], "COMPLETED", "{run:#}");
+        let span = run["status"]["results"].as_array().expect("span").clone();
+        spans.push((span[0].as_f64().unwrap(), span[1].as_f64().unwrap()));
+    }
+    // At any run's start, how many were running (itself included).
+    let most = spans
+        .iter()
+        .map(|(start, _)| {
+            spans
+                .iter()
+                .filter(|(s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(most <= 2, "{most} ran at once: {spans:?}");
+    assert_eq!(most, 2, "the limit was used: {spans:?}");
+}

@@ -39,6 +39,13 @@ pub enum StoreError {
     IdempotencyMismatch { key: String, run_id: String },
     #[error("invalid cursor")]
     InvalidCursor,
+    /// A claim refused because the run's task already has `limit` active runs.
+    #[error("task {task} of project {project} already has {limit} active runs")]
+    TaskLimitReached {
+        project: String,
+        task: String,
+        limit: u32,
+    },
     #[error("database error: {0}")]
     Database(String),
 }
@@ -104,6 +111,18 @@ pub struct TransitionRequest {
     pub attempt_update: Option<AttemptUpdate>,
     /// Makes this server replica the one that follows the run (set when a replica claims it).
     pub owner: Option<String>,
+    /// A claim that holds only while the run's task has fewer active runs (PENDING, RUNNING,
+    /// STOP) than this: counted and claimed in one transaction, serialized per task, so that
+    /// several dispatchers (replicas) never exceed it. `TaskLimitReached` otherwise.
+    pub task_limit: Option<TaskLimit>,
+}
+
+/// See [`TransitionRequest::task_limit`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskLimit {
+    pub project: String,
+    pub task: String,
+    pub max_active: u32,
 }
 
 impl TransitionRequest {
@@ -121,6 +140,7 @@ impl TransitionRequest {
             artifacts: None,
             attempt_update: None,
             owner: None,
+            task_limit: None,
         }
     }
 

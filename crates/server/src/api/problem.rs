@@ -81,7 +81,9 @@ impl From<StoreError> for Problem {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::NotFound(what) => Problem::not_found(format!("{what} not found")),
-            StoreError::Conflict { .. } | StoreError::IllegalTransition(_) => {
+            StoreError::Conflict { .. }
+            | StoreError::IllegalTransition(_)
+            | StoreError::TaskLimitReached { .. } => {
                 Problem::new(StatusCode::CONFLICT, "conflict", error.to_string())
             }
             StoreError::IdempotencyMismatch { .. } => Problem::new(

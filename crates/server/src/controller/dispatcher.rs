@@ -12,7 +12,7 @@ use super::Controller;
 use chrono::{DateTime, Utc};
 use runplane_domain::{reason, Run, RunState, Runnable};
 use runplane_frameworks::ExecutionId;
-use runplane_store::{AttemptUpdate, StoreError, TransitionRequest};
+use runplane_store::{AttemptUpdate, StoreError, TaskLimit, TransitionRequest};
 
 /// How many READY runs one round looks at. Runs past it wait for the next round, which the
 /// end of any run triggers.
@@ -120,6 +120,16 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
         let claim = TransitionRequest {
             reason: Some(reason::DISPATCHED.to_string()),
             owner: Some(controller.replica_id().to_string()),
+            // Checked again in the claim's transaction: other dispatchers (replicas) claim
+            // runs of the same task meanwhile.
+            task_limit: match (&run.spec.task, run.spec.settings.max_concurrency) {
+                (Some(task), Some(max_active)) => Some(TaskLimit {
+                    project: run.metadata.project.clone(),
+                    task: task.clone(),
+                    max_active,
+                }),
+                _ => None,
+            },
             attempt_update: Some(AttemptUpdate::Dispatched {
                 framework: run.spec.framework.clone(),
             }),
@@ -134,6 +144,20 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
             Ok(claimed) => claimed,
             // Stopped, deleted or claimed by another dispatcher since we listed it.
             Err(StoreError::Conflict { .. }) => continue,
+            Err(StoreError::TaskLimitReached { .. }) => {
+                if run.status.reason.as_deref() != Some(reason::TASK_CONCURRENCY_LIMIT) {
+                    store
+                        .set_wait_reason(
+                            &run.metadata.id,
+                            RunState::Ready,
+                            run.status.attempt,
+                            Some(reason::TASK_CONCURRENCY_LIMIT),
+                            None,
+                        )
+                        .await?;
+                }
+                continue;
+            }
             Err(error) => return Err(error),
         };
         active.total += 1;

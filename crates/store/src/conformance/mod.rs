@@ -105,6 +105,7 @@ macro_rules! store_conformance_tests {
             // replicas
             replicas_claim_own_and_adopt_once,
             ended_runs_are_never_adopted,
+            claims_never_exceed_a_task_limit,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -133,3 +133,72 @@ pub async fn ended_runs_are_never_adopted(store: Arc<dyn Store>) {
         .expect("adopt");
     assert!(adopted.is_empty(), "{adopted:?}");
 }
+
+pub async fn claims_never_exceed_a_task_limit(store: Arc<dyn Store>) {
+    store
+        .ensure_project("demo", "alice")
+        .await
+        .expect("project");
+    let mut runs = Vec::new();
+    for _ in 0..6 {
+        let run = RunBuilder::new("demo", "train")
+            .task("nightly")
+            .ready()
+            .build();
+        runs.push(store.create_run(run, None).await.expect("create").value);
+    }
+    // Another task's runs do not count.
+    let other = RunBuilder::new("demo", "train")
+        .task("other")
+        .state(RunState::Running)
+        .build();
+    store.create_run(other, None).await.expect("other");
+    let limit = crate::TaskLimit {
+        project: "demo".into(),
+        task: "nightly".into(),
+        max_active: 2,
+    };
+    // Six dispatchers race, one claim each: exactly two win.
+    let claims = runs.iter().map(|run| {
+        let store = store.clone();
+        let mut claim = request(run, RunState::Ready, 1, RunState::Pending);
+        claim.task_limit = Some(limit.clone());
+        tokio::spawn(async move { store.transition(claim).await })
+    });
+    let mut won = Vec::new();
+    for outcome in futures_join(claims).await {
+        match outcome {
+            Ok(run) => won.push(run),
+            Err(crate::StoreError::TaskLimitReached { limit: 2, .. }) => {}
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!(won.len(), 2, "{won:?}");
+    // Once one of them ended, one more claim fits.
+    let done = &won[0];
+    store
+        .transition(request(done, RunState::Pending, 1, RunState::Error))
+        .await
+        .expect("end");
+    let waiting: Vec<_> = runs
+        .iter()
+        .filter(|run| won.iter().all(|w| w.metadata.id != run.metadata.id))
+        .collect();
+    let mut claim = request(waiting[0], RunState::Ready, 1, RunState::Pending);
+    claim.task_limit = Some(limit.clone());
+    store.transition(claim).await.expect("a freed slot");
+    let mut claim = request(waiting[1], RunState::Ready, 1, RunState::Pending);
+    claim.task_limit = Some(limit);
+    assert!(matches!(
+        store.transition(claim).await,
+        Err(crate::StoreError::TaskLimitReached { .. })
+    ));
+}
+
+async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T>>) -> Vec<T> {
+    let mut out = Vec::new();
+    for handle in handles.collect::<Vec<_>>() {
+        out.push(handle.await.expect("task"));
+    }
+    out
+}

@@ -27,6 +27,30 @@ pub(super) async fn transition(w: &mut Write, request: &TransitionRequest) -> Pg
         .as_ref()
         .map(|a| to_json("artifacts", a))
         .transpose()?;
+    if let Some(limit) = &request.task_limit {
+        // Claims of one task queue on this lock until the claimer commits, so the count below
+        // sees every claim made before this one. Always taken before the event log's lock.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 7))")
+            .bind(format!("task-limit/{}/{}", limit.project, limit.task))
+            .execute(w.conn())
+            .await?;
+        let (active,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM runs WHERE project = $1 AND task = $2
+                 AND state IN ('PENDING', 'RUNNING', 'STOP')",
+        )
+        .bind(&limit.project)
+        .bind(&limit.task)
+        .fetch_one(w.conn())
+        .await?;
+        if active >= i64::from(limit.max_active) {
+            return Err(StoreError::TaskLimitReached {
+                project: limit.project.clone(),
+                task: limit.task.clone(),
+                limit: limit.max_active,
+            }
+            .into());
+        }
+    }
     let updated = sqlx::query(
         "UPDATE runs SET state = $1, attempt = $2, reason = $3, message = $4,
              results = COALESCE($5, results), artifacts = COALESCE($6, artifacts), updated = $7,

@@ -26,6 +26,25 @@ pub(super) async fn transition(
         .as_ref()
         .map(|a| to_json("artifacts", a))
         .transpose()?;
+    // Under the write lock already (one writer): the count cannot change before the UPDATE.
+    if let Some(limit) = &request.task_limit {
+        let (active,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM runs WHERE project = ? AND task = ?
+                 AND state IN ('PENDING', 'RUNNING', 'STOP')",
+        )
+        .bind(&limit.project)
+        .bind(&limit.task)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db)?;
+        if active >= i64::from(limit.max_active) {
+            return Err(StoreError::TaskLimitReached {
+                project: limit.project.clone(),
+                task: limit.task.clone(),
+                limit: limit.max_active,
+            });
+        }
+    }
     let updated = sqlx::query(
         "UPDATE runs SET state = ?, attempt = ?, reason = ?, message = ?,
              results = COALESCE(?, results), artifacts = COALESCE(?, artifacts), updated = ?,
