@@ -44,6 +44,9 @@ struct Known {
     parents: HashMap<String, String>,
     /// Node name → why its run could not be created, per workflow run.
     start_errors: HashMap<String, BTreeMap<String, String>>,
+    /// The node runs of each workflow run as last read: an evaluation re-reads only those
+    /// that had not ended (a run that ended never changes), instead of every node's run.
+    children: HashMap<String, BTreeMap<String, Child>>,
 }
 
 impl Workflows {
@@ -82,6 +85,7 @@ impl Workflows {
         known.workflows.remove(id);
         known.parents.retain(|_, parent| parent != id);
         known.start_errors.remove(id);
+        known.children.remove(id);
     }
 }
 
@@ -107,8 +111,10 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
                 }
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    // Changes were missed: look at every workflow again.
-                    pending.extend(controller.inner.workflows.known().workflows.iter().cloned());
+                    // Changes were missed: look at every workflow again, from the store.
+                    let mut known = controller.inner.workflows.known();
+                    known.children.clear();
+                    pending.extend(known.workflows.iter().cloned());
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
@@ -235,14 +241,7 @@ async fn children(
                 None => step_of.step.clone(),
             };
             // Oldest first wins: a node has one run (ids grow with creation time).
-            children.entry(name).or_insert(Child {
-                run_id: child.metadata.id.clone(),
-                state: child.status.state,
-                results: child.status.results.clone(),
-                artifacts: child.status.artifacts.clone(),
-                message: child.status.message.clone(),
-                service_url: child.status.service.as_ref().map(|s| s.url.clone()),
-            });
+            children.entry(name).or_insert_with(|| child_of(&child));
         }
         match page.next_cursor {
             Some(next) => cursor = Some(next),
@@ -250,6 +249,48 @@ async fn children(
         }
     }
     Ok(children)
+}
+
+fn child_of(run: &Run) -> Child {
+    Child {
+        run_id: run.metadata.id.clone(),
+        state: run.status.state,
+        results: run.status.results.clone(),
+        artifacts: run.status.artifacts.clone(),
+        message: run.status.message.clone(),
+        service_url: run.status.service.as_ref().map(|s| s.url.clone()),
+    }
+}
+
+/// The node runs of a workflow run: from the engine's cache when it has them, re-reading only
+/// those that had not ended; else all of them from the store.
+async fn current_children(
+    controller: &Controller,
+    run: &Run,
+) -> Result<BTreeMap<String, Child>, StoreError> {
+    let cached = controller
+        .inner
+        .workflows
+        .known()
+        .children
+        .remove(&run.metadata.id);
+    let Some(mut cached) = cached else {
+        return children(controller, run).await;
+    };
+    let mut gone = Vec::new();
+    for (node, child) in cached.iter_mut() {
+        if child.state.is_terminal() {
+            continue;
+        }
+        match controller.store().get_run_by_id(&child.run_id).await? {
+            Some(current) => *child = child_of(&current),
+            None => gone.push(node.clone()),
+        }
+    }
+    for node in gone {
+        cached.remove(&node);
+    }
+    Ok(cached)
 }
 
 /// The earlier runs a rerun from failure reuses, by node name.
@@ -305,7 +346,7 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
     };
     let params = parameters(&spec, &run.spec.parameters);
     let stopping = matches!(run.status.state, RunState::Stop | RunState::Deleting);
-    let mut children = children(controller, &run).await?;
+    let mut children = current_children(controller, &run).await?;
     let reused = reused(controller, &run).await?;
     {
         let mut known = controller.inner.workflows.known();
@@ -361,6 +402,12 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
             }
         }
     }
+    controller
+        .inner
+        .workflows
+        .known()
+        .children
+        .insert(id.to_string(), children);
     if stopping {
         let why = stop_reason(&run);
         for child in &decision.active_runs {
@@ -420,14 +467,7 @@ async fn start_node(
             .map_err(|error| error.to_string())?,
         Err(error) => return Err(error.to_string()),
     };
-    Ok(Child {
-        run_id: child.metadata.id,
-        state: child.status.state,
-        results: child.status.results,
-        artifacts: child.status.artifacts,
-        message: child.status.message,
-        service_url: child.status.service.map(|s| s.url),
-    })
+    Ok(child_of(&child))
 }
 
 /// Ends the workflow run as the plan says.
