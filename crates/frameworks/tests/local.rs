@@ -37,8 +37,8 @@ fn main() {
             cleanup_keeps_the_supervisor_files,
         ),
         (
-            "supervisors_run_in_their_own_session",
-            supervisors_run_in_their_own_session,
+            "supervisors_run_in_their_own_process_group",
+            supervisors_run_in_their_own_process_group,
         ),
         (
             "supervisor_keeps_going_without_a_server",
@@ -264,7 +264,7 @@ fn cleanup_keeps_the_supervisor_files() -> TestResult {
     })
 }
 
-fn supervisors_run_in_their_own_session() -> TestResult {
+fn supervisors_run_in_their_own_process_group() -> TestResult {
     run(|| async {
         let mut h = harness()?;
         let execution = exec("session");
@@ -281,21 +281,24 @@ fn supervisors_run_in_their_own_session() -> TestResult {
             .trim()
             .parse()
             .map_err(|e| format!("supervisor.pid: {e}"))?;
-        let session = |pid: i32| -> Option<String> {
+        let group = |pid: i32| -> Option<String> {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // Fields after "(comm)": state ppid pgrp session ...
             stat[stat.rfind(')')? + 1..]
                 .split_whitespace()
-                .nth(3)
+                .nth(2)
                 .map(str::to_string)
         };
-        let theirs = session(pid).ok_or("supervisor stat")?;
-        let ours = session(std::process::id() as i32).ok_or("own stat")?;
+        let theirs = group(pid).ok_or("supervisor stat")?;
+        let ours = group(std::process::id() as i32).ok_or("own stat")?;
         ensure!(
             theirs == pid.to_string(),
-            "the supervisor leads its own session ({theirs})"
+            "the supervisor leads its own process group ({theirs})"
         );
-        ensure!(theirs != ours, "not the server's session");
+        ensure!(
+            theirs != ours,
+            "not the server's process group: a Ctrl-C on its terminal never reaches runs"
+        );
         h.framework
             .stop(&execution)
             .await

@@ -1,6 +1,6 @@
 //! The `local` framework: each execution is an OS process on this machine, owned by a
 //! `runplane supervise` process (see [`supervise_main`]) that the framework starts in its own
-//! session and follows through a control pipe.
+//! process group and follows through a control pipe.
 //!
 //! Division of labour:
 //! - the framework ([`LocalFramework`], in the server) prepares the attempt folder, spawns the
@@ -276,18 +276,13 @@ impl LocalFramework {
             .stdout(Stdio::piped())
             .stderr(Stdio::from(err_file))
             // The supervisor must outlive this server process (and its runtime).
-            .kill_on_drop(false);
-        // SAFETY: the closure runs between fork and exec and only calls setsid, which is
-        // async-signal-safe. Its own session: a Ctrl-C on the server's terminal goes to the
-        // server's foreground process group and never reaches runs.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() == -1 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+            .kill_on_drop(false)
+            // Its own process group: a Ctrl-C on the server's terminal goes to the server's
+            // foreground process group and never reaches runs. A process group rather than a
+            // session (setsid in a pre_exec hook) lets std spawn it with posix_spawn, which
+            // does not copy the server's page tables as fork does (the largest cost of a
+            // start).
+            .process_group(0);
         command
             .spawn()
             .map_err(|e| format!("cannot start the supervisor {program}: {}", describe(&e)))

@@ -3,7 +3,7 @@
 //! Why a separate process: the job must outlive a server restart and must never see a Ctrl-C
 //! meant for the server, its output must be captured even when nobody listens, and its whole
 //! process tree (including double-forked daemons in their own sessions) must be found and
-//! killed at the end. The supervisor is started in its own session by the framework, makes
+//! killed at the end. The supervisor is started in its own process group by the framework, makes
 //! itself a child subreaper so every orphan of the job re-parents to it, and records the
 //! outcome in `exit.json` for whoever reads it — the live server or a later one.
 //!

@@ -104,9 +104,15 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
                 None => return,
             },
             event = bus.recv() => match event {
-                Ok(BusEvent::RunChanged { run_id, .. }) => {
+                Ok(BusEvent::RunChanged { run_id, state, .. }) => {
                     if let Some(parent) = controller.inner.workflows.concerned(&run_id) {
-                        pending.insert(parent);
+                        // The workflow run's own changes are mostly the engine's own writes
+                        // (its node status): only a stop or a delete needs an evaluation.
+                        // Its start and stop requests wake the engine directly as well.
+                        let own = parent == run_id;
+                        if !own || matches!(state, RunState::Stop | RunState::Deleting) {
+                            pending.insert(parent);
+                        }
                     }
                 }
                 Ok(_) => {}
