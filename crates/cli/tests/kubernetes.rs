@@ -64,6 +64,19 @@ fn a_run_on_an_unreachable_cluster_fails_clearly_and_the_server_keeps_working() 
         .send()
         .expect("PUT");
     assert_eq!(wrong.status().as_u16(), 403);
+    // Outputs may be larger than other requests (the runner keeps up to 64 MiB, base64 in
+    // JSON): a 40 MiB upload is read and judged by its token, not refused for its size.
+    let big = format!(r#"{{"files": [], "pad": "{}"}}"#, "x".repeat(40 << 20));
+    let response = server
+        .http
+        .put(&url)
+        .bearer_auth("not-the-token")
+        .body(big)
+        .send()
+        .expect("PUT");
+    assert_eq!(response.status().as_u16(), 403);
+    let (status, _) = server.post("/projects/p/runs", &json!({"pad": "x".repeat(40 << 20)}));
+    assert_eq!(status, 413, "other requests keep the general limit");
 }
 
 #[test]

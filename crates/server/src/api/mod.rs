@@ -54,11 +54,16 @@ async fn refuse_oversize_bodies(
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<u64>().ok());
-    if announced.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+    let limit = if request.uri().path().starts_with(outputs::PATH_PREFIX) {
+        outputs::MAX_UPLOAD_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    if announced.is_some_and(|length| length > limit as u64) {
         return Problem::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             "too-large",
-            format!("the request body is larger than this server accepts ({MAX_BODY_BYTES} bytes)"),
+            format!("the request body is larger than this server accepts ({limit} bytes)"),
         )
         .into_response();
     }

@@ -12,8 +12,16 @@ use runplane_frameworks::kubernetes::OutputsError;
 use runplane_frameworks::ExecutionId;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+/// Where uploads go; they may be larger than other requests.
+pub const PATH_PREFIX: &str = "/api/v1/outputs/";
+/// The runner keeps up to 64 MiB of outputs, which the uploader sends base64-encoded in JSON.
+pub const MAX_UPLOAD_BYTES: usize = 96 * 1024 * 1024;
+
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(upload_outputs))
+    OpenApiRouter::new()
+        .routes(routes!(upload_outputs))
+        // Innermost, so it wins over the API's general limit.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_UPLOAD_BYTES))
 }
 
 /// Stores an attempt's uploaded outputs, collected when the framework sees its pod end.
