@@ -129,6 +129,7 @@ struct Report {
     failpoint_crashes: BTreeMap<String, usize>,
     random_kills: usize,
     submit_failures: usize,
+    requeued: usize,
     lost_before_start: usize,
     lost_after_executing: usize,
     duplicated_executions: usize,
@@ -155,7 +156,11 @@ impl Report {
         eprintln!("random kill -9: {}", self.random_kills);
         eprintln!("submissions without an answer: {}", self.submit_failures);
         eprintln!(
-            "lost runs (server died between claim and start; never executed): {}",
+            "runs requeued (server died between claim and start; never executed): {}",
+            self.requeued
+        );
+        eprintln!(
+            "lost runs (never executed, requeued too often): {}",
             self.lost_before_start
         );
         eprintln!("lost runs that had executed: {}", self.lost_after_executing);
@@ -339,19 +344,37 @@ fn no_run_is_lost_or_executed_twice_across_crashes() {
                 .problems
                 .push(format!("{id} ({kind}) executed {executions} times"));
         }
-        if run["status"]["attempt"] != 1 {
+        // Only an attempt that never ran its code (the server died between claim and start)
+        // makes another one.
+        let attempt = run["status"]["attempt"].as_u64().unwrap_or(0);
+        let requeues = run["status"]["transitions"]
+            .as_array()
+            .map_or(0, |transitions| {
+                transitions
+                    .iter()
+                    .filter(|t| t["reason"] == "requeued")
+                    .count() as u64
+            });
+        if requeues > 0 {
+            report.requeued += 1;
+        }
+        if attempt != 1 + requeues {
             report
                 .problems
-                .push(format!("{id}: attempt {}", run["status"]["attempt"]));
+                .push(format!("{id}: attempt {attempt} after {requeues} requeues"));
         }
         // What a finished attempt no longer needs is gone (job.json holds its environment).
-        let attempt_dir = server.home.path().join("runs").join(id).join("1");
+        let run_dir = server.home.path().join("runs").join(id);
         // (The server cleans up just after it records the end: give it a moment.)
         let cleanup_deadline = Instant::now() + Duration::from_secs(5);
         let left = loop {
-            let left: Vec<&str> = ["work", "outputs", "job.json"]
-                .into_iter()
-                .filter(|name| attempt_dir.join(name).exists())
+            let left: Vec<String> = (1..=attempt)
+                .flat_map(|n| {
+                    ["work", "outputs", "job.json"]
+                        .into_iter()
+                        .map(move |name| format!("{n}/{name}"))
+                })
+                .filter(|name| run_dir.join(name).exists())
                 .collect();
             if left.is_empty() || Instant::now() > cleanup_deadline {
                 break left;
@@ -388,7 +411,8 @@ fn no_run_is_lost_or_executed_twice_across_crashes() {
             ));
         }
         if kind == "chatty" && state == "COMPLETED" {
-            let (status, log) = server.get_text(&format!("/projects/p/runs/{id}/logs?attempt=1"));
+            let (status, log) =
+                server.get_text(&format!("/projects/p/runs/{id}/logs?attempt={attempt}"));
             assert_eq!(status, 200, "{log}");
             let (missing, duplicated, in_order) = compare_log(&log);
             report.checked_logs += 1;

@@ -1,7 +1,7 @@
 //! Runs outlive the server: a server killed with SIGKILL and started again on the same home
 //! re-attaches the runs that were executing, reports those that ended meanwhile with their
-//! real outcome, and ends as `lost` those whose supervisor vanished — never starting an
-//! attempt twice.
+//! real outcome, requeues those whose job had not started yet, and ends as `lost` those
+//! whose supervisor vanished — never running a job twice.
 
 mod support;
 
@@ -181,6 +181,59 @@ fn a_run_that_ended_while_the_server_was_down_gets_its_real_outcome() {
     assert_eq!(run["status"]["results"], json!({"tag": "b"}));
     assert_eq!(logs(&server, &id), "first b\nsecond b\n");
     assert_eq!(executions(&counts, "b"), 1);
+}
+
+#[test]
+fn a_run_claimed_by_a_server_that_died_before_starting_it_is_requeued() {
+    let mut server = TestServer::start();
+    let (gate, counts) = gated_function(&server, "gated");
+    std::fs::write(&gate, "open").unwrap();
+    server.kill9();
+    // This server dies right after it commits its first claim (READY → PENDING), before it
+    // asks the framework to start the run.
+    assert!(
+        server.restart_with_env(&[], &[("RUNPLANE_FAILPOINTS", "after_claim=nth:1")]),
+        "{}",
+        server.server_log()
+    );
+    let submitted = server
+        .http
+        .post(server.api("/projects/p/runs"))
+        .json(&json!({"function": "gated", "parameters": {"tag": "q"}}))
+        .send();
+    wait_until("the server to die at its failpoint", PATIENCE, || {
+        !server.is_running()
+    });
+    server.restart(&[]);
+    let id = match submitted
+        .ok()
+        .and_then(|response| response.json::<Value>().ok())
+    {
+        Some(run) => run["metadata"]["id"].as_str().unwrap().to_string(),
+        None => {
+            let (_, runs) = server.get("/projects/p/runs");
+            runs["items"][0]["metadata"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+
+    let run = server.wait_state("p", &id, "COMPLETED", PATIENCE);
+    assert_eq!(run["status"]["attempt"], 2, "{run:#}");
+    let requeued: Vec<&Value> = run["status"]["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["reason"] == "requeued")
+        .collect();
+    assert_eq!(requeued.len(), 1, "{run:#}");
+    assert_eq!(requeued[0]["from"], "PENDING");
+    assert_eq!(requeued[0]["to"], "READY");
+    let attempts = run["status"]["attempts"].as_array().unwrap();
+    assert_eq!(attempts[0]["reason"], "lost", "{run:#}");
+    assert!(attempts[0]["started"].is_null(), "{run:#}");
+    assert_eq!(executions(&counts, "q"), 1);
 }
 
 #[test]

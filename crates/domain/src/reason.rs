@@ -39,6 +39,9 @@ pub const GLOBAL_CONCURRENCY_LIMIT: &str = "global_concurrency_limit";
 pub const TASK_CONCURRENCY_LIMIT: &str = "task_concurrency_limit";
 /// An attempt ended in ERROR with retries left: the run went back to READY as the next attempt.
 pub const RETRYING: &str = "retrying";
+/// An attempt whose code never ran (its server died between claiming and starting it): the
+/// run went back to READY as the next attempt, whatever its retry policy says.
+pub const REQUEUED: &str = "requeued";
 /// READY runs waiting for a slot: a retry's backoff delay has not passed yet.
 pub const RETRY_BACKOFF: &str = "retry_backoff";
 

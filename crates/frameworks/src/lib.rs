@@ -47,6 +47,9 @@ pub enum EventKind {
     Exited(ExitOutcome),
     /// The execution can no longer be found or followed.
     Lost { message: String },
+    /// The execution is gone and the job's code certainly never ran (the server died between
+    /// claiming the run and starting it): the controller may start the run again.
+    NeverStarted { message: String },
 }
 
 pub type EventSender = mpsc::UnboundedSender<FrameworkEvent>;

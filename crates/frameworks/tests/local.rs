@@ -53,6 +53,10 @@ fn main() {
             recover_reports_a_dead_supervisor_as_lost,
         ),
         (
+            "recover_reports_attempts_whose_job_never_started",
+            recover_reports_attempts_whose_job_never_started,
+        ),
+        (
             "recover_reattaches_live_supervisors_and_follows_their_logs",
             recover_reattaches_live_supervisors_and_follows_their_logs,
         ),
@@ -328,6 +332,7 @@ fn supervisor_reports_exec_failures_in_exit_json() -> TestResult {
         log_root: tmp.path().join("logs"),
         service: None,
         redact: Vec::new(),
+        boot_id: None,
     };
     std::fs::write(
         dir.join("job.json"),
@@ -398,6 +403,7 @@ fn supervisor_keeps_going_without_a_server() -> TestResult {
         log_root: tmp.path().join("logs"),
         service: None,
         redact: Vec::new(),
+        boot_id: None,
     };
     std::fs::write(
         dir.join("job.json"),
@@ -445,6 +451,22 @@ fn supervisor_keeps_going_without_a_server() -> TestResult {
 /// Writes the attempt folder of `execution` (job.json for `argv`) the way a previous server
 /// process would have, without any framework.
 fn orphan_attempt(h: &Harness, execution: &ExecutionId, argv: &[&str]) -> Result<PathBuf, String> {
+    orphan_attempt_of_boot(h, execution, argv, current_boot_id())
+}
+
+fn current_boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|id| id.trim().to_string())
+}
+
+/// An attempt folder as a server prepares it, in the boot `boot_id`.
+fn orphan_attempt_of_boot(
+    h: &Harness,
+    execution: &ExecutionId,
+    argv: &[&str],
+    boot_id: Option<String>,
+) -> Result<PathBuf, String> {
     let dir = h.attempt_dir(execution);
     for sub in ["", "work", "outputs"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
@@ -465,6 +487,7 @@ fn orphan_attempt(h: &Harness, execution: &ExecutionId, argv: &[&str]) -> Result
         log_root: h.logs.root().to_path_buf(),
         service: None,
         redact: Vec::new(),
+        boot_id,
     };
     std::fs::write(
         dir.join("job.json"),
@@ -491,13 +514,15 @@ fn orphan_supervisor(dir: &Path) -> Result<std::process::Child, String> {
     Ok(supervisor)
 }
 
-/// A supervisor that died without writing `exit.json` (killed with the machine): `Lost`. The
-/// other recovery outcomes are the conformance suite's.
+/// A supervisor that died without writing `exit.json` (killed with the machine, in an earlier
+/// boot: its job may have run though no child.pid is left): `Lost`. The other recovery
+/// outcomes are the conformance suite's.
 fn recover_reports_a_dead_supervisor_as_lost() -> TestResult {
     run(|| async {
         let mut h = harness()?;
         let gone = exec("gone");
-        let dir = orphan_attempt(&h, &gone, &["/bin/true"])?;
+        let dir =
+            orphan_attempt_of_boot(&h, &gone, &["/bin/true"], Some("an-earlier-boot".into()))?;
         let mut dead = std::process::Command::new("true")
             .spawn()
             .map_err(|e| e.to_string())?;
@@ -513,6 +538,57 @@ fn recover_reports_a_dead_supervisor_as_lost() -> TestResult {
         ensure!(
             matches!(&event.kind, EventKind::Lost { message } if message.contains("gone and left no exit status")),
             "{event:?}"
+        );
+        Ok(())
+    })
+}
+
+/// In this boot, an attempt whose job was never spawned (no folder: the server died before
+/// preparing it; a folder without child.pid, supervisor or word from one: it died before
+/// spawning the supervisor) is `NeverStarted`, which the controller may start again. A
+/// supervisor that said something on its stderr failed on its own: `Lost`.
+fn recover_reports_attempts_whose_job_never_started() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let unprepared = exec("unprepared");
+        let unspawned = exec("unspawned");
+        let complained = exec("complained");
+        orphan_attempt(&h, &unspawned, &["/bin/true"])?;
+        let dir = orphan_attempt(&h, &complained, &["/bin/true"])?;
+        std::fs::write(
+            dir.join("supervisor.err"),
+            "runplane supervise: cannot read job.json\n",
+        )
+        .map_err(|e| e.to_string())?;
+        h.framework
+            .recover(vec![
+                unprepared.clone(),
+                unspawned.clone(),
+                complained.clone(),
+            ])
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut seen = BTreeMap::new();
+        for _ in 0..3 {
+            let event = h.next_event().await?;
+            seen.insert(event.execution.run_id.clone(), event.kind);
+        }
+        for never in [&unprepared, &unspawned] {
+            ensure!(
+                matches!(
+                    seen.get(&never.run_id),
+                    Some(EventKind::NeverStarted { .. })
+                ),
+                "{}: {seen:?}",
+                never.run_id
+            );
+        }
+        ensure!(
+            matches!(
+                seen.get(&complained.run_id),
+                Some(EventKind::Lost { message }) if message.contains("cannot read job.json")
+            ),
+            "{seen:?}"
         );
         Ok(())
     })

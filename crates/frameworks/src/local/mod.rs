@@ -232,6 +232,10 @@ impl LocalFramework {
                 tracing::warn!(?execution, %message, "execution lost");
                 reporter.emit(EventKind::Lost { message });
             }
+            recover::Found::NeverStarted(message) => {
+                tracing::warn!(?execution, %message, "execution never started");
+                reporter.emit(EventKind::NeverStarted { message });
+            }
             recover::Found::Live { pid, pidfd } => {
                 let (request_tx, request_rx) = mpsc::unbounded_channel();
                 {
@@ -398,7 +402,7 @@ impl Framework for LocalFramework {
         })
         .await
         .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))?;
-        let (mut live, mut ended, mut lost) = (0, 0, 0);
+        let (mut live, mut ended, mut lost, mut never_started) = (0, 0, 0, 0);
         for (execution, found) in inspected {
             match found {
                 Ok((dir, found)) => {
@@ -406,6 +410,7 @@ impl Framework for LocalFramework {
                         recover::Found::Live { .. } => live += 1,
                         recover::Found::Ended => ended += 1,
                         recover::Found::Gone(_) => lost += 1,
+                        recover::Found::NeverStarted(_) => never_started += 1,
                     }
                     self.take_over(execution, dir, found);
                 }
@@ -423,6 +428,7 @@ impl Framework for LocalFramework {
             live,
             ended,
             lost,
+            never_started,
             "recovered the executions of a previous server"
         );
         Ok(())

@@ -132,8 +132,22 @@ pub(crate) fn prepare(
     );
     if result.is_err() {
         let _ = fs::remove_dir_all(attempt_dir);
+        return result;
     }
-    result
+    // The folder outlives a crash of the machine before its supervisor is spawned: a later
+    // server that finds no folder knows the job never started (and may start it again).
+    sync_parents(attempt_dir).map_err(|e| {
+        let _ = fs::remove_dir_all(attempt_dir);
+        format!("cannot sync {}: {}", attempt_dir.display(), describe(&e))
+    })
+}
+
+/// fsync of `<runs_dir>/<run_id>` and `<runs_dir>`: the entries naming the attempt folder.
+fn sync_parents(attempt_dir: &Path) -> io::Result<()> {
+    for dir in attempt_dir.ancestors().skip(1).take(2) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn fill(
@@ -172,6 +186,7 @@ fn fill(
         log_root: logs_dir.to_path_buf(),
         service,
         redact: job.redact.clone(),
+        boot_id: procs::boot_id(),
     };
     let json =
         serde_json::to_vec_pretty(&spec).map_err(|e| format!("cannot encode {JOB_FILE}: {e}"))?;

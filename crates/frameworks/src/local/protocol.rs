@@ -72,6 +72,11 @@ pub struct JobFile {
     /// `env`: this file is mode 0600 and removed by cleanup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub redact: Vec<String>,
+    /// The machine's boot id when the folder was prepared: a later server trusts what the
+    /// folder's process-crash-durable files say (no `child.pid`: the job never started) only
+    /// on the same machine in the same boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
 }
 
 /// The service part of `job.json`.

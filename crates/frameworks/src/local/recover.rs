@@ -46,14 +46,16 @@ pub(crate) enum Found {
     Live { pid: i32, pidfd: Option<OwnedFd> },
     /// Nothing to follow; the message says what was found.
     Gone(String),
+    /// Nothing to follow, and the job's code certainly never ran: the server died between
+    /// claiming the run and its supervisor starting the job. Safe to start again.
+    NeverStarted(String),
 }
 
 /// Inspects an attempt folder (blocking: reads files and `/proc`).
 pub(crate) fn inspect(attempt_dir: &Path) -> Found {
     if !attempt_dir.is_dir() {
-        return Found::Gone(format!(
-            "no attempt folder was found ({}): the server stopped before starting it, and an \
-             attempt is never started twice",
+        return Found::NeverStarted(format!(
+            "no attempt folder was found ({}): the server stopped before starting it",
             attempt_dir.display()
         ));
     }
@@ -78,10 +80,23 @@ pub(crate) fn inspect(attempt_dir: &Path) -> Found {
         Some(pid) => message.push_str(&format!(" (supervisor pid {pid} is not running)")),
         None => message.push_str(&format!(" (no {SUPERVISOR_PID_FILE} was recorded)")),
     }
-    if let Some(tail) = err_tail(&attempt_dir.join(SUPERVISOR_ERR_FILE)) {
+    let supervisor_said = err_tail(&attempt_dir.join(SUPERVISOR_ERR_FILE));
+    if let Some(tail) = &supervisor_said {
         message.push_str(&format!(" (supervisor: {tail})"));
     }
     let killed = kill_orphans(attempt_dir);
+    // The supervisor writes child.pid right after it spawns the job, and a job outlives its
+    // supervisor (its own process group), so: no child.pid, no process left behind and no
+    // word from the supervisor means the job was never spawned. A supervisor that failed
+    // on its own says why on its stderr, and is not retried forever.
+    let job_spawned = attempt_dir.join(CHILD_PID_FILE).exists();
+    // After a reboot (or on another machine) child.pid may be lost though the job ran.
+    let same_boot = read_json::<JobFile>(&attempt_dir.join(JOB_FILE))
+        .and_then(|job| job.boot_id)
+        .is_some_and(|prepared| procs::boot_id().as_ref() == Some(&prepared));
+    if same_boot && !job_spawned && killed.is_empty() && supervisor_said.is_none() {
+        return Found::NeverStarted(format!("{message}; its job was never started"));
+    }
     if !killed.is_empty() {
         message.push_str(&format!(
             "; killed processes the job left behind: {killed:?}"

@@ -228,7 +228,10 @@ impl<P: Platform> Harness<P> {
             if &event.execution != execution {
                 return Err(format!("event of another execution: {event:?}"));
             }
-            let end = matches!(event.kind, EventKind::Exited(_) | EventKind::Lost { .. });
+            let end = matches!(
+                event.kind,
+                EventKind::Exited(_) | EventKind::Lost { .. } | EventKind::NeverStarted { .. }
+            );
             kinds.push(event.kind);
             if end {
                 return Ok(kinds);

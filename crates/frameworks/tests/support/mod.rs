@@ -183,7 +183,10 @@ impl Harness {
             if &event.execution != execution {
                 return Err(format!("event for another execution: {event:?}"));
             }
-            let end = matches!(event.kind, EventKind::Exited(_) | EventKind::Lost { .. });
+            let end = matches!(
+                event.kind,
+                EventKind::Exited(_) | EventKind::Lost { .. } | EventKind::NeverStarted { .. }
+            );
             kinds.push(event.kind);
             if end {
                 return Ok(kinds);

@@ -53,6 +53,25 @@ async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(),
             cleanup(controller, &run, &execution).await;
             Ok(())
         }
+        EventKind::NeverStarted { message } => {
+            match requeue_request(&run, &message) {
+                Some(request) => {
+                    ignore_conflict(controller.transition(request).await)?;
+                }
+                None => {
+                    controller
+                        .finish_without_execution(
+                            &run.metadata.project,
+                            &run.metadata.id,
+                            reason::LOST,
+                            &message,
+                        )
+                        .await
+                }
+            }
+            cleanup(controller, &run, &execution).await;
+            Ok(())
+        }
         EventKind::Lost { message } => {
             controller
                 .finish_without_execution(
@@ -261,6 +280,49 @@ pub(super) fn retry_request(
                 "attempt {attempt} failed ({failure}); retrying in {}s",
                 seconds(delay)
             ))
+    })
+}
+
+/// How many times one run goes back to the queue because its attempt never started, before
+/// such an attempt counts as lost: a server that dies each time it starts this very run must
+/// not loop on it.
+const MAX_REQUEUES: usize = 3;
+
+/// A PENDING run whose attempt never ran its code goes back to the queue as the next attempt
+/// (reason `requeued`): nothing ran, so nothing runs twice. None once it was requeued
+/// [`MAX_REQUEUES`] times, or when the run is no longer PENDING.
+fn requeue_request(run: &Run, message: &str) -> Option<TransitionRequest> {
+    if run.status.state != RunState::Pending {
+        return None;
+    }
+    let requeues = run
+        .status
+        .transitions
+        .iter()
+        .filter(|transition| transition.reason.as_deref() == Some(reason::REQUEUED))
+        .count();
+    if requeues >= MAX_REQUEUES {
+        return None;
+    }
+    let attempt = run.status.attempt;
+    let next = attempt.checked_add(1)?;
+    Some(TransitionRequest {
+        next_attempt: Some(next),
+        attempt_update: Some(AttemptUpdate::Ended {
+            exit_code: None,
+            signal: None,
+            reason: Some(reason::LOST.to_string()),
+        }),
+        ..TransitionRequest::new(
+            &run.metadata.id,
+            RunState::Pending,
+            attempt,
+            RunState::Ready,
+        )
+        .reason(reason::REQUEUED)
+        .message(format!(
+            "attempt {attempt} never started ({message}); back in the queue"
+        ))
     })
 }
 
