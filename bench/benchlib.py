@@ -29,9 +29,15 @@ class Server:
         self.home = tempfile.mkdtemp(prefix="runplane-bench-")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # RUNPLANE_BENCH_LOG_FILE=PATH keeps the server's log at RUNPLANE_BENCH_LOG (a
+        # RUNPLANE_LOG filter), e.g. to see where a phase's time goes; by default the log is
+        # discarded, at level warn.
+        level = os.environ.get("RUNPLANE_BENCH_LOG", "warn")
+        path = os.environ.get("RUNPLANE_BENCH_LOG_FILE")
+        output = open(path, "ab") if path else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [binary, "server", "--listen", f"127.0.0.1:{self.port}", "--home", self.home, *extra_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, RUNPLANE_LOG="warn"),
+            stdout=output, stderr=output, env=dict(os.environ, RUNPLANE_LOG=level),
         )
         for _ in range(200):
             try:

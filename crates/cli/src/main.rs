@@ -77,8 +77,12 @@ enum Command {
 }
 
 fn main() {
+    // The supervisor starts once per run: keep it free of the argument parser (building the
+    // whole command tree), the async runtime and the logging setup.
+    if let Some(attempt_dir) = supervise_fast_path() {
+        std::process::exit(runplane_frameworks::local::supervise_main(&attempt_dir));
+    }
     let cli = Cli::parse();
-    // The supervisor starts once per run: keep it free of the async runtime and logging setup.
     if let Command::Supervise { attempt_dir } = &cli.command {
         std::process::exit(runplane_frameworks::local::supervise_main(attempt_dir));
     }
@@ -119,4 +123,14 @@ fn init_tracing(server: bool) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// `runplane supervise <attempt_dir>` exactly as the local framework spawns it; any other
+/// shape (help, extra arguments) goes through the parser.
+fn supervise_fast_path() -> Option<PathBuf> {
+    let mut args = std::env::args_os().skip(1);
+    let (Some(verb), Some(dir), None) = (args.next(), args.next(), args.next()) else {
+        return None;
+    };
+    (verb == "supervise" && !dir.to_string_lossy().starts_with('-')).then(|| PathBuf::from(dir))
 }

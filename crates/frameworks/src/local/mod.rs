@@ -156,6 +156,7 @@ impl LocalFramework {
         .await
         .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
 
+        tracing::debug!(?execution, "prepared the attempt folder");
         let child = match self.spawn_supervisor(&attempt_dir) {
             Ok(child) => child,
             Err(message) => {

@@ -354,6 +354,21 @@ impl Supervisor {
         }
     }
 
+    /// Whether no child of ours is left, running or exited: as a subreaper we inherit every
+    /// orphan of the job, so no descendant is left either, and the scan of /proc (most of the
+    /// time between a job's exit and its `exit.json`) is not needed.
+    fn childless(&self) -> bool {
+        loop {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Err(nix::errno::Errno::ECHILD) => return true,
+                Err(nix::errno::Errno::EINTR) => {}
+                // One more exited meanwhile and is now reaped: look again.
+                Ok(status) if status != WaitStatus::StillAlive => {}
+                _ => return false,
+            }
+        }
+    }
+
     /// Signals the job's process group and every other descendant (those that left the group
     /// or the session).
     fn signal_tree(&self, main: Pid, signal: Signal) {
@@ -373,6 +388,9 @@ impl Supervisor {
         let mut killed = std::collections::BTreeSet::new();
         loop {
             self.reap(None);
+            if self.childless() {
+                break;
+            }
             let remaining = procs::descendants(self.me.as_raw());
             if remaining.is_empty() {
                 break;

@@ -167,6 +167,7 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
                 .entry((claimed.metadata.project.clone(), task.clone()))
                 .or_default() += 1;
         }
+        tracing::debug!(run = %claimed.metadata.id, "claimed");
         controller.inner.deadlines.watch_attempt(&claimed);
         crate::failpoints::hit("after_claim");
         start(controller, claimed).await;

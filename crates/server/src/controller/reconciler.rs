@@ -41,7 +41,10 @@ async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(),
     }
     match kind {
         EventKind::LogAppended { .. } => Ok(()),
-        EventKind::Started => started(controller, &run).await,
+        EventKind::Started => {
+            tracing::debug!(run = %run.metadata.id, "the framework says it started");
+            started(controller, &run).await
+        }
         EventKind::Replicas(replicas) => {
             controller.replicas_changed(&run, replicas).await;
             Ok(())
@@ -49,6 +52,7 @@ async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(),
         EventKind::Exited(outcome) => {
             crate::failpoints::hit("before_record_exit");
             exited(controller, &run, &outcome).await?;
+            tracing::debug!(run = %run.metadata.id, "recorded the exit");
             crate::failpoints::hit("after_record_exit");
             cleanup(controller, &run, &execution).await;
             Ok(())

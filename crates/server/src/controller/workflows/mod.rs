@@ -26,6 +26,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use tokio::sync::mpsc;
 
+/// How long an evaluation that created node runs may leave the workflow's status unrecorded.
+const STATUS_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How many rounds of starts one evaluation makes at most (each round's new runs may let
 /// more nodes start, e.g. a step skipped by its condition).
 const MAX_ROUNDS: usize = 64;
@@ -71,6 +74,16 @@ impl Workflows {
         let _ = self.queue.send(id.to_string());
     }
 
+    /// Queues an evaluation of the workflow run `id` after `delay`.
+    fn wake_later(&self, id: &str, delay: std::time::Duration) {
+        let queue = self.queue.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = queue.send(id);
+        });
+    }
+
     /// The workflow run a changed run concerns, if any.
     fn concerned(&self, run_id: &str) -> Option<String> {
         let known = self.known();
@@ -110,7 +123,12 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
                         // (its node status): only a stop or a delete needs an evaluation.
                         // Its start and stop requests wake the engine directly as well.
                         let own = parent == run_id;
-                        if !own || matches!(state, RunState::Stop | RunState::Deleting) {
+                        let wanted = if own {
+                            matches!(state, RunState::Stop | RunState::Deleting)
+                        } else {
+                            step_change_matters(state)
+                        };
+                        if wanted {
                             pending.insert(parent);
                         }
                     }
@@ -136,6 +154,17 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
             }
         }
     }
+}
+
+/// Whether a step run's move to `state` can change its workflow's plan or status. A node is
+/// RUNNING from its run's creation to its end, so the queue and the claim (READY, PENDING)
+/// change nothing; RUNNING does for a service step (its URL, which dependents may wait for).
+/// Skipping them keeps two evaluations per step off the path from one step to the next.
+fn step_change_matters(state: RunState) -> bool {
+    !matches!(
+        state,
+        RunState::Created | RunState::Built | RunState::Ready | RunState::Pending
+    )
 }
 
 impl Controller {
@@ -322,6 +351,7 @@ async fn reused(controller: &Controller, run: &Run) -> Result<BTreeMap<String, C
 }
 
 async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerError> {
+    tracing::debug!(run = %id, "evaluating the workflow");
     let Some(mut run) = controller.store().get_run_by_id(id).await? else {
         controller.inner.workflows.forget(id);
         return Ok(());
@@ -362,6 +392,7 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
     }
     let mut decision: Decision;
     let mut rounds = 0;
+    let mut created_runs = false;
     loop {
         let start_errors = controller
             .inner
@@ -387,6 +418,7 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
         for start in std::mem::take(&mut decision.starts) {
             match start_node(controller, &run, &start).await {
                 Ok(child) => {
+                    created_runs = true;
                     controller
                         .inner
                         .workflows
@@ -426,11 +458,19 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
             }
         }
     }
-    if run.status.workflow.as_ref() != Some(&decision.status) {
+    // Node runs just created are about to be claimed: recording the status now would hold
+    // the store's write lock against that claim, on the path from one step to the next. The
+    // status is a view the next evaluation rewrites (the new runs' start or end wakes it; a
+    // timer makes sure one comes soon even if they wait in the queue).
+    let defer_status = created_runs && !stopping && decision.outcome.is_none();
+    if defer_status {
+        controller.inner.workflows.wake_later(id, STATUS_DELAY);
+    } else if run.status.workflow.as_ref() != Some(&decision.status) {
         controller
             .store()
             .set_workflow_status(id, run.status.attempt, &decision.status)
             .await?;
+        tracing::debug!(run = %id, "recorded the workflow's status");
         controller.published(&run);
     }
     if let Some(outcome) = decision.outcome {
