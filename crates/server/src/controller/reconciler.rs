@@ -61,34 +61,30 @@ async fn reconcile(controller: &Controller, event: FrameworkEvent) -> Result<(),
             match requeue_request(&run, &message) {
                 Some(request) => {
                     ignore_conflict(controller.transition(request).await)?;
+                    cleanup(controller, &run, &execution).await;
                 }
-                None => {
-                    controller
-                        .finish_without_execution(
-                            &run.metadata.project,
-                            &run.metadata.id,
-                            reason::LOST,
-                            &message,
-                        )
-                        .await
-                }
+                None => lost(controller, &run, &execution, &message).await,
             }
-            cleanup(controller, &run, &execution).await;
             Ok(())
         }
         EventKind::Lost { message } => {
-            controller
-                .finish_without_execution(
-                    &run.metadata.project,
-                    &run.metadata.id,
-                    reason::LOST,
-                    &message,
-                )
-                .await;
-            cleanup(controller, &run, &execution).await;
+            lost(controller, &run, &execution, &message).await;
             Ok(())
         }
     }
+}
+
+/// Ends the run `lost` (or retries it, as its policy says) and cleans up the attempt.
+async fn lost(controller: &Controller, run: &Run, execution: &ExecutionId, message: &str) {
+    controller
+        .finish_without_execution(
+            &run.metadata.project,
+            &run.metadata.id,
+            reason::LOST,
+            message,
+        )
+        .await;
+    cleanup(controller, run, execution).await;
 }
 
 async fn started(controller: &Controller, run: &Run) -> Result<(), StoreError> {
