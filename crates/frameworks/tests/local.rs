@@ -544,15 +544,19 @@ fn recover_reports_a_dead_supervisor_as_lost() -> TestResult {
 }
 
 /// In this boot, an attempt whose job was never spawned (no folder: the server died before
-/// preparing it; a folder without child.pid, supervisor or word from one: it died before
-/// spawning the supervisor) is `NeverStarted`, which the controller may start again. A
+/// preparing it; a folder without job.json: it died while preparing it; a folder without
+/// child.pid, supervisor or word from one: it died before spawning the supervisor) is `NeverStarted`, which the controller may start again. A
 /// supervisor that said something on its stderr failed on its own: `Lost`.
 fn recover_reports_attempts_whose_job_never_started() -> TestResult {
     run(|| async {
         let mut h = harness()?;
         let unprepared = exec("unprepared");
+        let half_prepared = exec("half-prepared");
         let unspawned = exec("unspawned");
         let complained = exec("complained");
+        // The server died while filling the folder: no job.json yet.
+        std::fs::create_dir_all(h.attempt_dir(&half_prepared).join("work"))
+            .map_err(|e| e.to_string())?;
         orphan_attempt(&h, &unspawned, &["/bin/true"])?;
         let dir = orphan_attempt(&h, &complained, &["/bin/true"])?;
         std::fs::write(
@@ -563,17 +567,18 @@ fn recover_reports_attempts_whose_job_never_started() -> TestResult {
         h.framework
             .recover(vec![
                 unprepared.clone(),
+                half_prepared.clone(),
                 unspawned.clone(),
                 complained.clone(),
             ])
             .await
             .map_err(|e| e.to_string())?;
         let mut seen = BTreeMap::new();
-        for _ in 0..3 {
+        for _ in 0..4 {
             let event = h.next_event().await?;
             seen.insert(event.execution.run_id.clone(), event.kind);
         }
-        for never in [&unprepared, &unspawned] {
+        for never in [&unprepared, &half_prepared, &unspawned] {
             ensure!(
                 matches!(
                     seen.get(&never.run_id),

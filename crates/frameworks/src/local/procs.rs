@@ -154,6 +154,23 @@ pub(crate) fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Resul
     Ok(())
 }
 
+/// Whether `path` was created after this machine booted (by its birth time, a second of
+/// margin for /proc/stat's rounding); false when either is unknown.
+pub(crate) fn created_since_boot(path: &Path) -> bool {
+    let boot = fs::read_to_string("/proc/stat").ok().and_then(|stat| {
+        stat.lines()
+            .find_map(|line| line.strip_prefix("btime "))
+            .and_then(|secs| secs.trim().parse::<u64>().ok())
+    });
+    let created = fs::metadata(path).and_then(|meta| meta.created()).ok();
+    match (boot, created) {
+        (Some(boot), Some(created)) => created
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|since_epoch| since_epoch.as_secs() > boot + 1),
+        _ => false,
+    }
+}
+
 /// This machine's boot id (a new one at every boot), when the kernel tells.
 pub(crate) fn boot_id() -> Option<String> {
     let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;

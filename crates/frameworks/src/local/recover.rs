@@ -91,9 +91,14 @@ pub(crate) fn inspect(attempt_dir: &Path) -> Found {
     // on its own says why on its stderr, and is not retried forever.
     let job_spawned = attempt_dir.join(CHILD_PID_FILE).exists();
     // After a reboot (or on another machine) child.pid may be lost though the job ran.
-    let same_boot = read_json::<JobFile>(&attempt_dir.join(JOB_FILE))
-        .and_then(|job| job.boot_id)
-        .is_some_and(|prepared| procs::boot_id().as_ref() == Some(&prepared));
+    // Without job.json (written last, before the supervisor is spawned) the server died while
+    // preparing the folder: it never spawned anything, if the folder is from this boot.
+    let same_boot = match read_json::<JobFile>(&attempt_dir.join(JOB_FILE)) {
+        Some(job) => job
+            .boot_id
+            .is_some_and(|prepared| procs::boot_id().as_ref() == Some(&prepared)),
+        None => procs::created_since_boot(attempt_dir),
+    };
     if same_boot && !job_spawned && killed.is_empty() && supervisor_said.is_none() {
         return Found::NeverStarted(format!("{message}; its job was never started"));
     }
