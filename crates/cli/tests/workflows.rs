@@ -549,3 +549,50 @@ fn a_function_and_a_workflow_cannot_share_a_name() {
     let (status, _) = server.get("/projects/p/workflows/flow");
     assert_eq!(status, 200);
 }
+
+/// The status write an evaluation that created step runs defers (so that it does not hold the
+/// store against their claim) still comes when those runs wait in the queue and nothing else
+/// wakes the engine.
+#[test]
+fn a_step_waiting_for_a_slot_shows_in_the_workflow_status() {
+    let server = TestServer::start_with(&["--max-concurrent-runs", "1"]);
+    function(
+        &server,
+        "sleepy",
+        "import time\ndef handler():\n    time.sleep(60)\n",
+    );
+    workflow(
+        &server,
+        "queued",
+        json!({"steps": [{"name": "only", "function": "sleepy"}]}),
+    );
+    let blocker = submit(&server, json!({"function": "sleepy"}));
+    server.wait_state("p", &blocker, "RUNNING", Duration::from_secs(30));
+    let id = submit(&server, json!({"function": "queued"}));
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let node = loop {
+        let (_, run) = server.get(&format!("/projects/p/runs/{id}"));
+        let node = run["status"]["workflow"]["nodes"]
+            .as_array()
+            .and_then(|nodes| nodes.first().cloned())
+            .unwrap_or(Value::Null);
+        if node["run_id"].is_string() {
+            break node;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the status never named the step's run: {run:#}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(node["state"], "RUNNING", "{node:#}");
+    let step = node["run_id"].as_str().unwrap();
+    let (_, step_run) = server.get(&format!("/projects/p/runs/{step}"));
+    assert_eq!(step_run["status"]["state"], "READY", "{step_run:#}");
+    assert_eq!(steps_of(&server, &id)["only"].len(), 1);
+    for run in [&id, &blocker] {
+        let stopped = server.cli("p", &["stop", run]);
+        assert!(stopped.status.success(), "{}", stderr(&stopped));
+    }
+}

@@ -186,7 +186,7 @@ fn fill(
         log_root: logs_dir.to_path_buf(),
         service,
         redact: job.redact.clone(),
-        boot_id: procs::boot_id(),
+        boot_id: procs::boot_id().map(str::to_string),
     };
     let json =
         serde_json::to_vec_pretty(&spec).map_err(|e| format!("cannot encode {JOB_FILE}: {e}"))?;

@@ -171,11 +171,17 @@ pub(crate) fn created_since_boot(path: &Path) -> bool {
     }
 }
 
-/// This machine's boot id (a new one at every boot), when the kernel tells.
-pub(crate) fn boot_id() -> Option<String> {
-    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let id = id.trim();
-    (!id.is_empty()).then(|| id.to_string())
+/// This machine's boot id (a new one at every boot), when the kernel tells. Read once: it
+/// cannot change while this process lives, and every start records it.
+pub(crate) fn boot_id() -> Option<&'static str> {
+    static BOOT_ID: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    BOOT_ID
+        .get_or_init(|| {
+            let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let id = id.trim();
+            (!id.is_empty()).then(|| id.to_string())
+        })
+        .as_deref()
 }
 
 #[cfg(test)]

@@ -96,7 +96,7 @@ pub(crate) fn inspect(attempt_dir: &Path) -> Found {
     let same_boot = match read_json::<JobFile>(&attempt_dir.join(JOB_FILE)) {
         Some(job) => job
             .boot_id
-            .is_some_and(|prepared| procs::boot_id().as_ref() == Some(&prepared)),
+            .is_some_and(|prepared| procs::boot_id() == Some(prepared.as_str())),
         None => procs::created_since_boot(attempt_dir),
     };
     if same_boot && !job_spawned && killed.is_empty() && supervisor_said.is_none() {
