@@ -37,6 +37,8 @@ use tokio::sync::Notify;
 const LIFECYCLE_CURSOR: &str = "lifecycle";
 /// Without lifecycle triggers, the reader's position is stored every this many events.
 const CURSOR_STRIDE: u64 = 10_000;
+/// Without lifecycle triggers, how often the reader looks at the log for trigger changes.
+const IDLE_READ_INTERVAL: Duration = Duration::from_millis(200);
 /// The longest the scheduler sleeps without looking at the store again: triggers applied
 /// through another replica do not wake this one.
 const SCHEDULER_RECHECK: Duration = Duration::from_secs(30);
@@ -535,6 +537,10 @@ pub(super) async fn run_scheduler(controller: Controller) {
 }
 
 /// The lifecycle triggers' reader of the event log.
+///
+/// While lifecycle triggers exist it reads after every append. Without any, nothing can
+/// fire: it reads at most every [`IDLE_READ_INTERVAL`], in batches, watching only for
+/// trigger changes (a read per append would tax every run transition for nothing).
 pub(super) async fn run_lifecycle(controller: Controller) {
     let mut appended = controller.bus().watch_appended();
     let store = controller.store().clone();
@@ -561,48 +567,63 @@ pub(super) async fn run_lifecycle(controller: Controller) {
             }
             continue;
         }
-        // The lifecycle triggers are read again only when the log tells of a trigger change
-        // (on any replica): run transitions, the bulk of the log, cost no trigger query.
-        if events.iter().any(|event| event.kind == "trigger") {
-            triggers = None;
-        }
-        if triggers.is_none() {
-            match store.list_triggers(None).await {
-                Ok(all) => {
-                    triggers = Some(
-                        all.into_iter()
-                            .filter(|t| t.kind == LIFECYCLE_KIND && !t.status.paused)
-                            .collect(),
-                    )
-                }
-                Err(error) => {
-                    tracing::error!(%error, "lifecycle triggers cannot be listed; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    continue;
+        let mut trigger_changed = false;
+        for event in &events {
+            // The triggers are read again only when the log tells of a trigger change (on
+            // any replica): run transitions, the bulk of the log, cost no trigger query. A
+            // trigger matches the events after its own change, never those before it.
+            if triggers.is_none() {
+                match lifecycle_triggers(&store).await {
+                    Ok(active) => triggers = Some(active),
+                    Err(error) => {
+                        tracing::error!(%error, "lifecycle triggers cannot be listed; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
                 }
             }
-        }
-        let active = triggers.as_deref().unwrap_or_default();
-        for event in &events {
+            let active = triggers.as_deref().unwrap_or_default();
             if !active.is_empty() {
                 if let Err(error) = controller.on_event(event, active).await {
                     tracing::error!(event = event.id, %error, "lifecycle trigger failed");
                 }
             }
+            if event.kind == "trigger" {
+                trigger_changed = true;
+                triggers = None;
+            }
             cursor = event.id;
         }
+        let idle = triggers.as_ref().is_some_and(Vec::is_empty);
         // The position is written after each batch while lifecycle triggers exist, and when
-        // triggers change (a trigger never fires for events older than it). Without any, a
-        // write per batch would tax every run transition for nothing: it is written every
-        // CURSOR_STRIDE events, which bounds what a restart reads again.
-        let trigger_changed = events.iter().any(|event| event.kind == "trigger");
-        if !active.is_empty() || trigger_changed || cursor >= persisted + CURSOR_STRIDE {
+        // triggers change. Without any, a write per batch would tax every run transition for
+        // nothing: it is written every CURSOR_STRIDE events, which bounds what a restart
+        // reads again.
+        if !idle || trigger_changed || cursor >= persisted + CURSOR_STRIDE {
             match store.set_cursor(LIFECYCLE_CURSOR, cursor).await {
                 Ok(()) => persisted = cursor,
                 Err(error) => tracing::error!(%error, "cannot store the lifecycle cursor"),
             }
         }
+        if idle && events.len() < 1000 {
+            tokio::select! {
+                _ = tokio::time::sleep(IDLE_READ_INTERVAL) => {}
+                _ = controller.bus().closing() => return,
+            }
+        }
     }
+}
+
+/// The lifecycle triggers that are not paused.
+async fn lifecycle_triggers(
+    store: &std::sync::Arc<dyn runplane_store::Store>,
+) -> Result<Vec<Trigger>, runplane_store::StoreError> {
+    Ok(store
+        .list_triggers(None)
+        .await?
+        .into_iter()
+        .filter(|t| t.kind == LIFECYCLE_KIND && !t.status.paused)
+        .collect())
 }
 
 #[cfg(test)]

@@ -11,15 +11,21 @@ use crate::{
 };
 use runplane_domain::{Attempt, Run, RunMetadata, RunState, RunStatus, Transition};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-use std::collections::HashMap;
 
 /// Page size when a query asks for 0.
 const DEFAULT_LIMIT: u32 = 100;
 /// The largest page a query gets, whatever it asks for.
 const MAX_LIMIT: u32 = 1000;
 
+/// A run's row with its transitions and attempts folded in as JSON arrays (positional, in
+/// order): a full run is one statement, not three. Each statement is a round trip to the
+/// connection's worker thread, and runs are read on every step of a run's life.
 const RUN_COLUMNS: &str = "r.id, r.project, r.kind, r.state, r.attempt, r.reason, r.message, \
-     r.results, r.rerun_of, r.service, r.step, r.produced_by, r.workflow, r.artifacts, r.owner, r.labels, r.spec, r.created, r.updated, r.created_by";
+     r.results, r.rerun_of, r.service, r.step, r.produced_by, r.workflow, r.artifacts, r.owner, r.labels, r.spec, r.created, r.updated, r.created_by, \
+     (SELECT json_group_array(json_array(t.from_state, t.to_state, t.attempt, t.reason, t.message, t.at) ORDER BY t.seq) \
+        FROM run_transitions t WHERE t.run_id = r.id) AS transitions, \
+     (SELECT json_group_array(json_array(a.number, a.framework, a.dispatched, a.started, a.ended, a.exit_code, a.signal, a.reason) ORDER BY a.number) \
+        FROM run_attempts a WHERE a.run_id = r.id) AS attempts";
 
 #[derive(sqlx::FromRow)]
 pub(super) struct RunRow {
@@ -43,10 +49,20 @@ pub(super) struct RunRow {
     created: String,
     updated: String,
     created_by: String,
+    transitions: String,
+    attempts: String,
 }
 
 impl RunRow {
-    fn into_run(self, transitions: Vec<Transition>, attempts: Vec<Attempt>) -> StoreResult<Run> {
+    fn into_run(self) -> StoreResult<Run> {
+        let transitions = from_json::<Vec<TransitionRow>>("run_transitions", &self.transitions)?
+            .into_iter()
+            .map(TransitionRow::into_transition)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let attempts = from_json::<Vec<AttemptRow>>("run_attempts", &self.attempts)?
+            .into_iter()
+            .map(AttemptRow::into_attempt)
+            .collect::<StoreResult<Vec<_>>>()?;
         Ok(Run {
             kind: self.kind,
             metadata: RunMetadata {
@@ -99,125 +115,69 @@ impl RunRow {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct TransitionRow {
-    run_id: String,
-    from_state: Option<String>,
-    to_state: String,
-    attempt: i64,
-    reason: Option<String>,
-    message: Option<String>,
-    at: String,
-}
+/// One element of a row's `transitions` (see [`RUN_COLUMNS`]): from, to, attempt, reason,
+/// message, at.
+#[derive(serde::Deserialize)]
+struct TransitionRow(
+    Option<String>,
+    String,
+    i64,
+    Option<String>,
+    Option<String>,
+    String,
+);
 
 impl TransitionRow {
     fn into_transition(self) -> StoreResult<Transition> {
+        let TransitionRow(from, to, attempt, reason, message, at) = self;
         Ok(Transition {
-            from: self
-                .from_state
+            from: from
                 .as_deref()
                 .map(|s| parse_state("run_transitions.from_state", s))
                 .transpose()?,
-            to: parse_state("run_transitions.to_state", &self.to_state)?,
-            at: parse_ts("run_transitions.at", &self.at)?,
-            attempt: to_u32("run_transitions.attempt", self.attempt)?,
-            reason: self.reason,
-            message: self.message,
+            to: parse_state("run_transitions.to_state", &to)?,
+            at: parse_ts("run_transitions.at", &at)?,
+            attempt: to_u32("run_transitions.attempt", attempt)?,
+            reason,
+            message,
         })
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct AttemptRow {
-    run_id: String,
-    number: i64,
-    framework: String,
-    dispatched: String,
-    started: Option<String>,
-    ended: Option<String>,
-    exit_code: Option<i64>,
-    signal: Option<i64>,
-    reason: Option<String>,
-}
+/// One element of a row's `attempts` (see [`RUN_COLUMNS`]): number, framework, dispatched,
+/// started, ended, exit code, signal, reason.
+#[derive(serde::Deserialize)]
+struct AttemptRow(
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
 
 impl AttemptRow {
     fn into_attempt(self) -> StoreResult<Attempt> {
+        let AttemptRow(number, framework, dispatched, started, ended, exit_code, signal, reason) =
+            self;
         Ok(Attempt {
-            number: to_u32("run_attempts.number", self.number)?,
-            framework: self.framework,
-            dispatched: parse_ts("run_attempts.dispatched", &self.dispatched)?,
-            started: parse_opt_ts("run_attempts.started", self.started.as_deref())?,
-            ended: parse_opt_ts("run_attempts.ended", self.ended.as_deref())?,
-            exit_code: to_i32("run_attempts.exit_code", self.exit_code)?,
-            signal: to_i32("run_attempts.signal", self.signal)?,
-            reason: self.reason,
+            number: to_u32("run_attempts.number", number)?,
+            framework,
+            dispatched: parse_ts("run_attempts.dispatched", &dispatched)?,
+            started: parse_opt_ts("run_attempts.started", started.as_deref())?,
+            ended: parse_opt_ts("run_attempts.ended", ended.as_deref())?,
+            exit_code: to_i32("run_attempts.exit_code", exit_code)?,
+            signal: to_i32("run_attempts.signal", signal)?,
+            reason,
         })
     }
 }
 
-/// Turns run rows into full runs, reading the transitions and attempts of all of them with one
-/// query each (not one per run). Keeps the order of `rows`.
-async fn assemble(conn: &mut SqliteConnection, rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
-    if rows.is_empty() {
-        return Ok(Vec::new());
-    }
-    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
-
-    let mut query = QueryBuilder::<Sqlite>::new(
-        "SELECT run_id, from_state, to_state, attempt, reason, message, at
-         FROM run_transitions WHERE run_id IN (",
-    );
-    push_list(&mut query, &ids);
-    query.push(") ORDER BY run_id, seq");
-    let mut transitions: HashMap<String, Vec<Transition>> = HashMap::new();
-    for row in query
-        .build_query_as::<TransitionRow>()
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?
-    {
-        let run_id = row.run_id.clone();
-        transitions
-            .entry(run_id)
-            .or_default()
-            .push(row.into_transition()?);
-    }
-
-    let mut query = QueryBuilder::<Sqlite>::new(
-        "SELECT run_id, number, framework, dispatched, started, ended, exit_code, signal, reason
-         FROM run_attempts WHERE run_id IN (",
-    );
-    push_list(&mut query, &ids);
-    query.push(") ORDER BY run_id, number");
-    let mut attempts: HashMap<String, Vec<Attempt>> = HashMap::new();
-    for row in query
-        .build_query_as::<AttemptRow>()
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db)?
-    {
-        let run_id = row.run_id.clone();
-        attempts
-            .entry(run_id)
-            .or_default()
-            .push(row.into_attempt()?);
-    }
-
-    rows.into_iter()
-        .map(|row| {
-            let t = transitions.remove(&row.id).unwrap_or_default();
-            let a = attempts.remove(&row.id).unwrap_or_default();
-            row.into_run(t, a)
-        })
-        .collect()
-}
-
-/// `?, ?, ...` bound to `values`.
-fn push_list(query: &mut QueryBuilder<'_, Sqlite>, values: &[String]) {
-    let mut list = query.separated(", ");
-    for value in values {
-        list.push_bind(value.clone());
-    }
+/// Turns run rows into full runs. Keeps the order of `rows`.
+fn assemble(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
+    rows.into_iter().map(RunRow::into_run).collect()
 }
 
 fn push_states(query: &mut QueryBuilder<'_, Sqlite>, states: &[RunState]) {
@@ -426,7 +386,7 @@ pub(super) async fn get_run(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    Ok(assemble(conn, rows).await?.into_iter().next())
+    Ok(assemble(rows)?.into_iter().next())
 }
 
 pub(super) async fn list_runs(conn: &mut SqliteConnection, q: &RunQuery) -> StoreResult<RunPage> {
@@ -487,7 +447,7 @@ pub(super) async fn list_runs(conn: &mut SqliteConnection, q: &RunQuery) -> Stor
         None
     };
     Ok(RunPage {
-        runs: assemble(conn, rows).await?,
+        runs: assemble(rows)?,
         next_cursor,
     })
 }
@@ -513,7 +473,7 @@ pub(super) async fn runs_in_states(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    assemble(conn, rows).await
+    assemble(rows)
 }
 
 pub(super) async fn count_active(conn: &mut SqliteConnection) -> StoreResult<ActiveCounts> {
@@ -595,5 +555,5 @@ pub(super) async fn active_runs_where(
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    assemble(conn, rows).await
+    assemble(rows)
 }

@@ -123,13 +123,19 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
                         // (its node status): only a stop or a delete needs an evaluation.
                         // Its start and stop requests wake the engine directly as well.
                         let own = parent == run_id;
-                        let wanted = if own {
-                            matches!(state, RunState::Stop | RunState::Deleting)
+                        let urgency = if own {
+                            if matches!(state, RunState::Stop | RunState::Deleting) {
+                                Urgency::Now
+                            } else {
+                                Urgency::None
+                            }
                         } else {
-                            step_change_matters(state)
+                            step_change_urgency(state)
                         };
-                        if wanted {
-                            pending.insert(parent);
+                        match urgency {
+                            Urgency::Now => { pending.insert(parent); }
+                            Urgency::Soon => controller.inner.workflows.wake_later(&parent, STATUS_DELAY),
+                            Urgency::None => {}
                         }
                     }
                 }
@@ -156,15 +162,27 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
     }
 }
 
-/// Whether a step run's move to `state` can change its workflow's plan or status. A node is
+/// How soon a change of a workflow's run calls for an evaluation.
+#[derive(Debug, PartialEq)]
+enum Urgency {
+    None,
+    /// Within [`STATUS_DELAY`]: changes that only show in the status, coalesced.
+    Soon,
+    Now,
+}
+
+/// How soon a step run's move to `state` calls for an evaluation of its workflow. A node is
 /// RUNNING from its run's creation to its end, so the queue and the claim (READY, PENDING)
-/// change nothing; RUNNING does for a service step (its URL, which dependents may wait for).
-/// Skipping them keeps two evaluations per step off the path from one step to the next.
-fn step_change_matters(state: RunState) -> bool {
-    !matches!(
-        state,
-        RunState::Created | RunState::Built | RunState::Ready | RunState::Pending
-    )
+/// change nothing. RUNNING (the process started, or a service step's URL, which dependents
+/// may wait for) changes the status: soon is enough, and a short step has ended by then,
+/// which saves a read of the workflow and a status write per step on the path from one step
+/// to the next. Its end is what lets dependents start: now.
+fn step_change_urgency(state: RunState) -> Urgency {
+    match state {
+        RunState::Created | RunState::Built | RunState::Ready | RunState::Pending => Urgency::None,
+        RunState::Running => Urgency::Soon,
+        _ => Urgency::Now,
+    }
 }
 
 impl Controller {
