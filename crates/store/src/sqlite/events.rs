@@ -66,7 +66,44 @@ pub(super) async fn run_changed(
     reason: Option<&str>,
     at: &DateTime<Utc>,
 ) -> StoreResult<()> {
-    let data = json!({
+    let data = run_event(run, from, state, attempt, reason, at);
+    append(conn, at, &run.metadata.project, "run", &data).await
+}
+
+/// The events of a run's initial transitions (CREATED, and BUILT/READY when it is created
+/// already built), in one statement: ids follow the rows' order.
+pub(super) async fn run_created(conn: &mut SqliteConnection, run: &Run) -> StoreResult<()> {
+    let transitions = &run.status.transitions;
+    if transitions.is_empty() {
+        return Ok(());
+    }
+    let rows = transitions
+        .iter()
+        .map(|t| {
+            let data = run_event(run, t.from, t.to, t.attempt, t.reason.as_deref(), &t.at);
+            Ok((ts(&t.at), to_json("events.data", &data)?))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (at, project, kind, data) ");
+    query.push_values(rows, |mut row, (at, data)| {
+        row.push_bind(at)
+            .push_bind(run.metadata.project.clone())
+            .push_bind("run")
+            .push_bind(data);
+    });
+    query.build().execute(&mut *conn).await.map_err(db)?;
+    Ok(())
+}
+
+fn run_event(
+    run: &Run,
+    from: Option<RunState>,
+    state: RunState,
+    attempt: u32,
+    reason: Option<&str>,
+    at: &DateTime<Utc>,
+) -> Value {
+    json!({
         "type": "run",
         "project": run.metadata.project,
         "id": run.metadata.id,
@@ -77,8 +114,7 @@ pub(super) async fn run_changed(
         "attempt": attempt,
         "reason": reason,
         "at": ts(at),
-    });
-    append(conn, at, &run.metadata.project, "run", &data).await
+    })
 }
 
 /// A new function version was stored (not told when a put found an identical version).

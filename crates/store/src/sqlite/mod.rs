@@ -66,6 +66,10 @@ impl SqliteStore {
             .busy_timeout(BUSY_TIMEOUT);
         let pool = SqlitePoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // A connection is a handle on a local file: it does not go stale the way a network
+            // connection does, and the ping sqlx makes by default on every checkout is a round
+            // trip to the connection's thread before each store call.
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(db)?;

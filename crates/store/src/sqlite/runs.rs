@@ -16,6 +16,8 @@ use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 const DEFAULT_LIMIT: u32 = 100;
 /// The largest page a query gets, whatever it asks for.
 const MAX_LIMIT: u32 = 1000;
+/// Rows per multi-row INSERT: at 9 parameters a row, far below SQLite's 32766.
+const ROWS_PER_INSERT: usize = 500;
 
 /// A run's row with its transitions and attempts folded in as JSON arrays (positional, in
 /// order): a full run is one statement, not three. Each statement is a round trip to the
@@ -300,66 +302,59 @@ pub(super) async fn create_run(
         Err(e) => return Err(db(e)),
     }
 
-    for (key, value) in &meta.labels {
-        sqlx::query("INSERT INTO run_labels (run_id, key, value) VALUES (?, ?, ?)")
-            .bind(&meta.id)
-            .bind(key)
-            .bind(value)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+    // One statement per table (each is a round trip to the connection's thread), in chunks
+    // well under SQLite's limit on bound parameters.
+    for chunk in meta
+        .labels
+        .iter()
+        .collect::<Vec<_>>()
+        .chunks(ROWS_PER_INSERT)
+    {
+        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO run_labels (run_id, key, value) ");
+        query.push_values(chunk, |mut row, (key, value)| {
+            row.push_bind(&meta.id).push_bind(*key).push_bind(*value);
+        });
+        query.build().execute(&mut *conn).await.map_err(db)?;
     }
-    for (seq, t) in (1_i64..).zip(&status.transitions) {
-        sqlx::query(
+    let transitions: Vec<(i64, &Transition)> = (1_i64..).zip(&status.transitions).collect();
+    for chunk in transitions.chunks(ROWS_PER_INSERT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
-                 message, at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&meta.id)
-        .bind(seq)
-        .bind(t.from.map(RunState::as_str))
-        .bind(t.to.as_str())
-        .bind(i64::from(t.attempt))
-        .bind(&t.reason)
-        .bind(&t.message)
-        .bind(ts(&t.at))
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+                 message, at) ",
+        );
+        query.push_values(chunk, |mut row, (seq, t)| {
+            row.push_bind(&meta.id)
+                .push_bind(*seq)
+                .push_bind(t.from.map(RunState::as_str))
+                .push_bind(t.to.as_str())
+                .push_bind(i64::from(t.attempt))
+                .push_bind(&t.reason)
+                .push_bind(&t.message)
+                .push_bind(ts(&t.at));
+        });
+        query.build().execute(&mut *conn).await.map_err(db)?;
     }
-    for a in &status.attempts {
-        sqlx::query(
+    for chunk in status.attempts.chunks(ROWS_PER_INSERT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO run_attempts (run_id, number, framework, dispatched, started, ended,
-                 exit_code, signal, reason)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&meta.id)
-        .bind(i64::from(a.number))
-        .bind(&a.framework)
-        .bind(ts(&a.dispatched))
-        .bind(a.started.as_ref().map(ts))
-        .bind(a.ended.as_ref().map(ts))
-        .bind(a.exit_code)
-        .bind(a.signal)
-        .bind(&a.reason)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
+                 exit_code, signal, reason) ",
+        );
+        query.push_values(chunk, |mut row, a| {
+            row.push_bind(&meta.id)
+                .push_bind(i64::from(a.number))
+                .push_bind(&a.framework)
+                .push_bind(ts(&a.dispatched))
+                .push_bind(a.started.as_ref().map(ts))
+                .push_bind(a.ended.as_ref().map(ts))
+                .push_bind(a.exit_code)
+                .push_bind(a.signal)
+                .push_bind(&a.reason);
+        });
+        query.build().execute(&mut *conn).await.map_err(db)?;
     }
     // One event per initial transition, in the insert's transaction: the log then holds the
     // run's whole history (CREATED, and BUILT/READY when it is created already built).
-    for t in &status.transitions {
-        events::run_changed(
-            conn,
-            &run,
-            t.from,
-            t.to,
-            t.attempt,
-            t.reason.as_deref(),
-            &t.at,
-        )
-        .await?;
-    }
+    events::run_created(conn, &run).await?;
     Ok(Put {
         value: run,
         created: true,
