@@ -110,6 +110,30 @@ fn a_diamond_passes_results_along_and_records_every_node() {
     assert_eq!(steps.len(), 4);
     for (node, runs) in &steps {
         assert_eq!(runs.len(), 1, "node {node} ran once");
+        // Created already claimed by this server (no wait in the dispatcher's queue), with the
+        // same record the dispatcher's claim makes.
+        let transitions: Vec<(&str, &str)> = runs[0]["status"]["transitions"]
+            .as_array()
+            .expect("transitions")
+            .iter()
+            .map(|t| (t["to"].as_str().unwrap(), t["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            &transitions[..4],
+            &[
+                ("CREATED", "submitted"),
+                ("BUILT", "submitted"),
+                ("READY", "submitted"),
+                ("PENDING", "dispatched")
+            ],
+            "node {node}"
+        );
+        assert_eq!(
+            runs[0]["status"]["transitions"][3]["at"], runs[0]["metadata"]["created"],
+            "node {node} was claimed in the transaction that created it"
+        );
+        assert!(runs[0]["status"]["owner"].is_string(), "{:#}", runs[0]);
+        assert_eq!(runs[0]["status"]["attempts"][0]["framework"], "local");
         assert_eq!(runs[0]["metadata"]["labels"]["runplane.io/workflow"], id);
         assert_eq!(
             runs[0]["metadata"]["labels"]["runplane.io/step"],

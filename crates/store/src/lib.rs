@@ -249,7 +249,8 @@ pub trait Store: Send + Sync + 'static {
     async fn list_tasks(&self, project: &str) -> StoreResult<Vec<Task>>;
     async fn delete_task(&self, project: &str, name: &str) -> StoreResult<bool>;
 
-    /// Inserts a run with its initial transitions. With an idempotency key already used in the
+    /// Inserts a run with its initial transitions, attempts and owner (a run may be created
+    /// already claimed: PENDING, its attempt dispatched). With an idempotency key already used in the
     /// project: returns the earlier run (`created: false`) if the request hash matches, else
     /// `IdempotencyMismatch`.
     async fn create_run(

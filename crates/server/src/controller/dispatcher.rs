@@ -10,7 +10,7 @@ use super::builds::Gate;
 use super::secrets::SecretsForRunError;
 use super::Controller;
 use chrono::{DateTime, Utc};
-use runplane_domain::{reason, Run, RunState, Runnable};
+use runplane_domain::{reason, Attempt, Run, RunState, Runnable, Transition};
 use runplane_frameworks::ExecutionId;
 use runplane_store::{AttemptUpdate, StoreError, TaskLimit, TransitionRequest};
 
@@ -176,6 +176,63 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
         controller.inner.deadlines.wake_dispatcher_at(due);
     }
     Ok(())
+}
+
+impl Controller {
+    /// Whether a run about to be created may be created already claimed by this replica
+    /// (PENDING, its first attempt dispatched): when a dispatch round would claim it at once.
+    /// A workflow's step run then skips the claim's own transaction and the dispatcher's
+    /// round trip, on the path from one step to the next. Runs with a task limit (checked in
+    /// the claim's transaction), a prerequisite build, or no slot left go the usual way.
+    pub(super) async fn claimable_at_creation(&self, run: &Run) -> Result<bool, StoreError> {
+        if super::workflows::is_workflow_run(run)
+            || run.status.state != RunState::Ready
+            || run.spec.settings.max_concurrency.is_some()
+            || self.inner.frameworks.get(&run.spec.framework).is_none()
+        {
+            return Ok(false);
+        }
+        if !matches!(self.prerequisite_gate(run).await, Ok(Gate::Open)) {
+            return Ok(false);
+        }
+        let active = self.store().count_active().await?;
+        Ok(active.total < u64::from(self.inner.options.max_concurrent_runs))
+    }
+
+    /// Makes a READY run about to be created PENDING, claimed by this replica, as the
+    /// dispatcher's claim would (same transition, reason and attempt record).
+    pub(super) fn mark_claimed(&self, run: &mut Run) {
+        let at = run.metadata.created;
+        run.status.transitions.push(Transition {
+            from: Some(RunState::Ready),
+            to: RunState::Pending,
+            at,
+            attempt: run.status.attempt,
+            reason: Some(reason::DISPATCHED.to_string()),
+            message: None,
+        });
+        run.status.attempts.push(Attempt {
+            number: run.status.attempt,
+            framework: run.spec.framework.clone(),
+            dispatched: at,
+            started: None,
+            ended: None,
+            exit_code: None,
+            signal: None,
+            reason: None,
+        });
+        run.status.state = RunState::Pending;
+        run.status.reason = Some(reason::DISPATCHED.to_string());
+        run.status.owner = Some(self.replica_id().to_string());
+    }
+
+    /// Starts a run that was created already claimed (see `claimable_at_creation`).
+    pub(super) async fn start_claimed(&self, run: Run) {
+        tracing::debug!(run = %run.metadata.id, "claimed");
+        self.inner.deadlines.watch_attempt(&run);
+        crate::failpoints::hit("after_claim");
+        start(self, run).await;
+    }
 }
 
 /// When a READY run that went back to the queue for a retry may start: the time of that

@@ -60,12 +60,36 @@ impl Controller {
         idempotency_key: Option<String>,
         links: RunLinks,
     ) -> Result<Put<Run>, ControllerError> {
-        let idempotency = idempotency_key.map(|key| IdempotencyKey {
-            key,
-            request_hash: content_hash(&serde_json::to_value(&request).unwrap_or_default()),
-        });
+        let idempotency = request_idempotency(idempotency_key, &request);
         let run = self.prepare_run(project, request, caller, links).await?;
         self.store_new_run(run, idempotency).await
+    }
+
+    /// [`submit_run_linked`](Self::submit_run_linked) for a workflow's step: the run is
+    /// created already claimed, and started here, when the dispatcher would claim it at once.
+    pub(crate) async fn submit_step(
+        &self,
+        project: &str,
+        request: RunRequest,
+        caller: &str,
+        idempotency_key: String,
+        links: RunLinks,
+    ) -> Result<Put<Run>, ControllerError> {
+        let idempotency = request_idempotency(Some(idempotency_key), &request);
+        let mut run = self.prepare_run(project, request, caller, links).await?;
+        let claimed = self.claimable_at_creation(&run).await?;
+        if claimed {
+            self.mark_claimed(&mut run);
+        }
+        let put = self.store_new_run(run, idempotency).await?;
+        if claimed && put.created {
+            // Its own task, as in the dispatcher: a slow start (a container's) does not hold
+            // up the engine's other evaluations.
+            let controller = self.clone();
+            let run = put.value.clone();
+            tokio::spawn(async move { controller.start_claimed(run).await });
+        }
+        Ok(put)
     }
 
     /// The READY run a request makes, validated and merged into its self-contained spec, but
@@ -88,11 +112,19 @@ impl Controller {
         problems.check(validate_name("function", function_name));
         problems.finish()?;
 
+        // Without an action, the function's runtime says which: the version read for it is
+        // kept, and reused below unless a task pins another one.
+        let mut read_for_action: Option<Option<FunctionVersion>> = None;
         let action = match request.action.clone() {
             Some(action) => action,
             None => {
-                self.default_action(project, function_name, pinned_version)
-                    .await?
+                let function = self
+                    .store()
+                    .get_function(project, function_name, pinned_version)
+                    .await?;
+                let action = self.default_action(function.as_ref());
+                read_for_action = Some(function);
+                action
             }
         };
         let task = self
@@ -105,16 +137,27 @@ impl Controller {
                 .map(str::to_string)
         });
         let version = pinned_version.map(str::to_string).or(task_version);
-        let function = self
-            .catalog()
-            .resolve_function(project, function_name, version.as_deref())
-            .await
-            .map_err(|error| match error {
-                crate::catalog::CatalogError::NotFound(what) => {
-                    ControllerError::Invalid(Invalid::field("function", format!("no {what}")))
-                }
-                other => other.into(),
-            })?;
+        let function = match read_for_action {
+            Some(function) if version.as_deref() == pinned_version => function.ok_or_else(|| {
+                crate::catalog::CatalogError::NotFound(match pinned_version {
+                    Some(version) => {
+                        format!("function {function_name}:{version} in project {project}")
+                    }
+                    None => format!("function {function_name} in project {project}"),
+                })
+            }),
+            _ => {
+                self.catalog()
+                    .resolve_function(project, function_name, version.as_deref())
+                    .await
+            }
+        }
+        .map_err(|error| match error {
+            crate::catalog::CatalogError::NotFound(what) => {
+                ControllerError::Invalid(Invalid::field("function", format!("no {what}")))
+            }
+            other => other.into(),
+        })?;
         let mut spec = self.build_spec(&function, task.as_ref(), &action, &request)?;
         if spec.framework == WORKFLOW_FRAMEWORK {
             if !request.inputs.is_empty() {
@@ -219,9 +262,12 @@ impl Controller {
         idempotency: Option<IdempotencyKey>,
     ) -> Result<Put<Run>, ControllerError> {
         let project = run.metadata.project.clone();
-        self.store()
-            .ensure_project(&project, &run.metadata.created_by)
-            .await?;
+        // A step's project holds its workflow run: it exists.
+        if run.status.step_of.is_none() {
+            self.store()
+                .ensure_project(&project, &run.metadata.created_by)
+                .await?;
+        }
         let put = self.store().create_run(run, idempotency).await?;
         crate::failpoints::hit("after_create_run");
         if put.created {
@@ -234,20 +280,11 @@ impl Controller {
     /// The action of a request that names none: the runtime's default (`job`, `pipeline` for
     /// workflows). An unknown function gets the plain default; resolving it fails later with
     /// the right error.
-    async fn default_action(
-        &self,
-        project: &str,
-        function_name: &str,
-        version: Option<&str>,
-    ) -> Result<String, ControllerError> {
-        let function = self
-            .store()
-            .get_function(project, function_name, version)
-            .await?;
-        Ok(function
+    fn default_action(&self, function: Option<&FunctionVersion>) -> String {
+        function
             .and_then(|function| self.inner.runtimes.get(&function.kind))
             .map_or(DEFAULT_ACTION, |runtime| runtime.default_action())
-            .to_string())
+            .to_string()
     }
 
     /// Every step of a workflow names a function that exists now: a typo fails the submit,
@@ -495,6 +532,14 @@ impl Controller {
             reuse: Default::default(),
         })
     }
+}
+
+/// The idempotency key of a request, with the hash that tells a retry from another request.
+fn request_idempotency(key: Option<String>, request: &RunRequest) -> Option<IdempotencyKey> {
+    key.map(|key| IdempotencyKey {
+        key,
+        request_hash: content_hash(&serde_json::to_value(request).unwrap_or_default()),
+    })
 }
 
 /// A run record that is CREATED, BUILT (its spec is merged and validated) and READY, with the

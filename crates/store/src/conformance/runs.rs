@@ -33,6 +33,8 @@ pub async fn runs_round_trip(store: Arc<dyn Store>) {
     run.status.results = Some(json!({ "greeting": "hello", "n": [1, 2.5, null] }));
     run.status.rerun_of = Some(uuid::Uuid::now_v7().to_string());
     run.status.service = Some(service_status("demo", "api", 2, 1));
+    // Created already claimed by a replica (a workflow's step run).
+    run.status.owner = Some("replica-a".to_string());
     run.status.transitions.push(Transition {
         from: Some(RunState::Running),
         to: RunState::Running,

@@ -201,9 +201,9 @@ pub(super) async fn create_run(
     let inserted = sqlx::query(
         "INSERT INTO runs (id, project, kind, function_name, task, state, attempt, reason,
              message, results, rerun_of, service, step_of, step, produced_by, workflow, artifacts,
-             labels, spec, created, updated, created_by, idempotency_key, request_hash)
+             labels, spec, created, updated, created_by, idempotency_key, request_hash, owner)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                 $18, $19, $20, $21, $22, $23, $24)
+                 $18, $19, $20, $21, $22, $23, $24, $25)
          ON CONFLICT (project, idempotency_key) DO NOTHING",
     )
     .bind(&meta.id)
@@ -258,6 +258,7 @@ pub(super) async fn create_run(
     .bind(&meta.created_by)
     .bind(idempotency.map(|k| k.key.as_str()))
     .bind(idempotency.map(|k| k.request_hash.as_str()))
+    .bind(&status.owner)
     .execute(w.conn())
     .await;
     match inserted {

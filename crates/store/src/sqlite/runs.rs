@@ -229,8 +229,8 @@ pub(super) async fn create_run(
     let inserted = sqlx::query(
         "INSERT INTO runs (id, project, kind, function_name, task, state, attempt, reason,
              message, results, rerun_of, service, step_of, step, produced_by, workflow, artifacts,
-             labels, spec, created, updated, created_by, idempotency_key, request_hash)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             labels, spec, created, updated, created_by, idempotency_key, request_hash, owner)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(&meta.id)
     .bind(&meta.project)
@@ -284,6 +284,7 @@ pub(super) async fn create_run(
     .bind(&meta.created_by)
     .bind(idempotency.as_ref().map(|k| k.key.as_str()))
     .bind(idempotency.as_ref().map(|k| k.request_hash.as_str()))
+    .bind(&status.owner)
     .execute(&mut *conn)
     .await;
     match inserted {

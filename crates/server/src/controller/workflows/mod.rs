@@ -513,11 +513,11 @@ async fn start_node(
         produced_by: None,
     };
     let created = controller
-        .submit_run_linked(
+        .submit_step(
             &run.metadata.project,
             start.request.clone(),
             &run.metadata.created_by,
-            Some(key),
+            key,
             links,
         )
         .await;
