@@ -2,8 +2,9 @@
 """Per-step overhead of workflows: a 40-step sequential pipeline of trivial Python steps
 (fibonacci(10)), each step its own run and process, against 40 bare runs of /usr/bin/python3
 doing the step's work (interpreter start, import of the module, the call, json.dumps of the
-result into a file). Both measured in this one run, on this machine; the workflow is run
-REPEAT times and the median is reported.
+result into a file). Both measured in this one run, on this machine, taking turns: REPEAT
+times the workflow then the bare runs; the overhead per step is the median over the
+repetitions of (workflow - bare) / STEPS.
 
 Also reports, from the stored transitions, how long the engine takes between one step's end
 and the next step's creation (the workflow engine's own latency).
@@ -95,7 +96,8 @@ def main():
     repeat = int(sys.argv[3]) if len(sys.argv) > 3 else 3
     server = Server(binary)
     base = f"{server.url}/api/v1/projects/bench"
-    totals, gaps = [], []
+    work = tempfile.mkdtemp(prefix="runplane-bare-")
+    totals, bares, gaps = [], [], []
     phase_times = {"queued": [], "starting": [], "running": []}
     try:
         call("POST", f"{base}/functions", {
@@ -106,34 +108,33 @@ def main():
         # Warm-up: page cache, first connections; not measured.
         run = call("POST", f"{base}/runs", {"function": "fib", "parameters": {"n": 10}})
         call("GET", f"{base}/runs/{run['metadata']['id']}?wait=60")
+        bare_runs(3, work)
+        # The workflow and the bare runs take turns, so that a slower spell of the machine
+        # weighs on both sides of each repetition's difference rather than on one.
         for _ in range(repeat):
             start = time.perf_counter()
             run = call("POST", f"{base}/runs", {"function": f"chain{steps}"})
             done = call("GET", f"{base}/runs/{run['metadata']['id']}?wait=600")
             totals.append(time.perf_counter() - start)
             assert done["status"]["state"] == "COMPLETED", done["status"]
+            bares.append(bare_runs(steps, work))
             gaps.extend(engine_gaps(base, run["metadata"]["id"]))
             for name, values in phases(base, run["metadata"]["id"]).items():
                 phase_times[name].extend(values)
     finally:
         server.close()
-
-    work = tempfile.mkdtemp(prefix="runplane-bare-")
-    try:
-        bare_runs(3, work)
-        bare = statistics.median(bare_runs(steps, work) for _ in range(repeat))
-    finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    total = statistics.median(totals)
     ms = lambda s: round(s * 1000.0, 2)
+    overheads = [(total - bare) / steps for total, bare in zip(totals, bares)]
     print(json.dumps({
         "steps": steps,
         "repeat": repeat,
-        "workflow_total_ms": {"median": ms(total), "all": [ms(t) for t in totals]},
-        "bare_total_ms": ms(bare),
-        "ratio": round(total / bare, 2),
-        "overhead_per_step_ms": ms((total - bare) / steps),
+        "workflow_total_ms": {"median": ms(statistics.median(totals)), "all": [ms(t) for t in totals]},
+        "bare_total_ms": {"median": ms(statistics.median(bares)), "all": [ms(b) for b in bares]},
+        "ratio": round(statistics.median(t / b for t, b in zip(totals, bares)), 2),
+        "overhead_per_step_ms": ms(statistics.median(overheads)),
+        "overhead_per_step_ms_all": [ms(o) for o in overheads],
         "engine_gap_ms": {"median": ms(statistics.median(gaps)), "max": ms(max(gaps))} if gaps else None,
         "step_phase_median_ms": {name: ms(statistics.median(v)) for name, v in phase_times.items() if v},
     }, indent=2))

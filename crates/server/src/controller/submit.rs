@@ -88,6 +88,8 @@ impl Controller {
             let controller = self.clone();
             let run = put.value.clone();
             tokio::spawn(async move { controller.start_claimed(run).await });
+            // Let it begin now rather than after the rest of the caller's evaluation.
+            tokio::task::yield_now().await;
         }
         Ok(put)
     }

@@ -23,7 +23,7 @@ use runplane_domain::{reason, Run, RunState};
 use runplane_store::{AttemptUpdate, RunQuery, StoreError, TransitionRequest};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 /// How long an evaluation that created node runs may leave the workflow's status unrecorded.
@@ -38,7 +38,7 @@ pub(crate) struct Workflows {
     queue: mpsc::UnboundedSender<String>,
     /// The workflow runs being driven, and the parent of each step run seen: which
     /// workflow a run change concerns, without a store read.
-    known: Mutex<Known>,
+    known: Arc<Mutex<Known>>,
 }
 
 #[derive(Default)]
@@ -50,6 +50,15 @@ struct Known {
     /// The node runs of each workflow run as last read: an evaluation re-reads only those
     /// that had not ended (a run that ended never changes), instead of every node's run.
     children: HashMap<String, BTreeMap<String, Child>>,
+    /// How many evaluations brought each workflow's status up to date: a status timer armed
+    /// before the last one has nothing left to do.
+    statuses_recorded: HashMap<String, u64>,
+    /// The workflows with a status timer armed.
+    status_timers: BTreeSet<String>,
+}
+
+fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
+    known.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Workflows {
@@ -58,14 +67,14 @@ impl Workflows {
         (
             Workflows {
                 queue,
-                known: Mutex::new(Known::default()),
+                known: Arc::new(Mutex::new(Known::default())),
             },
             receiver,
         )
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, Known> {
-        self.known.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.known)
     }
 
     /// Queues an evaluation of the workflow run `id`.
@@ -74,14 +83,39 @@ impl Workflows {
         let _ = self.queue.send(id.to_string());
     }
 
-    /// Queues an evaluation of the workflow run `id` after `delay`.
-    fn wake_later(&self, id: &str, delay: std::time::Duration) {
+    /// Makes sure the status of the workflow run `id` is recorded within `delay`: queues an
+    /// evaluation then, unless one recorded it meanwhile. One timer per workflow at a time.
+    fn status_within(&self, id: &str, delay: std::time::Duration) {
+        let armed_at = {
+            let mut known = self.known();
+            if !known.status_timers.insert(id.to_string()) {
+                return;
+            }
+            known.statuses_recorded.get(id).copied().unwrap_or(0)
+        };
         let queue = self.queue.clone();
+        let known = Arc::clone(&self.known);
         let id = id.to_string();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = queue.send(id);
+            let due = {
+                let mut known = lock(&known);
+                known.status_timers.remove(&id);
+                known.statuses_recorded.get(&id).copied().unwrap_or(0) == armed_at
+            };
+            if due {
+                let _ = queue.send(id);
+            }
         });
+    }
+
+    /// The status of the workflow run `id` is up to date (recorded, or unchanged).
+    fn status_recorded(&self, id: &str) {
+        *self
+            .known()
+            .statuses_recorded
+            .entry(id.to_string())
+            .or_default() += 1;
     }
 
     /// The workflow run a changed run concerns, if any.
@@ -99,6 +133,7 @@ impl Workflows {
         known.parents.retain(|_, parent| parent != id);
         known.start_errors.remove(id);
         known.children.remove(id);
+        known.statuses_recorded.remove(id);
     }
 }
 
@@ -123,19 +158,13 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
                         // (its node status): only a stop or a delete needs an evaluation.
                         // Its start and stop requests wake the engine directly as well.
                         let own = parent == run_id;
-                        let urgency = if own {
-                            if matches!(state, RunState::Stop | RunState::Deleting) {
-                                Urgency::Now
-                            } else {
-                                Urgency::None
-                            }
+                        let wanted = if own {
+                            matches!(state, RunState::Stop | RunState::Deleting)
                         } else {
-                            step_change_urgency(state)
+                            step_change_matters(state)
                         };
-                        match urgency {
-                            Urgency::Now => { pending.insert(parent); }
-                            Urgency::Soon => controller.inner.workflows.wake_later(&parent, STATUS_DELAY),
-                            Urgency::None => {}
+                        if wanted {
+                            pending.insert(parent);
                         }
                     }
                 }
@@ -162,27 +191,16 @@ pub(super) async fn run(controller: Controller, mut queue: mpsc::UnboundedReceiv
     }
 }
 
-/// How soon a change of a workflow's run calls for an evaluation.
-#[derive(Debug, PartialEq)]
-enum Urgency {
-    None,
-    /// Within [`STATUS_DELAY`]: changes that only show in the status, coalesced.
-    Soon,
-    Now,
-}
-
-/// How soon a step run's move to `state` calls for an evaluation of its workflow. A node is
+/// Whether a step run's move to `state` can change its workflow's plan or status. A node is
 /// RUNNING from its run's creation to its end, so the queue and the claim (READY, PENDING)
-/// change nothing. RUNNING (the process started, or a service step's URL, which dependents
-/// may wait for) changes the status: soon is enough, and a short step has ended by then,
-/// which saves a read of the workflow and a status write per step on the path from one step
-/// to the next. Its end is what lets dependents start: now.
-fn step_change_urgency(state: RunState) -> Urgency {
-    match state {
-        RunState::Created | RunState::Built | RunState::Ready | RunState::Pending => Urgency::None,
-        RunState::Running => Urgency::Soon,
-        _ => Urgency::Now,
-    }
+/// change nothing. RUNNING does: for a service step, its URL, which dependents may wait for;
+/// for any step, the status, which the evaluation that created it left to a later one (this
+/// one, while the step's process starts, off the path from one step to the next).
+fn step_change_matters(state: RunState) -> bool {
+    !matches!(
+        state,
+        RunState::Created | RunState::Built | RunState::Ready | RunState::Pending
+    )
 }
 
 impl Controller {
@@ -482,14 +500,17 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
     // timer makes sure one comes soon even if they wait in the queue).
     let defer_status = created_runs && !stopping && decision.outcome.is_none();
     if defer_status {
-        controller.inner.workflows.wake_later(id, STATUS_DELAY);
-    } else if run.status.workflow.as_ref() != Some(&decision.status) {
-        controller
-            .store()
-            .set_workflow_status(id, run.status.attempt, &decision.status)
-            .await?;
-        tracing::debug!(run = %id, "recorded the workflow's status");
-        controller.published(&run);
+        controller.inner.workflows.status_within(id, STATUS_DELAY);
+    } else {
+        if run.status.workflow.as_ref() != Some(&decision.status) {
+            controller
+                .store()
+                .set_workflow_status(id, run.status.attempt, &decision.status)
+                .await?;
+            tracing::debug!(run = %id, "recorded the workflow's status");
+            controller.published(&run);
+        }
+        controller.inner.workflows.status_recorded(id);
     }
     if let Some(outcome) = decision.outcome {
         end(controller, &run, outcome).await?;
