@@ -4,7 +4,9 @@ use super::codec::{db, from_json, parse_ts, to_json, ts};
 use super::services::RunHead;
 use crate::{StoreError, StoreResult, StoredEvent, MAX_EVENTS_PAGE};
 use chrono::{DateTime, Utc};
-use runplane_domain::{FunctionVersion, Run, RunState, ServiceRecord, ServiceStatus, Task};
+use runplane_domain::{
+    FunctionVersion, Run, RunState, ServiceRecord, ServiceStatus, Task, Transition,
+};
 use serde_json::{json, Value};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -66,8 +68,22 @@ pub(super) async fn run_changed(
     reason: Option<&str>,
     at: &DateTime<Utc>,
 ) -> StoreResult<()> {
-    let data = run_event(run, from, state, attempt, reason, at);
-    append(conn, at, &run.metadata.project, "run", &data).await
+    let transition = Transition {
+        from,
+        to: state,
+        at: *at,
+        attempt,
+        reason: reason.map(str::to_string),
+        message: None,
+    };
+    append(
+        conn,
+        at,
+        &run.metadata.project,
+        "run",
+        &run_event(run, &transition),
+    )
+    .await
 }
 
 /// The events of a run's initial transitions (CREATED, and BUILT/READY when it is created
@@ -79,10 +95,7 @@ pub(super) async fn run_created(conn: &mut SqliteConnection, run: &Run) -> Store
     }
     let rows = transitions
         .iter()
-        .map(|t| {
-            let data = run_event(run, t.from, t.to, t.attempt, t.reason.as_deref(), &t.at);
-            Ok((ts(&t.at), to_json("events.data", &data)?))
-        })
+        .map(|t| Ok((ts(&t.at), to_json("events.data", &run_event(run, t))?)))
         .collect::<StoreResult<Vec<_>>>()?;
     let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (at, project, kind, data) ");
     query.push_values(rows, |mut row, (at, data)| {
@@ -95,25 +108,19 @@ pub(super) async fn run_created(conn: &mut SqliteConnection, run: &Run) -> Store
     Ok(())
 }
 
-fn run_event(
-    run: &Run,
-    from: Option<RunState>,
-    state: RunState,
-    attempt: u32,
-    reason: Option<&str>,
-    at: &DateTime<Utc>,
-) -> Value {
+/// The document of a run's event for one of its transitions.
+fn run_event(run: &Run, t: &Transition) -> Value {
     json!({
         "type": "run",
         "project": run.metadata.project,
         "id": run.metadata.id,
         "kind": run.kind,
         "function": run.spec.function_name,
-        "from": from,
-        "state": state,
-        "attempt": attempt,
-        "reason": reason,
-        "at": ts(at),
+        "from": t.from,
+        "state": t.to,
+        "attempt": t.attempt,
+        "reason": t.reason,
+        "at": ts(&t.at),
     })
 }
 
