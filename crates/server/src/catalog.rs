@@ -352,13 +352,16 @@ impl Catalog {
         self.store
             .get_function(project, name, version)
             .await?
-            .ok_or_else(|| {
-                CatalogError::NotFound(match version {
-                    Some(version) => format!("function {name}:{version} in project {project}"),
-                    None => format!("function {name} in project {project}"),
-                })
-            })
+            .ok_or_else(|| function_not_found(project, name, version))
     }
+}
+
+/// The error for a function (or one version of it) that does not exist.
+pub fn function_not_found(project: &str, name: &str, version: Option<&str>) -> CatalogError {
+    CatalogError::NotFound(match version {
+        Some(version) => format!("function {name}:{version} in project {project}"),
+        None => format!("function {name} in project {project}"),
+    })
 }
 
 pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Invalid> {

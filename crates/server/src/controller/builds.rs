@@ -37,14 +37,23 @@ pub(super) enum Gate {
 }
 
 impl Controller {
-    /// Whether `run` may be dispatched now; starts the build it needs when none runs.
-    pub(super) async fn prerequisite_gate(&self, run: &Run) -> Result<Gate, ControllerError> {
-        let Some(prerequisite) = self
-            .inner
+    /// Whether what `run` needs before it starts is there (or it needs nothing). No side
+    /// effect: [`prerequisite_gate`](Self::prerequisite_gate) is what starts a missing build.
+    pub(super) fn prerequisite_ready(&self, run: &Run) -> bool {
+        self.prerequisite_of(run)
+            .is_none_or(|prerequisite| Path::new(&prerequisite.ready_path).exists())
+    }
+
+    fn prerequisite_of(&self, run: &Run) -> Option<Prerequisite> {
+        self.inner
             .runtimes
             .get(&run.spec.runtime)
             .and_then(|runtime| runtime.prerequisite(run))
-        else {
+    }
+
+    /// Whether `run` may be dispatched now; starts the build it needs when none runs.
+    pub(super) async fn prerequisite_gate(&self, run: &Run) -> Result<Gate, ControllerError> {
+        let Some(prerequisite) = self.prerequisite_of(run) else {
             return Ok(Gate::Open);
         };
         if Path::new(&prerequisite.ready_path).exists() {

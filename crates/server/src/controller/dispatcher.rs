@@ -167,10 +167,7 @@ async fn dispatch_round(controller: &Controller) -> Result<(), StoreError> {
                 .entry((claimed.metadata.project.clone(), task.clone()))
                 .or_default() += 1;
         }
-        tracing::debug!(run = %claimed.metadata.id, "claimed");
-        controller.inner.deadlines.watch_attempt(&claimed);
-        crate::failpoints::hit("after_claim");
-        start(controller, claimed).await;
+        controller.start_claimed(claimed).await;
     }
     if let Some(due) = next_due {
         controller.inner.deadlines.wake_dispatcher_at(due);
@@ -183,7 +180,7 @@ impl Controller {
     /// (PENDING, its first attempt dispatched): when a dispatch round would claim it at once.
     /// A workflow's step run then skips the claim's own transaction and the dispatcher's
     /// round trip, on the path from one step to the next. Runs with a task limit (checked in
-    /// the claim's transaction), a prerequisite build, or no slot left go the usual way.
+    /// the claim's transaction), a prerequisite still to build, or no slot left go the usual way.
     pub(super) async fn claimable_at_creation(&self, run: &Run) -> Result<bool, StoreError> {
         if super::workflows::is_workflow_run(run)
             || run.status.state != RunState::Ready
@@ -192,7 +189,7 @@ impl Controller {
         {
             return Ok(false);
         }
-        if !matches!(self.prerequisite_gate(run).await, Ok(Gate::Open)) {
+        if !self.prerequisite_ready(run) {
             return Ok(false);
         }
         let active = self.store().count_active().await?;
@@ -226,7 +223,8 @@ impl Controller {
         run.status.owner = Some(self.replica_id().to_string());
     }
 
-    /// Starts a run that was created already claimed (see `claimable_at_creation`).
+    /// Starts a claimed (PENDING) run: by the dispatcher's claim, or created claimed (see
+    /// `claimable_at_creation`).
     pub(super) async fn start_claimed(&self, run: Run) {
         tracing::debug!(run = %run.metadata.id, "claimed");
         self.inner.deadlines.watch_attempt(&run);

@@ -141,12 +141,7 @@ impl Controller {
         let version = pinned_version.map(str::to_string).or(task_version);
         let function = match read_for_action {
             Some(function) if version.as_deref() == pinned_version => function.ok_or_else(|| {
-                crate::catalog::CatalogError::NotFound(match pinned_version {
-                    Some(version) => {
-                        format!("function {function_name}:{version} in project {project}")
-                    }
-                    None => format!("function {function_name} in project {project}"),
-                })
+                crate::catalog::function_not_found(project, function_name, pinned_version)
             }),
             _ => {
                 self.catalog()
