@@ -17,7 +17,7 @@ use super::actions::stop_reason;
 use super::bus::BusEvent;
 use super::submit::RunLinks;
 use super::{Controller, ControllerError};
-use plan::{Child, Decision, Inputs, Outcome};
+use plan::{Child, Decision, Inputs, Outcome, Plan};
 use runplane_domain::workflow::{StepOf, WorkflowSpec, WORKFLOW_FRAMEWORK};
 use runplane_domain::{reason, Run, RunState};
 use runplane_store::{AttemptUpdate, RunQuery, StoreError, TransitionRequest};
@@ -55,6 +55,8 @@ struct Known {
     statuses_recorded: HashMap<String, u64>,
     /// The workflows with a status timer armed.
     status_timers: BTreeSet<String>,
+    /// Each workflow run's spec, parsed and planned once: a run's spec never changes.
+    plans: HashMap<String, Arc<Plan>>,
 }
 
 fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
@@ -134,6 +136,20 @@ impl Workflows {
         known.start_errors.remove(id);
         known.children.remove(id);
         known.statuses_recorded.remove(id);
+        known.plans.remove(id);
+    }
+
+    /// The plan of the workflow run `run`, parsed from its spec the first time.
+    fn plan(&self, run: &Run) -> Result<Arc<Plan>, serde_json::Error> {
+        if let Some(plan) = self.known().plans.get(&run.metadata.id) {
+            return Ok(Arc::clone(plan));
+        }
+        let spec: WorkflowSpec = serde_json::from_value(run.spec.function_spec.clone())?;
+        let plan = Arc::new(Plan::new(spec));
+        self.known()
+            .plans
+            .insert(run.metadata.id.clone(), Arc::clone(&plan));
+        Ok(plan)
     }
 }
 
@@ -405,8 +421,8 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
         }
         _ => return Ok(()),
     }
-    let spec: WorkflowSpec = match serde_json::from_value(run.spec.function_spec.clone()) {
-        Ok(spec) => spec,
+    let plan = match controller.inner.workflows.plan(&run) {
+        Ok(plan) => plan,
         Err(error) => {
             return end(
                 controller,
@@ -416,7 +432,7 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
             .await
         }
     };
-    let params = parameters(&spec, &run.spec.parameters);
+    let params = parameters(plan.spec(), &run.spec.parameters);
     let stopping = matches!(run.status.state, RunState::Stop | RunState::Deleting);
     let mut children = current_children(controller, &run).await?;
     let reused = reused(controller, &run).await?;
@@ -440,7 +456,7 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
             .unwrap_or_default();
         decision = plan::decide(&Inputs {
             workflow_run_id: id,
-            spec: &spec,
+            plan: &plan,
             params: &params,
             children: &children,
             reused: &reused,

@@ -61,9 +61,36 @@ impl Child {
     }
 }
 
+/// A workflow spec with what every evaluation of it needs, worked out once: the order its
+/// steps are decided in, and what each step depends on. A run's spec never changes, so the
+/// engine keeps one per workflow run.
+pub struct Plan {
+    spec: WorkflowSpec,
+    /// Step indexes, dependencies first; Err names a cycle or an unknown step.
+    order: Result<Vec<usize>, String>,
+    /// Per step (by index): the names of the steps it depends on.
+    dependencies: Vec<BTreeSet<String>>,
+}
+
+impl Plan {
+    pub fn new(spec: WorkflowSpec) -> Self {
+        let dependencies: Vec<BTreeSet<String>> = spec.steps.iter().map(dependencies).collect();
+        let order = order_of(&spec, &dependencies);
+        Plan {
+            spec,
+            order,
+            dependencies,
+        }
+    }
+
+    pub fn spec(&self) -> &WorkflowSpec {
+        &self.spec
+    }
+}
+
 pub struct Inputs<'a> {
     pub workflow_run_id: &'a str,
-    pub spec: &'a WorkflowSpec,
+    pub plan: &'a Plan,
     /// The run's parameters over the spec's defaults.
     pub params: &'a Map<String, Value>,
     /// Node name → its run.
@@ -163,8 +190,9 @@ pub fn dependencies(step: &Step) -> BTreeSet<String> {
 }
 
 /// Step indexes in an order where each comes after what it depends on (ties: written
-/// order). Err names a step on a cycle or with an unknown dependency.
-pub fn order(spec: &WorkflowSpec) -> Result<Vec<usize>, String> {
+/// order), given each step's [`dependencies`]. Err names a step on a cycle or with an unknown
+/// dependency.
+fn order_of(spec: &WorkflowSpec, dependencies: &[BTreeSet<String>]) -> Result<Vec<usize>, String> {
     let index: BTreeMap<&str, usize> = spec
         .steps
         .iter()
@@ -172,9 +200,9 @@ pub fn order(spec: &WorkflowSpec) -> Result<Vec<usize>, String> {
         .map(|(i, s)| (s.name.as_str(), i))
         .collect();
     let mut deps: Vec<BTreeSet<usize>> = Vec::with_capacity(spec.steps.len());
-    for step in &spec.steps {
+    for (step, names) in spec.steps.iter().zip(dependencies) {
         let mut set = BTreeSet::new();
-        for name in dependencies(step) {
+        for name in names {
             let i = index.get(name.as_str()).ok_or_else(|| {
                 format!("step {} depends on {name}, which does not exist", step.name)
             })?;
@@ -214,15 +242,15 @@ fn node_name(step: &str, index: Option<u32>) -> String {
 }
 
 pub fn decide(inputs: &Inputs<'_>) -> Decision {
-    let spec = inputs.spec;
-    let order = match order(spec) {
+    let spec = &inputs.plan.spec;
+    let order = match &inputs.plan.order {
         Ok(order) => order,
         Err(message) => {
             return Decision {
                 status: WorkflowStatus::default(),
                 starts: vec![],
                 active_runs: vec![],
-                outcome: Some(Outcome::Failed(message)),
+                outcome: Some(Outcome::Failed(message.clone())),
             }
         }
     };
@@ -238,9 +266,9 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         .count();
     let workflow_cap = spec.parallelism.map_or(usize::MAX, |p| p as usize);
 
-    for &i in &order {
+    for &i in order {
         let step = &spec.steps[i];
-        let deps = dependencies(step);
+        let deps = &inputs.plan.dependencies[i];
         let mut nodes = Vec::new();
         let plain = |state: NodeState, message: Option<String>| NodeStatus {
             name: step.name.clone(),
@@ -267,11 +295,9 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
             nodes.push(plain(NodeState::Waiting, None));
             StepView::ended(NodeState::Waiting, step.optional)
         } else {
-            let context = context(inputs, &views, None);
             evaluate_step(
                 inputs,
                 step,
-                &context,
                 &views,
                 failing.is_some(),
                 &mut in_flight,
@@ -377,7 +403,6 @@ fn context(
 fn evaluate_step(
     inputs: &Inputs<'_>,
     step: &Step,
-    context: &Value,
     views: &BTreeMap<String, StepView>,
     failing: bool,
     in_flight: &mut usize,
@@ -398,8 +423,12 @@ fn evaluate_step(
         });
         StepView::ended(NodeState::Failed, step.optional)
     };
+    // Built only when an expression is evaluated: for most steps of a long workflow (already
+    // run, no condition), never — and it holds the results of every step before.
+    let context = std::cell::OnceCell::new();
+    let context = || context.get_or_init(|| self::context(inputs, views, None));
     if let Some(condition) = &step.condition {
-        match expr::evaluate_condition(condition, context, "if") {
+        match expr::evaluate_condition(condition, context(), "if") {
             Ok(true) => {}
             Ok(false) => {
                 nodes.push(NodeStatus {
@@ -418,7 +447,7 @@ fn evaluate_step(
     }
     let items: Option<Vec<Value>> = match &step.for_each {
         None => None,
-        Some(list) => match expr::render(list, context, "for_each") {
+        Some(list) => match expr::render(list, context(), "for_each") {
             Ok(Value::Array(items)) => Some(items),
             Ok(other) => {
                 return fail_step(nodes, format!("for_each: must give a list, not {other}"))
@@ -495,11 +524,15 @@ fn evaluate_step(
                 .as_ref()
                 .zip(index)
                 .and_then(|(items, i)| items.get(i as usize).map(|item| (item, i)));
+            let item_context;
             let context = match item {
-                Some(item) => self::context(inputs, views, Some(item)),
-                None => context.clone(),
+                Some(item) => {
+                    item_context = self::context(inputs, views, Some(item));
+                    &item_context
+                }
+                None => context(),
             };
-            match request(inputs, step, &context) {
+            match request(inputs, step, context) {
                 Ok(request) => {
                     node.state = NodeState::Running;
                     *in_flight += 1;

@@ -29,7 +29,7 @@ fn decide_with(
         .collect();
     decide(&Inputs {
         workflow_run_id: "wf",
-        spec,
+        plan: &Plan::new(spec.clone()),
         params: &params,
         children: &children,
         reused: &BTreeMap::new(),
@@ -252,7 +252,14 @@ fn order_rejects_cycles() {
         {"name": "a", "function": "f", "depends_on": ["b"]},
         {"name": "b", "function": "f", "parameters": {"x": "${{ steps.a.results }}"}},
     ]}));
-    assert!(order(&spec).is_err());
+    let plan = Plan::new(spec);
+    assert!(plan.order.is_err());
+    let decision = decide_with(plan.spec(), json!({}), &[], false);
+    assert!(
+        matches!(&decision.outcome, Some(Outcome::Failed(why)) if why.contains("cycle")),
+        "{:?}",
+        decision.outcome
+    );
 }
 
 #[test]
@@ -272,7 +279,7 @@ fn reused_nodes_keep_their_results_and_only_the_rest_runs() {
     .into();
     let decision = decide(&Inputs {
         workflow_run_id: "wf2",
-        spec: &spec,
+        plan: &Plan::new(spec.clone()),
         params: &params,
         children: &BTreeMap::new(),
         reused: &reused,
