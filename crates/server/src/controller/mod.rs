@@ -245,6 +245,10 @@ impl Controller {
     }
 
     pub(crate) fn published(&self, run: &Run) {
+        if run.status.state.is_terminal() {
+            // Before the bus event that wakes the workflow's evaluation.
+            self.inner.workflows.step_ended(run);
+        }
         // Every stored run change appended to the event log in its transaction.
         self.inner.bus.events_appended();
         self.inner.bus.publish(BusEvent::RunChanged {

@@ -120,6 +120,25 @@ impl Workflows {
             .or_default() += 1;
     }
 
+    /// A step run just ended (`run` as stored by that change): the cached node runs of its
+    /// workflow take it as it is, so the evaluation its end wakes need not read it again. A
+    /// run that ended never changes, so the cache cannot go stale; without a cache (an
+    /// evaluation holds it, or none ran yet) the evaluation reads the store as before.
+    pub(crate) fn step_ended(&self, run: &Run) {
+        let Some(step_of) = &run.status.step_of else {
+            return;
+        };
+        let mut known = self.known();
+        let Some(children) = known.children.get_mut(&step_of.run_id) else {
+            return;
+        };
+        if let Some(child) = children.get_mut(&node_of(step_of)) {
+            if child.run_id == run.metadata.id {
+                *child = child_of(run);
+            }
+        }
+    }
+
     /// The workflow run a changed run concerns, if any.
     fn concerned(&self, run_id: &str) -> Option<String> {
         let known = self.known();
@@ -323,10 +342,7 @@ async fn children(
             let Some(step_of) = &child.status.step_of else {
                 continue;
             };
-            let name = match step_of.index {
-                Some(i) => format!("{}[{i}]", step_of.step),
-                None => step_of.step.clone(),
-            };
+            let name = node_of(step_of);
             // Oldest first wins: a node has one run (ids grow with creation time).
             children.entry(name).or_insert_with(|| child_of(&child));
         }
@@ -336,6 +352,11 @@ async fn children(
         }
     }
     Ok(children)
+}
+
+/// The name of the node a step run is the run of: its step, and its index in a fan-out.
+fn node_of(step_of: &StepOf) -> String {
+    plan::node_name(&step_of.step, step_of.index)
 }
 
 fn child_of(run: &Run) -> Child {

@@ -234,7 +234,7 @@ fn node_state(state: RunState) -> NodeState {
     }
 }
 
-fn node_name(step: &str, index: Option<u32>) -> String {
+pub(crate) fn node_name(step: &str, index: Option<u32>) -> String {
     match index {
         Some(i) => format!("{step}[{i}]"),
         None => step.to_string(),
