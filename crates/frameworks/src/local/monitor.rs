@@ -242,7 +242,18 @@ impl Follow {
             }
         }
 
-        let status = self.child.wait().await.ok();
+        // The supervisor closes the channel once exit.json is written: the outcome can be read
+        // now, and the process reaped in the background. Without exit.json (the supervisor
+        // died), its own exit status goes into the report.
+        let status = if self.reporter.attempt_dir.join(EXIT_FILE).exists() {
+            let mut child = self.child;
+            tokio::spawn(async move {
+                let _ = child.wait().await;
+            });
+            None
+        } else {
+            self.child.wait().await.ok()
+        };
         if service {
             replicas.refresh(&self.reporter).await;
         }

@@ -107,7 +107,15 @@ fn finish(attempt_dir: &Path, outcome: &ExitFile) -> i32 {
             .map_err(|e| e.to_string())
         });
     match written {
-        Ok(()) => 0,
+        Ok(()) => {
+            // The control channel's end tells the server the outcome is in exit.json: it
+            // reads it now rather than after this process is torn down and reaped.
+            // SAFETY: closing fd 1 has no memory effects; nothing writes to it after this.
+            unsafe {
+                libc::close(1);
+            }
+            0
+        }
         Err(e) => {
             eprintln!("runplane supervise: cannot write {EXIT_FILE}: {e}");
             1
