@@ -96,11 +96,6 @@ impl SqliteStore {
     async fn write(&self) -> StoreResult<Transaction<'static, Sqlite>> {
         self.pool.begin_with("BEGIN IMMEDIATE").await.map_err(db)
     }
-
-    /// A read transaction: one consistent snapshot across several statements.
-    async fn read(&self) -> StoreResult<Transaction<'static, Sqlite>> {
-        self.pool.begin().await.map_err(db)
-    }
 }
 
 #[async_trait]
@@ -202,32 +197,27 @@ impl Store for SqliteStore {
         Ok(put)
     }
 
+    // The run reads below are one statement each (transitions and attempts are folded into
+    // the row): SQLite runs a statement on one snapshot, so they need no transaction (whose
+    // BEGIN and COMMIT would be two more round trips to the connection's thread).
     async fn get_run(&self, project: &str, id: &str) -> StoreResult<Option<Run>> {
-        let mut tx = self.read().await?;
-        let run = runs::get_run(&mut tx, Some(project), id).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(run)
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        runs::get_run(&mut conn, Some(project), id).await
     }
 
     async fn get_run_by_id(&self, id: &str) -> StoreResult<Option<Run>> {
-        let mut tx = self.read().await?;
-        let run = runs::get_run(&mut tx, None, id).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(run)
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        runs::get_run(&mut conn, None, id).await
     }
 
     async fn list_runs(&self, query: &RunQuery) -> StoreResult<RunPage> {
-        let mut tx = self.read().await?;
-        let page = runs::list_runs(&mut tx, query).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(page)
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        runs::list_runs(&mut conn, query).await
     }
 
     async fn runs_in_states(&self, states: &[RunState], limit: u32) -> StoreResult<Vec<Run>> {
-        let mut tx = self.read().await?;
-        let runs = runs::runs_in_states(&mut tx, states, limit).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(runs)
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        runs::runs_in_states(&mut conn, states, limit).await
     }
 
     async fn count_active(&self) -> StoreResult<ActiveCounts> {
@@ -543,9 +533,7 @@ impl Store for SqliteStore {
     }
 
     async fn runs_owned_by(&self, owner: &str) -> StoreResult<Vec<Run>> {
-        let mut tx = self.read().await?;
-        let runs = replicas::owned_by(&mut tx, owner).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(runs)
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        replicas::owned_by(&mut conn, owner).await
     }
 }
