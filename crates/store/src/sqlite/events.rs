@@ -86,9 +86,13 @@ pub(super) async fn run_changed(
     .await
 }
 
-/// The events of a run's initial transitions (CREATED, and BUILT/READY when it is created
-/// already built), in one statement: ids follow the rows' order.
-pub(super) async fn run_created(conn: &mut SqliteConnection, run: &Run) -> StoreResult<()> {
+/// Appends to `query` the statement inserting the events of a run's initial transitions
+/// (CREATED, and BUILT/READY when it is created already built): one row each, ids in the
+/// rows' order. Nothing when it has none.
+pub(super) fn push_run_created<'q>(
+    query: &mut QueryBuilder<'q, Sqlite>,
+    run: &'q Run,
+) -> StoreResult<()> {
     let transitions = &run.status.transitions;
     if transitions.is_empty() {
         return Ok(());
@@ -97,14 +101,14 @@ pub(super) async fn run_created(conn: &mut SqliteConnection, run: &Run) -> Store
         .iter()
         .map(|t| Ok((ts(&t.at), to_json("events.data", &run_event(run, t))?)))
         .collect::<StoreResult<Vec<_>>>()?;
-    let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO events (at, project, kind, data) ");
+    query.push("INSERT INTO events (at, project, kind, data) ");
     query.push_values(rows, |mut row, (at, data)| {
         row.push_bind(at)
-            .push_bind(run.metadata.project.clone())
+            .push_bind(&run.metadata.project)
             .push_bind("run")
             .push_bind(data);
     });
-    query.build().execute(&mut *conn).await.map_err(db)?;
+    query.push(";\n");
     Ok(())
 }
 

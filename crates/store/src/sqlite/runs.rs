@@ -178,6 +178,16 @@ impl AttemptRow {
 }
 
 /// Turns run rows into full runs. Keeps the order of `rows`.
+/// The statement reading one run by id (one `?`: the id), for batches that end with it.
+pub(super) fn select_run_by_id() -> String {
+    format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?")
+}
+
+/// The run in `rows` (read by [`select_run_by_id`]), if any.
+pub(super) fn first_run(rows: Vec<RunRow>) -> StoreResult<Option<Run>> {
+    Ok(assemble(rows)?.into_iter().next())
+}
+
 fn assemble(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
     rows.into_iter().map(RunRow::into_run).collect()
 }
@@ -195,36 +205,6 @@ pub(super) async fn create_run(
     idempotency: Option<IdempotencyKey>,
 ) -> StoreResult<Put<Run>> {
     let meta = &run.metadata;
-    // The caller holds the write lock (BEGIN IMMEDIATE): no other request can take the key
-    // between this look-up and the insert. The unique index backs it up regardless.
-    if let Some(key) = &idempotency {
-        let earlier: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT id, request_hash FROM runs WHERE project = ? AND idempotency_key = ?",
-        )
-        .bind(&meta.project)
-        .bind(&key.key)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(db)?;
-        if let Some((id, request_hash)) = earlier {
-            if request_hash.as_deref() != Some(key.request_hash.as_str()) {
-                return Err(StoreError::IdempotencyMismatch {
-                    key: key.key.clone(),
-                    run_id: id,
-                });
-            }
-            let earlier = get_run(conn, Some(&meta.project), &id)
-                .await?
-                .ok_or_else(|| {
-                    StoreError::Database(format!("run {id} vanished during an idempotent create"))
-                })?;
-            return Ok(Put {
-                value: earlier,
-                created: false,
-            });
-        }
-    }
-
     let status = &run.status;
     let inserted = sqlx::query(
         "INSERT INTO runs (id, project, kind, function_name, task, state, attempt, reason,
@@ -292,38 +272,46 @@ pub(super) async fn create_run(
         Err(e) if is_foreign_key_violation(&e) => {
             return Err(StoreError::NotFound(format!("project {}", meta.project)))
         }
-        // The id is taken (the idempotency key cannot be: it was looked up under the write
-        // lock above).
+        // The idempotency key is taken (looked up only now: nearly every insert succeeds), or
+        // else the id. The caller holds the write lock: the key's run cannot go away meanwhile.
         Err(e) if is_unique_violation(&e) => {
+            if let Some(key) = &idempotency {
+                if let Some(earlier) = idempotent_earlier(conn, &meta.project, key).await? {
+                    return Ok(earlier);
+                }
+            }
             return Err(StoreError::Database(format!(
                 "run {} already exists",
                 meta.id
-            )))
+            )));
         }
         Err(e) => return Err(db(e)),
     }
 
-    // One statement per table (each is a round trip to the connection's thread), in chunks
-    // well under SQLite's limit on bound parameters.
+    // The rest in one batch of statements, a single round trip to the connection's thread
+    // (binds are taken in order across statements: the SQLite driver's way, which the
+    // conformance suite checks). Rows in chunks well under SQLite's limit on bound parameters
+    // per statement.
+    let mut batch = QueryBuilder::<Sqlite>::new("");
     for chunk in meta
         .labels
         .iter()
         .collect::<Vec<_>>()
         .chunks(ROWS_PER_INSERT)
     {
-        let mut query = QueryBuilder::<Sqlite>::new("INSERT INTO run_labels (run_id, key, value) ");
-        query.push_values(chunk, |mut row, (key, value)| {
+        batch.push("INSERT INTO run_labels (run_id, key, value) ");
+        batch.push_values(chunk, |mut row, (key, value)| {
             row.push_bind(&meta.id).push_bind(*key).push_bind(*value);
         });
-        query.build().execute(&mut *conn).await.map_err(db)?;
+        batch.push(";\n");
     }
     let transitions: Vec<(i64, &Transition)> = (1_i64..).zip(&status.transitions).collect();
     for chunk in transitions.chunks(ROWS_PER_INSERT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        batch.push(
             "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
                  message, at) ",
         );
-        query.push_values(chunk, |mut row, (seq, t)| {
+        batch.push_values(chunk, |mut row, (seq, t)| {
             row.push_bind(&meta.id)
                 .push_bind(*seq)
                 .push_bind(t.from.map(RunState::as_str))
@@ -333,14 +321,14 @@ pub(super) async fn create_run(
                 .push_bind(&t.message)
                 .push_bind(ts(&t.at));
         });
-        query.build().execute(&mut *conn).await.map_err(db)?;
+        batch.push(";\n");
     }
     for chunk in status.attempts.chunks(ROWS_PER_INSERT) {
-        let mut query = QueryBuilder::<Sqlite>::new(
+        batch.push(
             "INSERT INTO run_attempts (run_id, number, framework, dispatched, started, ended,
                  exit_code, signal, reason) ",
         );
-        query.push_values(chunk, |mut row, a| {
+        batch.push_values(chunk, |mut row, a| {
             row.push_bind(&meta.id)
                 .push_bind(i64::from(a.number))
                 .push_bind(&a.framework)
@@ -351,15 +339,49 @@ pub(super) async fn create_run(
                 .push_bind(a.signal)
                 .push_bind(&a.reason);
         });
-        query.build().execute(&mut *conn).await.map_err(db)?;
+        batch.push(";\n");
     }
     // One event per initial transition, in the insert's transaction: the log then holds the
     // run's whole history (CREATED, and BUILT/READY when it is created already built).
-    events::run_created(conn, &run).await?;
+    events::push_run_created(&mut batch, &run)?;
+    batch.build().execute(&mut *conn).await.map_err(db)?;
     Ok(Put {
         value: run,
         created: true,
     })
+}
+
+/// The run created earlier with `key`, if any: the same request's (created: false), or an
+/// `IdempotencyMismatch` for another request under the same key.
+async fn idempotent_earlier(
+    conn: &mut SqliteConnection,
+    project: &str,
+    key: &IdempotencyKey,
+) -> StoreResult<Option<Put<Run>>> {
+    let earlier: Option<(String, Option<String>)> = sqlx::query_as(
+        "SELECT id, request_hash FROM runs WHERE project = ? AND idempotency_key = ?",
+    )
+    .bind(project)
+    .bind(&key.key)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
+    let Some((id, request_hash)) = earlier else {
+        return Ok(None);
+    };
+    if request_hash.as_deref() != Some(key.request_hash.as_str()) {
+        return Err(StoreError::IdempotencyMismatch {
+            key: key.key.clone(),
+            run_id: id,
+        });
+    }
+    let earlier = get_run(conn, Some(project), &id).await?.ok_or_else(|| {
+        StoreError::Database(format!("run {id} vanished during an idempotent create"))
+    })?;
+    Ok(Some(Put {
+        value: earlier,
+        created: false,
+    }))
 }
 
 /// The run `id`, restricted to `project` when given (the API always scopes by project; the

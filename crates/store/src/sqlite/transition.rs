@@ -2,7 +2,7 @@
 
 use super::codec::{db, now, parse_state, to_json, to_u32, ts};
 use super::events;
-use super::runs::get_run;
+use super::runs::{first_run, select_run_by_id, RunRow};
 use crate::{AttemptUpdate, StoreError, StoreResult, TransitionRequest};
 use runplane_domain::{Run, RunState};
 use sqlx::SqliteConnection;
@@ -70,82 +70,94 @@ pub(super) async fn transition(
         return Err(lost(conn, request).await);
     }
 
-    sqlx::query(
-        "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
-             message, at)
-         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_transitions WHERE run_id = ?),
-                 ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&request.run_id)
-    .bind(&request.run_id)
-    .bind(request.from.as_str())
-    .bind(request.to.as_str())
-    .bind(i64::from(next_attempt))
-    .bind(&request.reason)
-    .bind(&request.message)
-    .bind(&at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-
-    match &request.attempt_update {
-        None => {}
+    // The rest in one batch, a single round trip to the connection's thread: the transition,
+    // the attempt record, and the run as it is now. (A query of several statements, binds
+    // taken in order, is the SQLite driver's; the conformance suite fails if it stops being.)
+    let (attempt_sql, attempt_number) = match &request.attempt_update {
+        None => ("", None),
         // A (re)dispatch of the attempt the run moves into. Dispatching the same attempt number
         // twice (PENDING → READY without a new attempt, then READY → PENDING) starts its record
         // over rather than failing the transition.
-        Some(AttemptUpdate::Dispatched { framework }) => {
-            sqlx::query(
-                "INSERT INTO run_attempts (run_id, number, framework, dispatched)
-                 VALUES (?, ?, ?, ?)
-                 ON CONFLICT (run_id, number) DO UPDATE SET
-                     framework = excluded.framework, dispatched = excluded.dispatched,
-                     started = NULL, ended = NULL, exit_code = NULL, signal = NULL, reason = NULL",
-            )
+        Some(AttemptUpdate::Dispatched { .. }) => (
+            "INSERT INTO run_attempts (run_id, number, framework, dispatched)
+             VALUES (?, ?, ?, ?)
+             ON CONFLICT (run_id, number) DO UPDATE SET
+                 framework = excluded.framework, dispatched = excluded.dispatched,
+                 started = NULL, ended = NULL, exit_code = NULL, signal = NULL, reason = NULL;",
+            None,
+        ),
+        Some(AttemptUpdate::Started) => (
+            "UPDATE run_attempts SET started = ? WHERE run_id = ? AND number = ?;",
+            Some(next_attempt),
+        ),
+        // The attempt that ended is the one the run was in: a retry moves the run on to the
+        // next attempt in the same transition.
+        Some(AttemptUpdate::Ended { .. }) => (
+            "UPDATE run_attempts SET ended = ?, exit_code = ?, signal = ?, reason = ?
+             WHERE run_id = ? AND number = ?;",
+            Some(request.attempt),
+        ),
+    };
+    let sql = format!(
+        "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
+             message, at)
+         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_transitions WHERE run_id = ?),
+                 ?, ?, ?, ?, ?, ?);
+         {attempt_sql}
+         {}",
+        select_run_by_id()
+    );
+    let mut batch = sqlx::query_as::<_, RunRow>(&sql)
+        .bind(&request.run_id)
+        .bind(&request.run_id)
+        .bind(request.from.as_str())
+        .bind(request.to.as_str())
+        .bind(i64::from(next_attempt))
+        .bind(&request.reason)
+        .bind(&request.message)
+        .bind(&at);
+    batch = match &request.attempt_update {
+        None => batch,
+        Some(AttemptUpdate::Dispatched { framework }) => batch
             .bind(&request.run_id)
             .bind(i64::from(next_attempt))
             .bind(framework)
+            .bind(&at),
+        Some(AttemptUpdate::Started) => batch
             .bind(&at)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-        }
-        Some(AttemptUpdate::Started) => {
-            update_attempt(
-                conn,
-                request,
-                next_attempt,
-                sqlx::query("UPDATE run_attempts SET started = ? WHERE run_id = ? AND number = ?")
-                    .bind(&at),
-            )
-            .await?;
-        }
-        // The attempt that ended is the one the run was in: a retry moves the run on to the
-        // next attempt in the same transition.
+            .bind(&request.run_id)
+            .bind(i64::from(next_attempt)),
         Some(AttemptUpdate::Ended {
             exit_code,
             signal,
             reason,
-        }) => {
-            update_attempt(
-                conn,
-                request,
-                request.attempt,
-                sqlx::query(
-                    "UPDATE run_attempts SET ended = ?, exit_code = ?, signal = ?, reason = ?
-                     WHERE run_id = ? AND number = ?",
-                )
-                .bind(&at)
-                .bind(*exit_code)
-                .bind(*signal)
-                .bind(reason),
-            )
-            .await?;
+        }) => batch
+            .bind(&at)
+            .bind(*exit_code)
+            .bind(*signal)
+            .bind(reason)
+            .bind(&request.run_id)
+            .bind(i64::from(request.attempt)),
+    };
+    let rows = batch
+        .bind(&request.run_id)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db)?;
+    let run = first_run(rows)?
+        .ok_or_else(|| StoreError::Database(format!("run {} vanished", request.run_id)))?;
+    // Not fatal: the state change matters more than the bookkeeping of an attempt that was
+    // never recorded as dispatched.
+    if let Some(number) = attempt_number {
+        if !run.status.attempts.iter().any(|a| a.number == number) {
+            tracing::warn!(
+                run_id = %request.run_id,
+                attempt = number,
+                to = %request.to,
+                "no attempt record to update"
+            );
         }
     }
-
-    let run = get_run(conn, None, &request.run_id)
-        .await?
-        .ok_or_else(|| StoreError::Database(format!("run {} vanished", request.run_id)))?;
     // Same transaction as the change: a lost compare-and-set (returned above) appends nothing.
     events::run_changed(
         conn,
@@ -158,32 +170,6 @@ pub(super) async fn transition(
     )
     .await?;
     Ok(run)
-}
-
-/// Runs `query` (whose last two parameters, bound here, are the run id and attempt number).
-/// A missing attempt record is logged, not fatal: the state change matters more than the
-/// bookkeeping of an attempt that was never recorded as dispatched.
-async fn update_attempt<'q>(
-    conn: &mut SqliteConnection,
-    request: &TransitionRequest,
-    number: u32,
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-) -> StoreResult<()> {
-    let done = query
-        .bind(request.run_id.clone())
-        .bind(i64::from(number))
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    if done.rows_affected() == 0 {
-        tracing::warn!(
-            run_id = %request.run_id,
-            attempt = number,
-            to = %request.to,
-            "no attempt record to update"
-        );
-    }
-    Ok(())
 }
 
 /// Why the compare-and-set of `request` matched no row: the run moved on, or it is gone.
