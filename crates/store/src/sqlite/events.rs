@@ -4,9 +4,7 @@ use super::codec::{db, from_json, parse_ts, to_json, ts};
 use super::services::RunHead;
 use crate::{StoreError, StoreResult, StoredEvent, MAX_EVENTS_PAGE};
 use chrono::{DateTime, Utc};
-use runplane_domain::{
-    FunctionVersion, Run, RunState, ServiceRecord, ServiceStatus, Task, Transition,
-};
+use runplane_domain::{FunctionVersion, Run, ServiceRecord, ServiceStatus, Task, Transition};
 use serde_json::{json, Value};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
@@ -56,34 +54,25 @@ pub(super) async fn append(
     Ok(())
 }
 
-/// A run entered `state` (one event per stored transition, including those a run is created
-/// with), so that a reader of the log sees the run's whole history as the store recorded it.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run_changed(
-    conn: &mut SqliteConnection,
-    run: &Run,
-    from: Option<RunState>,
-    state: RunState,
-    attempt: u32,
-    reason: Option<&str>,
-    at: &DateTime<Utc>,
-) -> StoreResult<()> {
-    let transition = Transition {
-        from,
-        to: state,
-        at: *at,
-        attempt,
-        reason: reason.map(str::to_string),
-        message: None,
-    };
-    append(
-        conn,
-        at,
-        &run.metadata.project,
-        "run",
-        &run_event(run, &transition),
-    )
-    .await
+/// Who a run event is about: the fields of a run that never change.
+pub(super) struct RunSubject<'a> {
+    pub project: &'a str,
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub function: &'a str,
+}
+
+/// The `at` and `data` of the event of a run entering a state (one event per stored
+/// transition, including those a run is created with), so that a reader of the log sees the
+/// run's whole history as the store recorded it. Its kind is `run`.
+pub(super) fn run_changed_row(
+    subject: &RunSubject<'_>,
+    transition: &Transition,
+) -> StoreResult<(String, String)> {
+    Ok((
+        ts(&transition.at),
+        to_json("events.data", &run_event(subject, transition))?,
+    ))
 }
 
 /// Appends to `query` the statement inserting the events of a run's initial transitions
@@ -99,7 +88,7 @@ pub(super) fn push_run_created<'q>(
     }
     let rows = transitions
         .iter()
-        .map(|t| Ok((ts(&t.at), to_json("events.data", &run_event(run, t))?)))
+        .map(|t| run_changed_row(&RunSubject::of(run), t))
         .collect::<StoreResult<Vec<_>>>()?;
     query.push("INSERT INTO events (at, project, kind, data) ");
     query.push_values(rows, |mut row, (at, data)| {
@@ -112,14 +101,25 @@ pub(super) fn push_run_created<'q>(
     Ok(())
 }
 
+impl<'a> RunSubject<'a> {
+    pub(super) fn of(run: &'a Run) -> Self {
+        RunSubject {
+            project: &run.metadata.project,
+            id: &run.metadata.id,
+            kind: &run.kind,
+            function: &run.spec.function_name,
+        }
+    }
+}
+
 /// The document of a run's event for one of its transitions.
-fn run_event(run: &Run, t: &Transition) -> Value {
+fn run_event(subject: &RunSubject<'_>, t: &Transition) -> Value {
     json!({
         "type": "run",
-        "project": run.metadata.project,
-        "id": run.metadata.id,
-        "kind": run.kind,
-        "function": run.spec.function_name,
+        "project": subject.project,
+        "id": subject.id,
+        "kind": subject.kind,
+        "function": subject.function,
         "from": t.from,
         "state": t.to,
         "attempt": t.attempt,

@@ -1,10 +1,10 @@
 //! The compare-and-set on a run's (state, attempt), and the wait reason of a queued run.
 
 use super::codec::{db, now, parse_state, to_json, to_u32, ts};
-use super::events;
+use super::events::{self, RunSubject};
 use super::runs::{first_run, select_run_by_id, RunRow};
 use crate::{AttemptUpdate, StoreError, StoreResult, TransitionRequest};
-use runplane_domain::{Run, RunState};
+use runplane_domain::{Run, RunState, Transition};
 use sqlx::SqliteConnection;
 
 /// Applies `request` inside the caller's write transaction (the lifecycle table has already
@@ -45,11 +45,14 @@ pub(super) async fn transition(
             });
         }
     }
-    let updated = sqlx::query(
+    // The compare-and-set, alone: whether anything else happens depends on it. It returns
+    // what the event needs of the run (fields that never change).
+    let subject: Option<(String, String, String)> = sqlx::query_as(
         "UPDATE runs SET state = ?, attempt = ?, reason = ?, message = ?,
              results = COALESCE(?, results), artifacts = COALESCE(?, artifacts), updated = ?,
              owner = COALESCE(?, owner)
-         WHERE id = ? AND state = ? AND attempt = ?",
+         WHERE id = ? AND state = ? AND attempt = ?
+         RETURNING project, kind, function_name",
     )
     .bind(request.to.as_str())
     .bind(i64::from(next_attempt))
@@ -62,16 +65,32 @@ pub(super) async fn transition(
     .bind(&request.run_id)
     .bind(request.from.as_str())
     .bind(i64::from(request.attempt))
-    .execute(&mut *conn)
+    .fetch_optional(&mut *conn)
     .await
     .map_err(db)?;
-
-    if updated.rows_affected() == 0 {
+    let Some((project, kind, function)) = subject else {
         return Err(lost(conn, request).await);
-    }
+    };
+    // Same transaction as the change: a lost compare-and-set (returned above) appends nothing.
+    let (event_at, event_data) = events::run_changed_row(
+        &RunSubject {
+            project: &project,
+            id: &request.run_id,
+            kind: &kind,
+            function: &function,
+        },
+        &Transition {
+            from: Some(request.from),
+            to: request.to,
+            at: request.at,
+            attempt: next_attempt,
+            reason: request.reason.clone(),
+            message: None,
+        },
+    )?;
 
     // The rest in one batch, a single round trip to the connection's thread: the transition,
-    // the attempt record, and the run as it is now. (A query of several statements, binds
+    // the attempt record, the event, and the run as it is now. (A query of several statements, binds
     // taken in order, is the SQLite driver's; the conformance suite fails if it stops being.)
     let (attempt_sql, attempt_number) = match &request.attempt_update {
         None => ("", None),
@@ -104,6 +123,7 @@ pub(super) async fn transition(
          VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_transitions WHERE run_id = ?),
                  ?, ?, ?, ?, ?, ?);
          {attempt_sql}
+         INSERT INTO events (at, project, kind, data) VALUES (?, ?, 'run', ?);
          {}",
         select_run_by_id()
     );
@@ -140,6 +160,9 @@ pub(super) async fn transition(
             .bind(i64::from(request.attempt)),
     };
     let rows = batch
+        .bind(event_at)
+        .bind(&project)
+        .bind(event_data)
         .bind(&request.run_id)
         .fetch_all(&mut *conn)
         .await
@@ -158,17 +181,6 @@ pub(super) async fn transition(
             );
         }
     }
-    // Same transaction as the change: a lost compare-and-set (returned above) appends nothing.
-    events::run_changed(
-        conn,
-        &run,
-        Some(request.from),
-        request.to,
-        next_attempt,
-        request.reason.as_deref(),
-        &request.at,
-    )
-    .await?;
     Ok(run)
 }
 
