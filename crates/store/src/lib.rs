@@ -265,6 +265,9 @@ pub trait Store: Send + Sync + 'static {
     /// Runs of every project in any of `states`, oldest first (the dispatcher's queue).
     async fn runs_in_states(&self, states: &[RunState], limit: u32) -> StoreResult<Vec<Run>>;
     async fn count_active(&self) -> StoreResult<ActiveCounts>;
+    /// The state and attempt of run `id` alone: whether a copy of it read earlier is still
+    /// current (the workflow engine keeps the workflow runs it drives).
+    async fn run_state(&self, id: &str) -> StoreResult<Option<(RunState, u32)>>;
     /// The compare-and-set: applies `request` only if the run is in (`from`, `attempt`), and
     /// only if the lifecycle table allows `from → to`. Returns the updated run.
     async fn transition(&self, request: TransitionRequest) -> StoreResult<Run>;

@@ -72,6 +72,7 @@ macro_rules! store_conformance_tests {
             transition_retry_records_a_second_attempt,
             transition_of_unknown_run_is_not_found,
             transition_race_has_one_winner,
+            run_state_follows_transitions,
             set_wait_reason_is_not_a_transition,
             list_runs_filters,
             list_runs_paginates_newest_first,

@@ -280,6 +280,34 @@ pub async fn transition_of_unknown_run_is_not_found(store: Arc<dyn Store>) {
     }
 }
 
+pub async fn run_state_follows_transitions(store: Arc<dyn Store>) {
+    store
+        .ensure_project("demo", "alice")
+        .await
+        .expect("project");
+    let run = RunBuilder::new("demo", "hello").ready().build();
+    store.create_run(run.clone(), None).await.expect("create");
+    let id = &run.metadata.id;
+    assert_eq!(
+        store.run_state(id).await.expect("state"),
+        Some((RunState::Ready, run.status.attempt))
+    );
+    store
+        .transition(request(
+            &run,
+            RunState::Ready,
+            run.status.attempt,
+            RunState::Pending,
+        ))
+        .await
+        .expect("claim");
+    assert_eq!(
+        store.run_state(id).await.expect("state"),
+        Some((RunState::Pending, run.status.attempt))
+    );
+    assert_eq!(store.run_state("no-such-run").await.expect("state"), None);
+}
+
 /// Two dispatchers claim the same READY run at the same moment, 50 times over: exactly one
 /// wins each time, the other sees a Conflict, and one transition is recorded.
 pub async fn transition_race_has_one_winner(store: Arc<dyn Store>) {

@@ -494,6 +494,11 @@ impl Store for PostgresStore {
             .await
     }
 
+    async fn run_state(&self, id: &str) -> StoreResult<Option<(RunState, u32)>> {
+        self.single(id, |c, id| Box::pin(runs::run_state(c, id)))
+            .await
+    }
+
     async fn transition(&self, request: TransitionRequest) -> StoreResult<Run> {
         // Refused before touching the database: an illegal move is a bug in the caller,
         // whatever the run's current state.

@@ -476,6 +476,26 @@ pub(super) async fn runs_in_states(
     assemble(conn, rows).await
 }
 
+/// The state and attempt of run `id`, if it exists.
+pub(super) async fn run_state(
+    conn: &mut PgConnection,
+    id: &str,
+) -> PgResult<Option<(RunState, u32)>> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT state, attempt FROM runs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?;
+    Ok(row
+        .map(|(state, attempt)| {
+            Ok::<_, StoreError>((
+                parse_state("runs.state", &state)?,
+                to_u32("runs.attempt", attempt)?,
+            ))
+        })
+        .transpose()?)
+}
+
 pub(super) async fn count_active(conn: &mut PgConnection) -> PgResult<ActiveCounts> {
     let active: Vec<RunState> = RunState::ALL
         .into_iter()

@@ -225,6 +225,11 @@ impl Store for SqliteStore {
         runs::count_active(&mut conn).await
     }
 
+    async fn run_state(&self, id: &str) -> StoreResult<Option<(RunState, u32)>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        runs::run_state(&mut conn, id).await
+    }
+
     async fn transition(&self, request: TransitionRequest) -> StoreResult<Run> {
         // Refused before touching the database: an illegal move is a bug in the caller,
         // whatever the run's current state.

@@ -178,6 +178,25 @@ impl AttemptRow {
 }
 
 /// Turns run rows into full runs. Keeps the order of `rows`.
+/// The state and attempt of run `id`, if it exists.
+pub(super) async fn run_state(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> StoreResult<Option<(RunState, u32)>> {
+    let row: Option<(String, i64)> = sqlx::query_as("SELECT state, attempt FROM runs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db)?;
+    row.map(|(state, attempt)| {
+        Ok((
+            parse_state("runs.state", &state)?,
+            to_u32("runs.attempt", attempt)?,
+        ))
+    })
+    .transpose()
+}
+
 /// The statement reading one run by id (one `?`: the id), for batches that end with it.
 pub(super) fn select_run_by_id() -> String {
     format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?")

@@ -1,8 +1,8 @@
 //! The compare-and-set on a run's (state, attempt), and the wait reason of a queued run.
 
-use super::codec::{db, now, parse_state, to_json, to_u32, ts};
+use super::codec::{db, now, to_json, ts};
 use super::events::{self, RunSubject};
-use super::runs::{first_run, select_run_by_id, RunRow};
+use super::runs::{first_run, run_state, select_run_by_id, RunRow};
 use crate::{AttemptUpdate, StoreError, StoreResult, TransitionRequest};
 use runplane_domain::{Run, RunState, Transition};
 use sqlx::SqliteConnection;
@@ -186,30 +186,16 @@ pub(super) async fn transition(
 
 /// Why the compare-and-set of `request` matched no row: the run moved on, or it is gone.
 async fn lost(conn: &mut SqliteConnection, request: &TransitionRequest) -> StoreError {
-    let current: Result<Option<(String, i64)>, sqlx::Error> =
-        sqlx::query_as("SELECT state, attempt FROM runs WHERE id = ?")
-            .bind(&request.run_id)
-            .fetch_optional(&mut *conn)
-            .await;
-    let (state, attempt) = match current {
-        Ok(Some(current)) => current,
-        Ok(None) => return StoreError::NotFound(format!("run {}", request.run_id)),
-        Err(e) => return db(e),
-    };
-    let current_state = match parse_state("runs.state", &state) {
-        Ok(state) => state,
-        Err(e) => return e,
-    };
-    let current_attempt = match to_u32("runs.attempt", attempt) {
-        Ok(attempt) => attempt,
-        Err(e) => return e,
-    };
-    StoreError::Conflict {
-        run_id: request.run_id.clone(),
-        expected_state: request.from,
-        expected_attempt: request.attempt,
-        current_state,
-        current_attempt,
+    match run_state(conn, &request.run_id).await {
+        Ok(Some((current_state, current_attempt))) => StoreError::Conflict {
+            run_id: request.run_id.clone(),
+            expected_state: request.from,
+            expected_attempt: request.attempt,
+            current_state,
+            current_attempt,
+        },
+        Ok(None) => StoreError::NotFound(format!("run {}", request.run_id)),
+        Err(e) => e,
     }
 }
 

@@ -57,6 +57,10 @@ struct Known {
     status_timers: BTreeSet<String>,
     /// Each workflow run's spec, parsed and planned once: a run's spec never changes.
     plans: HashMap<String, Arc<Plan>>,
+    /// Each workflow run as the last evaluation left it: the next one reads only its state
+    /// and attempt, and takes this copy when they have not changed (nothing else of a running
+    /// workflow run changes but the node status, which the engine alone writes).
+    runs: HashMap<String, Run>,
 }
 
 fn lock(known: &Mutex<Known>) -> std::sync::MutexGuard<'_, Known> {
@@ -156,6 +160,7 @@ impl Workflows {
         known.children.remove(id);
         known.statuses_recorded.remove(id);
         known.plans.remove(id);
+        known.runs.remove(id);
     }
 
     /// The plan of the workflow run `run`, parsed from its spec the first time.
@@ -423,9 +428,23 @@ async fn reused(controller: &Controller, run: &Run) -> Result<BTreeMap<String, C
     Ok(reused)
 }
 
+/// The workflow run `id`: the engine's copy if the store still has it in the same state and
+/// attempt, else as stored.
+async fn current_run(controller: &Controller, id: &str) -> Result<Option<Run>, StoreError> {
+    let kept = controller.inner.workflows.known().runs.remove(id);
+    if let Some(run) = kept {
+        match controller.store().run_state(id).await? {
+            None => return Ok(None),
+            Some(now) if now == (run.status.state, run.status.attempt) => return Ok(Some(run)),
+            Some(_) => {}
+        }
+    }
+    controller.store().get_run_by_id(id).await
+}
+
 async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerError> {
     tracing::debug!(run = %id, "evaluating the workflow");
-    let Some(mut run) = controller.store().get_run_by_id(id).await? else {
+    let Some(mut run) = current_run(controller, id).await? else {
         controller.inner.workflows.forget(id);
         return Ok(());
     };
@@ -546,11 +565,20 @@ async fn evaluate(controller: &Controller, id: &str) -> Result<(), ControllerErr
                 .await?;
             tracing::debug!(run = %id, "recorded the workflow's status");
             controller.published(&run);
+            run.status.workflow = Some(decision.status);
         }
         controller.inner.workflows.status_recorded(id);
     }
-    if let Some(outcome) = decision.outcome {
-        end(controller, &run, outcome).await?;
+    match decision.outcome {
+        Some(outcome) => end(controller, &run, outcome).await?,
+        None => {
+            controller
+                .inner
+                .workflows
+                .known()
+                .runs
+                .insert(id.to_string(), run);
+        }
     }
     Ok(())
 }
