@@ -1,7 +1,7 @@
 //! The event log: appended with the change it describes, in order, never for a lost
 //! compare-and-set, and readable page by page from any id.
 
-use super::{function_version, request, task, RunBuilder};
+use super::{function_version, request, stored_ready_run, task, RunBuilder};
 use crate::{Store, StoredEvent};
 use runplane_domain::RunState;
 use serde_json::json;
@@ -40,12 +40,7 @@ fn states(events: &[StoredEvent]) -> Vec<String> {
 }
 
 pub async fn events_follow_a_run_in_order(store: Arc<dyn Store>) {
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
     let created = store.latest_event_id().await.expect("latest");
     let initial = read_all(&store, 0, None, 100).await;
     assert_eq!(
@@ -109,12 +104,7 @@ pub async fn events_follow_a_run_in_order(store: Arc<dyn Store>) {
 }
 
 pub async fn events_not_appended_by_a_lost_transition(store: Arc<dyn Store>) {
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
     let before = store.latest_event_id().await.expect("latest");
 
     store

@@ -312,6 +312,17 @@ pub fn service_status(project: &str, name: &str, desired: u32, ready: u32) -> Se
 }
 
 /// A compare-and-set request timed at [`now`].
+/// A READY run `hello`, stored in project `demo` (made if needed).
+pub async fn stored_ready_run(store: &dyn crate::Store) -> Run {
+    store
+        .ensure_project("demo", "alice")
+        .await
+        .expect("project");
+    let run = RunBuilder::new("demo", "hello").ready().build();
+    store.create_run(run.clone(), None).await.expect("create");
+    run
+}
+
 pub fn request(run: &Run, from: RunState, attempt: u32, to: RunState) -> TransitionRequest {
     TransitionRequest {
         at: now(),

@@ -1,6 +1,6 @@
 //! The compare-and-set on (state, attempt), and wait reasons.
 
-use super::{request, RunBuilder};
+use super::{request, stored_ready_run, RunBuilder};
 use crate::{AttemptUpdate, Store, StoreError};
 use runplane_domain::{Attempt, RunState, Transition};
 use serde_json::json;
@@ -14,12 +14,7 @@ fn dispatched() -> Option<AttemptUpdate> {
 }
 
 pub async fn transition_happy_path(store: Arc<dyn Store>) {
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
     let id = &run.metadata.id;
 
     let mut pending = request(&run, RunState::Ready, 1, RunState::Pending).reason("dispatched");
@@ -118,12 +113,7 @@ pub async fn transition_happy_path(store: Arc<dyn Store>) {
 }
 
 pub async fn transition_conflict_reports_current_state(store: Arc<dyn Store>) {
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
 
     // Wrong state.
     match store
@@ -197,12 +187,7 @@ pub async fn transition_illegal_changes_nothing(store: Arc<dyn Store>) {
 }
 
 pub async fn transition_retry_records_a_second_attempt(store: Arc<dyn Store>) {
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
 
     let mut first = request(&run, RunState::Ready, 1, RunState::Pending);
     first.attempt_update = dispatched();
@@ -281,12 +266,7 @@ pub async fn transition_of_unknown_run_is_not_found(store: Arc<dyn Store>) {
 }
 
 pub async fn run_state_follows_transitions(store: Arc<dyn Store>) {
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
     let id = &run.metadata.id;
     assert_eq!(
         store.run_state(id).await.expect("state"),
@@ -366,12 +346,7 @@ pub async fn transition_race_has_one_winner(store: Arc<dyn Store>) {
 }
 
 pub async fn set_wait_reason_is_not_a_transition(store: Arc<dyn Store>) {
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
     let id = &run.metadata.id;
 
     assert!(store
