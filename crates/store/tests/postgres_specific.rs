@@ -11,7 +11,7 @@ use runplane_domain::trigger::{Fire, Trigger, TriggerMetadata, TriggerSpec, Trig
 use runplane_domain::workflow::{NodeState, NodeStatus, WorkflowStatus};
 use runplane_domain::{Run, RunState};
 use runplane_store::conformance::{
-    artifact, function_version, now, request, service_status, task, RunBuilder,
+    artifact, function_version, now, request, service_status, stored_ready_run, task, RunBuilder,
 };
 use runplane_store::postgres::testing::fresh_database;
 use runplane_store::postgres::{PostgresOptions, PostgresStore, EVENT_LOG_LOCK};
@@ -426,12 +426,7 @@ async fn a_follower_of_the_log_misses_nothing_under_concurrent_writers() {
 async fn event_appends_wait_for_the_event_log_lock() {
     let stores = replicas(1).await;
     let store = as_dyn(&stores[0]);
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
     let before = store.latest_event_id().await.expect("latest");
 
     let mut holder = stores[0].pool().acquire().await.expect("connection");
