@@ -575,12 +575,7 @@ async fn an_unreachable_server_is_a_database_error() {
 async fn times_keep_microseconds_and_text_loses_nul() {
     let stores = replicas(1).await;
     let store = as_dyn(&stores[0]);
-    store
-        .ensure_project("demo", "alice")
-        .await
-        .expect("project");
-    let run = RunBuilder::new("demo", "hello").ready().build();
-    store.create_run(run.clone(), None).await.expect("create");
+    let run = stored_ready_run(store.as_ref()).await;
     let mut claim = request(&run, RunState::Ready, 1, RunState::Pending);
     claim.at = Utc::now().trunc_subsecs(6) + Duration::nanoseconds(789);
     let claimed = store.transition(claim.clone()).await.expect("claim");

@@ -39,6 +39,8 @@ const LIFECYCLE_CURSOR: &str = "lifecycle";
 const CURSOR_STRIDE: u64 = 10_000;
 /// Without lifecycle triggers, how often the reader looks at the log for trigger changes.
 const IDLE_READ_INTERVAL: Duration = Duration::from_millis(200);
+/// How many events the lifecycle reader takes at a time; a full page means more are waiting.
+const EVENTS_PAGE: u32 = 1000;
 /// The longest the scheduler sleeps without looking at the store again: triggers applied
 /// through another replica do not wake this one.
 const SCHEDULER_RECHECK: Duration = Duration::from_secs(30);
@@ -553,7 +555,7 @@ pub(super) async fn run_lifecycle(controller: Controller) {
     let mut triggers: Option<Vec<Trigger>> = None;
     loop {
         appended.borrow_and_update();
-        let events = match store.events_after(cursor, None, 1000).await {
+        let events = match store.events_after(cursor, None, EVENTS_PAGE).await {
             Ok(events) => events,
             Err(error) => {
                 tracing::error!(%error, "lifecycle triggers cannot read events");
@@ -605,7 +607,7 @@ pub(super) async fn run_lifecycle(controller: Controller) {
                 Err(error) => tracing::error!(%error, "cannot store the lifecycle cursor"),
             }
         }
-        if idle && events.len() < 1000 {
+        if idle && events.len() < EVENTS_PAGE as usize {
             tokio::select! {
                 _ = tokio::time::sleep(IDLE_READ_INTERVAL) => {}
                 _ = controller.bus().closing() => return,

@@ -86,9 +86,10 @@ pub(super) fn push_run_created<'q>(
     if transitions.is_empty() {
         return Ok(());
     }
+    let subject = RunSubject::of(run);
     let rows = transitions
         .iter()
-        .map(|t| run_changed_row(&RunSubject::of(run), t))
+        .map(|t| run_changed_row(&subject, t))
         .collect::<StoreResult<Vec<_>>>()?;
     query.push("INSERT INTO events (at, project, kind, data) ");
     query.push_values(rows, |mut row, (at, data)| {

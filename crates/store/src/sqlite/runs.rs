@@ -177,7 +177,6 @@ impl AttemptRow {
     }
 }
 
-/// Turns run rows into full runs. Keeps the order of `rows`.
 /// The state and attempt of run `id`, if it exists.
 pub(super) async fn run_state(
     conn: &mut SqliteConnection,
@@ -197,16 +196,19 @@ pub(super) async fn run_state(
     .transpose()
 }
 
-/// The statement reading one run by id (one `?`: the id), for batches that end with it.
-pub(super) fn select_run_by_id() -> String {
-    format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = ?")
+/// Appends the statement reading run `id`, for batches that end with it.
+pub(super) fn push_select_run<'q>(query: &mut QueryBuilder<'q, Sqlite>, id: &'q str) {
+    query
+        .push(format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = "))
+        .push_bind(id);
 }
 
-/// The run in `rows` (read by [`select_run_by_id`]), if any.
+/// The run in `rows` (read by [`push_select_run`]), if any.
 pub(super) fn first_run(rows: Vec<RunRow>) -> StoreResult<Option<Run>> {
     Ok(assemble(rows)?.into_iter().next())
 }
 
+/// Turns run rows into full runs. Keeps the order of `rows`.
 fn assemble(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
     rows.into_iter().map(RunRow::into_run).collect()
 }
@@ -410,20 +412,17 @@ pub(super) async fn get_run(
     project: Option<&str>,
     id: &str,
 ) -> StoreResult<Option<Run>> {
-    let mut query =
-        QueryBuilder::<Sqlite>::new(format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = "));
-    query.push_bind(id.to_string());
+    let mut query = QueryBuilder::<Sqlite>::new("");
+    push_select_run(&mut query, id);
     if let Some(project) = project {
-        query
-            .push(" AND r.project = ")
-            .push_bind(project.to_string());
+        query.push(" AND r.project = ").push_bind(project);
     }
     let rows = query
         .build_query_as::<RunRow>()
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
-    Ok(assemble(rows)?.into_iter().next())
+    first_run(rows)
 }
 
 pub(super) async fn list_runs(conn: &mut SqliteConnection, q: &RunQuery) -> StoreResult<RunPage> {

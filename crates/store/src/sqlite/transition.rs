@@ -2,10 +2,10 @@
 
 use super::codec::{db, now, to_json, ts};
 use super::events::{self, RunSubject};
-use super::runs::{first_run, run_state, select_run_by_id, RunRow};
+use super::runs::{first_run, push_select_run, run_state, RunRow};
 use crate::{AttemptUpdate, StoreError, StoreResult, TransitionRequest};
 use runplane_domain::{Run, RunState, Transition};
-use sqlx::SqliteConnection;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 
 /// Applies `request` inside the caller's write transaction (the lifecycle table has already
 /// been checked). The guarded UPDATE is the first statement, so the outcome of the
@@ -90,80 +90,98 @@ pub(super) async fn transition(
     )?;
 
     // The rest in one batch, a single round trip to the connection's thread: the transition,
-    // the attempt record, the event, and the run as it is now. (A query of several statements, binds
-    // taken in order, is the SQLite driver's; the conformance suite fails if it stops being.)
-    let (attempt_sql, attempt_number) = match &request.attempt_update {
-        None => ("", None),
+    // the attempt record, the event, and the run as it is now. (A query of several statements,
+    // binds taken in order, is the SQLite driver's; the conformance suite fails if it stops
+    // being.) Each statement is written next to its binds.
+    let mut batch = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
+             message, at) VALUES (",
+    );
+    batch
+        .push_bind(&request.run_id)
+        .push(", (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_transitions WHERE run_id = ")
+        .push_bind(&request.run_id)
+        .push("), ")
+        .push_bind(request.from.as_str())
+        .push(", ")
+        .push_bind(request.to.as_str())
+        .push(", ")
+        .push_bind(i64::from(next_attempt))
+        .push(", ")
+        .push_bind(&request.reason)
+        .push(", ")
+        .push_bind(&request.message)
+        .push(", ")
+        .push_bind(&at)
+        .push(");\n");
+    // The attempt whose record must exist for the update to land.
+    let updated_attempt = match &request.attempt_update {
+        None => None,
         // A (re)dispatch of the attempt the run moves into. Dispatching the same attempt number
         // twice (PENDING → READY without a new attempt, then READY → PENDING) starts its record
         // over rather than failing the transition.
-        Some(AttemptUpdate::Dispatched { .. }) => (
-            "INSERT INTO run_attempts (run_id, number, framework, dispatched)
-             VALUES (?, ?, ?, ?)
-             ON CONFLICT (run_id, number) DO UPDATE SET
-                 framework = excluded.framework, dispatched = excluded.dispatched,
-                 started = NULL, ended = NULL, exit_code = NULL, signal = NULL, reason = NULL;",
-            None,
-        ),
-        Some(AttemptUpdate::Started) => (
-            "UPDATE run_attempts SET started = ? WHERE run_id = ? AND number = ?;",
-            Some(next_attempt),
-        ),
+        Some(AttemptUpdate::Dispatched { framework }) => {
+            batch
+                .push("INSERT INTO run_attempts (run_id, number, framework, dispatched) VALUES (")
+                .push_bind(&request.run_id)
+                .push(", ")
+                .push_bind(i64::from(next_attempt))
+                .push(", ")
+                .push_bind(framework)
+                .push(", ")
+                .push_bind(&at)
+                .push(
+                    ") ON CONFLICT (run_id, number) DO UPDATE SET
+                         framework = excluded.framework, dispatched = excluded.dispatched,
+                         started = NULL, ended = NULL, exit_code = NULL, signal = NULL,
+                         reason = NULL;\n",
+                );
+            None
+        }
+        Some(AttemptUpdate::Started) => {
+            batch
+                .push("UPDATE run_attempts SET started = ")
+                .push_bind(&at);
+            Some(next_attempt)
+        }
         // The attempt that ended is the one the run was in: a retry moves the run on to the
         // next attempt in the same transition.
-        Some(AttemptUpdate::Ended { .. }) => (
-            "UPDATE run_attempts SET ended = ?, exit_code = ?, signal = ?, reason = ?
-             WHERE run_id = ? AND number = ?;",
-            Some(request.attempt),
-        ),
-    };
-    let sql = format!(
-        "INSERT INTO run_transitions (run_id, seq, from_state, to_state, attempt, reason,
-             message, at)
-         VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM run_transitions WHERE run_id = ?),
-                 ?, ?, ?, ?, ?, ?);
-         {attempt_sql}
-         INSERT INTO events (at, project, kind, data) VALUES (?, ?, 'run', ?);
-         {}",
-        select_run_by_id()
-    );
-    let mut batch = sqlx::query_as::<_, RunRow>(&sql)
-        .bind(&request.run_id)
-        .bind(&request.run_id)
-        .bind(request.from.as_str())
-        .bind(request.to.as_str())
-        .bind(i64::from(next_attempt))
-        .bind(&request.reason)
-        .bind(&request.message)
-        .bind(&at);
-    batch = match &request.attempt_update {
-        None => batch,
-        Some(AttemptUpdate::Dispatched { framework }) => batch
-            .bind(&request.run_id)
-            .bind(i64::from(next_attempt))
-            .bind(framework)
-            .bind(&at),
-        Some(AttemptUpdate::Started) => batch
-            .bind(&at)
-            .bind(&request.run_id)
-            .bind(i64::from(next_attempt)),
         Some(AttemptUpdate::Ended {
             exit_code,
             signal,
             reason,
-        }) => batch
-            .bind(&at)
-            .bind(*exit_code)
-            .bind(*signal)
-            .bind(reason)
-            .bind(&request.run_id)
-            .bind(i64::from(request.attempt)),
+        }) => {
+            batch
+                .push("UPDATE run_attempts SET ended = ")
+                .push_bind(&at)
+                .push(", exit_code = ")
+                .push_bind(*exit_code)
+                .push(", signal = ")
+                .push_bind(*signal)
+                .push(", reason = ")
+                .push_bind(reason);
+            Some(request.attempt)
+        }
     };
+    if let Some(number) = updated_attempt {
+        batch
+            .push(" WHERE run_id = ")
+            .push_bind(&request.run_id)
+            .push(" AND number = ")
+            .push_bind(i64::from(number))
+            .push(";\n");
+    }
+    batch
+        .push("INSERT INTO events (at, project, kind, data) VALUES (")
+        .push_bind(event_at)
+        .push(", ")
+        .push_bind(&project)
+        .push(", 'run', ")
+        .push_bind(event_data)
+        .push(");\n");
+    push_select_run(&mut batch, &request.run_id);
     let rows = batch
-        .bind(event_at)
-        .bind(&project)
-        .bind(event_data)
-        .bind(&request.run_id)
+        .build_query_as::<RunRow>()
         .fetch_all(&mut *conn)
         .await
         .map_err(db)?;
@@ -171,7 +189,7 @@ pub(super) async fn transition(
         .ok_or_else(|| StoreError::Database(format!("run {} vanished", request.run_id)))?;
     // Not fatal: the state change matters more than the bookkeeping of an attempt that was
     // never recorded as dispatched.
-    if let Some(number) = attempt_number {
+    if let Some(number) = updated_attempt {
         if !run.status.attempts.iter().any(|a| a.number == number) {
             tracing::warn!(
                 run_id = %request.run_id,
