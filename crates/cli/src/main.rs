@@ -125,12 +125,14 @@ fn init_tracing(server: bool) {
         .try_init();
 }
 
-/// `runplane supervise <attempt_dir>` exactly as the local framework spawns it; any other
-/// shape (help, extra arguments) goes through the parser.
+/// `runplane supervise <attempt_dir>` (or `-`, a standby) exactly as the local framework
+/// spawns it; any other shape (help, extra arguments) goes through the parser.
 fn supervise_fast_path() -> Option<PathBuf> {
     let mut args = std::env::args_os().skip(1);
     let (Some(verb), Some(dir), None) = (args.next(), args.next(), args.next()) else {
         return None;
     };
-    (verb == "supervise" && !dir.to_string_lossy().starts_with('-')).then(|| PathBuf::from(dir))
+    let standby = dir == runplane_frameworks::local::STANDBY_ARG;
+    (verb == "supervise" && (standby || !dir.to_string_lossy().starts_with('-')))
+        .then(|| PathBuf::from(dir))
 }

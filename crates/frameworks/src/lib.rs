@@ -101,6 +101,8 @@ pub trait Framework: Send + Sync {
     /// is handed over; `Replicas` events follow. `StartFailed`-free: an execution that is not
     /// a service answers `NotAService`.
     async fn scale(&self, execution: &ExecutionId, replicas: u32) -> Result<(), FrameworkError>;
-    /// Removes what an ended execution left behind (working folders), keeping its logs.
+    /// Removes what an ended execution left behind (working folders), keeping its logs. The
+    /// server calls it once the execution's end is recorded in its store, so nothing of the
+    /// framework's own record of that end needs to outlive a crash of the machine any longer.
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError>;
 }

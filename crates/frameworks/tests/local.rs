@@ -49,6 +49,14 @@ fn main() {
             supervisor_reports_exec_failures_in_exit_json,
         ),
         (
+            "later_executions_run_under_a_standby_supervisor",
+            later_executions_run_under_a_standby_supervisor,
+        ),
+        (
+            "standby_supervisor_follows_its_stdin",
+            standby_supervisor_follows_its_stdin,
+        ),
+        (
             "recover_reports_a_dead_supervisor_as_lost",
             recover_reports_a_dead_supervisor_as_lost,
         ),
@@ -315,30 +323,7 @@ fn supervisors_run_in_their_own_process_group() -> TestResult {
 /// The supervisor's own fallback, for programs that vanish between `start`'s check and exec.
 fn supervisor_reports_exec_failures_in_exit_json() -> TestResult {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let dir = tmp.path().join("attempt");
-    for sub in ["", "work", "outputs"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
-    }
-    let spec = JobFile {
-        run_id: "gone".into(),
-        attempt: 2,
-        program: "/usr/bin/python9".into(),
-        argv: vec!["python9".into()],
-        env: BTreeMap::new(),
-        stop_grace_seconds: 1,
-        log_limit_bytes: 1 << 20,
-        workdir: dir.join("work"),
-        outputs_dir: dir.join("outputs"),
-        log_root: tmp.path().join("logs"),
-        service: None,
-        redact: Vec::new(),
-        boot_id: None,
-    };
-    std::fs::write(
-        dir.join("job.json"),
-        serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let dir = attempt_folder(tmp.path(), ("gone", 2), "/usr/bin/python9", &["python9"])?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let output = std::process::Command::new(exe)
         .arg("supervise")
@@ -382,34 +367,16 @@ fn supervisor_reports_exec_failures_in_exit_json() -> TestResult {
 /// its whole output is logged and `exit.json` is written.
 fn supervisor_keeps_going_without_a_server() -> TestResult {
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let dir = tmp.path().join("attempt");
-    for sub in ["", "work", "outputs"] {
-        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
-    }
-    let spec = JobFile {
-        run_id: "orphan".into(),
-        attempt: 1,
-        program: "/bin/sh".into(),
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            "sleep 0.3; i=0; while [ $i -lt 500 ]; do echo line $i; i=$((i+1)); done".into(),
+    let dir = attempt_folder(
+        tmp.path(),
+        ("orphan", 1),
+        "/bin/sh",
+        &[
+            "sh",
+            "-c",
+            "sleep 0.3; i=0; while [ $i -lt 500 ]; do echo line $i; i=$((i+1)); done",
         ],
-        env: BTreeMap::new(),
-        stop_grace_seconds: 1,
-        log_limit_bytes: 1 << 20,
-        workdir: dir.join("work"),
-        outputs_dir: dir.join("outputs"),
-        log_root: tmp.path().join("logs"),
-        service: None,
-        redact: Vec::new(),
-        boot_id: None,
-    };
-    std::fs::write(
-        dir.join("job.json"),
-        serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut supervisor = std::process::Command::new(exe)
         .arg("supervise")
@@ -677,4 +644,185 @@ fn recover_reattaches_live_supervisors_and_follows_their_logs() -> TestResult {
         supervisor.wait().map_err(|e| e.to_string())?;
         Ok(())
     })
+}
+
+/// `<tmp>/attempt`, prepared as the framework would for a job running `program` with `argv`,
+/// its log under `<tmp>/logs`: for starting supervisors by hand.
+fn attempt_folder(
+    tmp: &Path,
+    (run_id, attempt): (&str, u32),
+    program: &str,
+    argv: &[&str],
+) -> Result<PathBuf, String> {
+    let dir = tmp.join("attempt");
+    for sub in ["", "work", "outputs"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| e.to_string())?;
+    }
+    let spec = JobFile {
+        run_id: run_id.into(),
+        attempt,
+        program: program.into(),
+        argv: argv.iter().map(|arg| arg.to_string()).collect(),
+        env: BTreeMap::new(),
+        stop_grace_seconds: 1,
+        log_limit_bytes: 1 << 20,
+        workdir: dir.join("work"),
+        outputs_dir: dir.join("outputs"),
+        log_root: tmp.join("logs"),
+        service: None,
+        redact: Vec::new(),
+        boot_id: None,
+    };
+    std::fs::write(
+        dir.join("job.json"),
+        serde_json::to_vec(&spec).map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+/// Whether a child of this process is a standby supervisor waiting for a folder.
+fn standby_waiting() -> Option<()> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // Fields after "(comm)": state ppid ...
+            let ppid = stat.rsplit_once(") ")?.1.split(' ').nth(1)?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            (ppid == me && cmdline.ends_with(b"supervise\0-\0")).then_some(())
+        })
+}
+
+/// The first execution's supervisor is spawned for it; once a standby waits, the next
+/// execution runs under it, told its folder on stdin: the same job, the same log, its
+/// diagnostics in `supervisor.err`, and its end acknowledged by `cleanup`.
+fn later_executions_run_under_a_standby_supervisor() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let mut parents = Vec::new();
+        for name in ["first", "second"] {
+            if name == "second" {
+                wait_for("a standby supervisor", standby_waiting).await?;
+            }
+            let execution = exec(name);
+            let job = job(&["sh", "-c", "tr '\\0' ' ' < /proc/$PPID/cmdline"]);
+            h.framework
+                .start(execution.clone(), Runnable::Job(job))
+                .await
+                .map_err(|e| e.to_string())?;
+            let outcome = exited(&h.events_until_end(&execution).await?)?.clone();
+            ensure!(outcome.exit_code == Some(0), "{name}: {outcome:?}");
+            let dir = h.attempt_dir(&execution);
+            ensure!(
+                dir.join("supervisor.err").exists(),
+                "{name}: supervisor.err is there"
+            );
+            let supervisor: i32 = std::fs::read_to_string(dir.join("supervisor.pid"))
+                .map_err(|e| e.to_string())?
+                .trim()
+                .parse()
+                .map_err(|e| format!("supervisor.pid: {e}"))?;
+            h.framework
+                .cleanup(&execution)
+                .await
+                .map_err(|e| e.to_string())?;
+            // Told its end is recorded, the supervisor leaves at once.
+            wait_for("the supervisor to exit", || {
+                (!Path::new(&format!("/proc/{supervisor}/cmdline")).exists()
+                    || std::fs::read(format!("/proc/{supervisor}/cmdline"))
+                        .is_ok_and(|c| c.is_empty()))
+                .then_some(())
+            })
+            .await?;
+            parents.push(h.lines(&execution, Stream::Stdout)?.concat());
+        }
+        let first_dir = h.attempt_dir(&exec("first"));
+        ensure!(
+            parents[0]
+                .trim_end()
+                .ends_with(&format!("supervise {}", first_dir.display())),
+            "the first supervisor is spawned for its folder: {parents:?}"
+        );
+        ensure!(
+            parents[1].trim_end().ends_with("supervise -"),
+            "the second is the standby: {parents:?}"
+        );
+        Ok(())
+    })
+}
+
+/// `supervise -` runs the folder it is told on stdin and, once `exit.json` is written and its
+/// control channel closed, waits for the server's acknowledgement, and exits when it comes.
+/// A standby told nothing before its stdin ends exits at once, writing nothing.
+fn standby_supervisor_follows_its_stdin() -> TestResult {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let standby = || {
+        Command::new(&exe)
+            .args(["supervise", runplane_frameworks::local::STANDBY_ARG])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())
+    };
+
+    let mut idle = standby()?;
+    drop(idle.stdin.take());
+    let output = idle.wait_with_output().map_err(|e| e.to_string())?;
+    ensure!(
+        output.status.success() && output.stdout.is_empty(),
+        "an idle standby leaves quietly: {output:?}"
+    );
+
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let dir = attempt_folder(
+        tmp.path(),
+        ("standby", 1),
+        "/bin/sh",
+        &["sh", "-c", "echo hi"],
+    )?;
+    let mut supervisor = standby()?;
+    let mut acks = supervisor.stdin.take().ok_or("no stdin")?;
+    let mut told = dir.as_os_str().as_encoded_bytes().to_vec();
+    told.push(0);
+    acks.write_all(&told).map_err(|e| e.to_string())?;
+    let mut control = String::new();
+    supervisor
+        .stdout
+        .take()
+        .ok_or("no stdout")?
+        .read_to_string(&mut control)
+        .map_err(|e| e.to_string())?;
+    ensure!(control.contains("started"), "control messages: {control}");
+    let exit: ExitFile =
+        serde_json::from_slice(&std::fs::read(dir.join("exit.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    ensure!(exit.exit_code == Some(0), "{exit:?}");
+    ensure!(
+        dir.join("supervisor.err").exists(),
+        "the standby made supervisor.err its stderr"
+    );
+    ensure!(
+        supervisor.try_wait().map_err(|e| e.to_string())?.is_none(),
+        "the supervisor waits for the acknowledgement"
+    );
+    acks.write_all(&[runplane_frameworks::local::STANDBY_ACK])
+        .map_err(|e| e.to_string())?;
+    let status = supervisor.wait().map_err(|e| e.to_string())?;
+    ensure!(status.success(), "supervisor exit status {status:?}");
+    let logs = FileLogStore::new(tmp.path().join("logs"));
+    let chunk = logs
+        .read("standby", 1, 0, 1 << 20)
+        .map_err(|e| e.to_string())?;
+    ensure!(
+        chunk.records.iter().any(|r| r.data == b"hi\n"),
+        "{:?}",
+        chunk.records
+    );
+    Ok(())
 }

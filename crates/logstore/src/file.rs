@@ -173,6 +173,9 @@ pub struct FileLogWriter {
     file: File,
     path: PathBuf,
     end: u64,
+    /// Where the log ended at the last sync, when nothing was appended since: a sync then
+    /// has nothing to make durable (a job that printed nothing costs no fdatasync).
+    synced_end: Option<u64>,
     /// Reused encoding buffer, so an append is one allocation-free `write`.
     buf: Vec<u8>,
     /// Set when a failed write could not be rolled back: appending after an unknown tail would
@@ -203,6 +206,9 @@ impl FileLogWriter {
             file,
             path,
             end: valid_end,
+            // An empty log holds nothing to lose; a previous writer's records may not be
+            // durable yet.
+            synced_end: (valid_end == 0).then_some(0),
             buf: Vec::new(),
             poisoned: false,
         })
@@ -262,6 +268,7 @@ impl LogWriter for FileLogWriter {
             if self.file.set_len(self.end).is_err() {
                 self.poisoned = true;
             }
+            self.synced_end = None;
             return Err(e.into());
         }
         self.end += self.buf.len() as u64;
@@ -269,7 +276,11 @@ impl LogWriter for FileLogWriter {
     }
 
     fn sync(&mut self) -> Result<(), LogError> {
+        if self.synced_end == Some(self.end) {
+            return Ok(());
+        }
         self.file.sync_data()?;
+        self.synced_end = Some(self.end);
         Ok(())
     }
 

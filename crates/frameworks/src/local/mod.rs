@@ -24,18 +24,19 @@ mod procs;
 pub mod protocol;
 mod recover;
 mod service;
+mod standby;
 mod supervise;
 mod watch;
 
 pub use monitor::OUTPUT_CAP;
+pub use standby::{ACK as STANDBY_ACK, STANDBY_ARG};
 pub use supervise::supervise_main;
 
 use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError};
 use async_trait::async_trait;
 use protocol::{
-    describe, read_json, write_atomically, DesiredFile, Durability, JobFile, ServiceFile,
-    DESIRED_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE,
-    WORK_DIR,
+    describe, read_json, write_atomically, DesiredFile, JobFile, ServiceFile, DESIRED_FILE,
+    EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use runplane_domain::Runnable;
 use runplane_logstore::file::FileLogStore;
@@ -70,6 +71,8 @@ pub struct LocalFramework {
     /// Wakes the followers of re-attached executions when their log grows; made on the first
     /// recovery that needs it (`None` inside when inotify is unavailable: they tick instead).
     log_watcher: std::sync::OnceLock<Option<watch::LogWatcher>>,
+    /// A supervisor started ahead of the next execution (`standby.rs`).
+    standby: standby::Standby,
 }
 
 /// What the framework remembers about an execution it started.
@@ -78,6 +81,8 @@ struct Tracked {
     requests: mpsc::UnboundedSender<Request>,
     service: bool,
     ended: bool,
+    /// The pipe to tell a supervisor that was a standby its end is recorded (`cleanup`).
+    acks: Option<tokio::process::ChildStdin>,
 }
 
 /// What a follower task is asked to tell its supervisor.
@@ -125,6 +130,7 @@ impl LocalFramework {
             events,
             executions: Executions::default(),
             log_watcher: std::sync::OnceLock::new(),
+            standby: standby::Standby::default(),
         }
     }
 
@@ -157,13 +163,16 @@ impl LocalFramework {
         .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
 
         tracing::debug!(?execution, "prepared the attempt folder");
-        let child = match self.spawn_supervisor(&attempt_dir) {
-            Ok(child) => child,
+        let (child, acks) = match self.start_supervisor(&attempt_dir).await {
+            Ok(started) => started,
             Err(message) => {
                 let _ = std::fs::remove_dir_all(&attempt_dir);
                 return Err(message);
             }
         };
+        if let Some(tracked) = self.executions.lock().get_mut(execution) {
+            tracked.acks = acks;
+        }
         if let Some(pid) = child.id() {
             let dir = attempt_dir.clone();
             let written = tokio::task::spawn_blocking(move || {
@@ -172,7 +181,6 @@ impl LocalFramework {
                     SUPERVISOR_PID_FILE,
                     format!("{pid}\n").as_bytes(),
                     0o644,
-                    Durability::ProcessCrash,
                 )
             })
             .await;
@@ -250,6 +258,7 @@ impl LocalFramework {
                             requests: request_tx,
                             service,
                             ended: false,
+                            acks: None,
                         },
                     );
                 }
@@ -264,6 +273,22 @@ impl LocalFramework {
                 tokio::spawn(follow.run());
             }
         }
+    }
+
+    /// The supervisor of the execution prepared in `attempt_dir`: the standby if one waits
+    /// (with the pipe to acknowledge its end on), else one spawned now; either way the next
+    /// standby starts meanwhile.
+    async fn start_supervisor(
+        &self,
+        attempt_dir: &Path,
+    ) -> Result<(tokio::process::Child, Option<tokio::process::ChildStdin>), String> {
+        let assigned = self.standby.assign(attempt_dir).await;
+        let started = match assigned {
+            Some((child, acks)) => (child, Some(acks)),
+            None => (self.spawn_supervisor(attempt_dir)?, None),
+        };
+        self.standby.replenish(&self.options.supervisor);
+        Ok(started)
     }
 
     fn spawn_supervisor(&self, attempt_dir: &Path) -> Result<tokio::process::Child, String> {
@@ -354,6 +379,7 @@ impl Framework for LocalFramework {
                     requests: request_tx,
                     service: service.is_some(),
                     ended: false,
+                    acks: None,
                 },
             );
         }
@@ -486,11 +512,9 @@ impl Framework for LocalFramework {
         let json = serde_json::to_vec(&DesiredFile { replicas })
             .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))?;
         let dir = attempt_dir.clone();
-        tokio::task::spawn_blocking(move || {
-            write_atomically(&dir, DESIRED_FILE, &json, 0o644, Durability::ProcessCrash)
-        })
-        .await
-        .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))??;
+        tokio::task::spawn_blocking(move || write_atomically(&dir, DESIRED_FILE, &json, 0o644))
+            .await
+            .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))??;
         if let Some(tracked) = self.executions.lock().get(execution) {
             let _ = tracked.requests.send(Request::Scale);
         }
@@ -500,13 +524,13 @@ impl Framework for LocalFramework {
 
     async fn cleanup(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
         let attempt_dir = self.attempt_dir(execution)?;
-        {
+        let acks = {
             let mut executions = self.executions.lock();
             match executions.get(execution) {
                 Some(tracked) if !tracked.ended => return Err(busy(execution)),
-                Some(_) => {
-                    executions.remove(execution);
-                }
+                Some(_) => executions
+                    .remove(execution)
+                    .and_then(|tracked| tracked.acks),
                 None => {
                     if !attempt_dir.exists() {
                         return Err(FrameworkError::UnknownExecution(execution.clone()));
@@ -514,8 +538,12 @@ impl Framework for LocalFramework {
                     if prepare::live_supervisor(&attempt_dir).is_some() {
                         return Err(busy(execution));
                     }
+                    None
                 }
             }
+        };
+        if let Some(acks) = acks {
+            standby::acknowledge(acks).await;
         }
         // job.json goes too: it holds the job's environment, secrets included.
         tokio::task::spawn_blocking(move || remove_working_state(&attempt_dir))

@@ -4,8 +4,8 @@
 
 use super::procs;
 use super::protocol::{
-    describe, write_atomically, Durability, JobFile, ServiceFile, JOB_FILE, OUTPUTS_DIR,
-    SUPERVISOR_PID_FILE, WORK_DIR,
+    describe, write_atomically, JobFile, ServiceFile, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_PID_FILE,
+    WORK_DIR,
 };
 use crate::ExecutionId;
 use runplane_domain::Job;
@@ -190,14 +190,8 @@ fn fill(
     };
     let json =
         serde_json::to_vec_pretty(&spec).map_err(|e| format!("cannot encode {JOB_FILE}: {e}"))?;
-    write_atomically(
-        attempt_dir,
-        JOB_FILE,
-        &json,
-        0o600,
-        Durability::ProcessCrash,
-    )
-    .map_err(|e| format!("cannot write {JOB_FILE}: {}", describe(&e)))
+    write_atomically(attempt_dir, JOB_FILE, &json, 0o600)
+        .map_err(|e| format!("cannot write {JOB_FILE}: {}", describe(&e)))
 }
 
 pub(crate) fn write_job_file(

@@ -152,24 +152,14 @@ pub enum ControlMessage {
     Replicas { changes: u64 },
 }
 
-/// How far a write must survive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Durability {
-    /// A crash of any process leaves the old file or the new one (rename is atomic).
-    ProcessCrash,
-    /// A crash of the machine too (fsync of the file and of the folder, ~0.2 ms each).
-    MachineCrash,
-}
-
-/// Replaces `dir/name` with `contents` so that readers see the old file or the new one, never
-/// a part: temp file, (fsync,) rename, (fsync the folder). Only what outlives every process of
-/// a run — its exit status — needs `MachineCrash`; the rest is useless after a reboot anyway.
+/// Replaces `dir/name` with `contents` so that a crash of any process leaves readers the old
+/// file or the new one, never a part: temp file, rename. Nothing is forced to disk: what must
+/// outlive a crash of the machine is made durable apart ([`make_durable`]).
 pub(crate) fn write_atomically(
     dir: &Path,
     name: &str,
     contents: &[u8],
     mode: u32,
-    durability: Durability,
 ) -> io::Result<()> {
     let temp = dir.join(format!(".{name}.tmp"));
     let result = (|| {
@@ -180,19 +170,20 @@ pub(crate) fn write_atomically(
             .mode(mode)
             .open(&temp)?;
         file.write_all(contents)?;
-        if durability == Durability::MachineCrash {
-            file.sync_all()?;
-        }
-        fs::rename(&temp, dir.join(name))?;
-        if durability == Durability::MachineCrash {
-            File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        fs::rename(&temp, dir.join(name))
     })();
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// Makes `dir/name`, written by [`write_atomically`], outlive a crash of the machine: fsync of
+/// the file, then of the folder naming it. Until then a machine crash may leave the file
+/// missing or empty, which every reader takes as no file.
+pub(crate) fn make_durable(dir: &Path, name: &str) -> io::Result<()> {
+    File::open(dir.join(name))?.sync_all()?;
+    File::open(dir)?.sync_all()
 }
 
 /// Reads a small JSON file of the attempt folder; `None` when it is missing or unreadable.

@@ -15,8 +15,8 @@ use super::capture::spawn_reader;
 use super::probe::spawn_prober;
 use super::procs;
 use super::protocol::{
-    describe, read_json, write_atomically, ControlMessage, DesiredFile, Durability, ExitFile,
-    ServiceFile, ServiceState, CHILD_PID_FILE, DESIRED_FILE, LISTEN_FD, SERVICE_FILE,
+    describe, read_json, write_atomically, ControlMessage, DesiredFile, ExitFile, ServiceFile,
+    ServiceState, CHILD_PID_FILE, DESIRED_FILE, LISTEN_FD, SERVICE_FILE,
 };
 use super::supervise::{Supervisor, Wake, POLL};
 use nix::sys::signal::{kill, killpg, Signal};
@@ -414,7 +414,6 @@ impl Service<'_> {
                 CHILD_PID_FILE,
                 format!("{pid}\n").as_bytes(),
                 0o644,
-                Durability::ProcessCrash,
             ) {
                 eprintln!(
                     "runplane supervise: cannot write {CHILD_PID_FILE}: {}",
@@ -742,13 +741,7 @@ impl Service<'_> {
                 return;
             }
         };
-        if let Err(e) = write_atomically(
-            self.attempt_dir,
-            SERVICE_FILE,
-            &json,
-            0o644,
-            Durability::ProcessCrash,
-        ) {
+        if let Err(e) = write_atomically(self.attempt_dir, SERVICE_FILE, &json, 0o644) {
             eprintln!(
                 "runplane supervise: cannot write {SERVICE_FILE}: {}",
                 describe(&e)

@@ -17,9 +17,10 @@
 use super::capture::{spawn_reader, ControlChannel, LogSink};
 use super::procs;
 use super::protocol::{
-    describe, write_atomically, ControlMessage, Durability, ExitFile, JobFile, CHILD_PID_FILE,
+    describe, make_durable, write_atomically, ControlMessage, ExitFile, JobFile, CHILD_PID_FILE,
     EXIT_FILE, JOB_FILE,
 };
+use super::standby::{await_assignment, recorded, ACK_PATIENCE, STANDBY_ARG};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -56,21 +57,36 @@ pub(super) enum Wake {
 /// Runs the job described by `<attempt_dir>/job.json` to its end; the body of
 /// `runplane supervise <attempt_dir>`. Returns the supervisor's exit code: 0 whenever
 /// `exit.json` was written (even when the job failed or could not start), non-zero otherwise.
+///
+/// `runplane supervise -` is a standby (see `standby.rs`): it first waits for the folder on
+/// its stdin, and exits with 0 if none comes.
 pub fn supervise_main(attempt_dir: &Path) -> i32 {
     // A dead server closes the control pipe; that must not kill the job's supervisor.
     // SAFETY: setting a signal disposition to SIG_IGN has no preconditions.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+    let assignment;
+    let (attempt_dir, acks) = if attempt_dir == Path::new(STANDBY_ARG) {
+        match await_assignment() {
+            Some(assigned) => {
+                assignment = assigned;
+                (assignment.attempt_dir.as_path(), assignment.acks.as_ref())
+            }
+            None => return 0,
+        }
+    } else {
+        (attempt_dir, None)
+    };
     match Supervisor::start(attempt_dir) {
-        Ok(outcome) => finish(attempt_dir, &outcome),
+        Ok(outcome) => finish(attempt_dir, &outcome, acks),
         Err(error) => {
             eprintln!("runplane supervise: {error}");
             let outcome = ExitFile {
                 error: Some(error),
                 ..ExitFile::default()
             };
-            finish(attempt_dir, &outcome)
+            finish(attempt_dir, &outcome, acks)
         }
     }
 }
@@ -93,31 +109,35 @@ pub(super) fn process_command(job: &JobFile) -> Result<Command, String> {
     Ok(command)
 }
 
-fn finish(attempt_dir: &Path, outcome: &ExitFile) -> i32 {
+/// Writes `exit.json`, tells the server (by closing the control channel: it reads the file
+/// at that end), then makes the file outlive a machine crash unless the server says it has
+/// recorded the outcome itself (`acks`, see `standby.rs`): then the store holds the outcome
+/// and two fsyncs are saved, which on a disk are most of a step's end.
+fn finish(attempt_dir: &Path, outcome: &ExitFile, acks: Option<&fs::File>) -> i32 {
     let written = serde_json::to_vec_pretty(outcome)
         .map_err(|e| e.to_string())
         .and_then(|json| {
-            write_atomically(
-                attempt_dir,
-                EXIT_FILE,
-                &json,
-                0o644,
-                Durability::MachineCrash,
-            )
-            .map_err(|e| e.to_string())
+            write_atomically(attempt_dir, EXIT_FILE, &json, 0o644).map_err(|e| e.to_string())
         });
-    match written {
-        Ok(()) => {
-            // The control channel's end tells the server the outcome is in exit.json: it
-            // reads it now rather than after this process is torn down and reaped.
-            // SAFETY: closing fd 1 has no memory effects; nothing writes to it after this.
-            unsafe {
-                libc::close(1);
-            }
-            0
-        }
+    if let Err(e) = written {
+        eprintln!("runplane supervise: cannot write {EXIT_FILE}: {e}");
+        return 1;
+    }
+    // The server reads exit.json now rather than after this process is torn down and reaped.
+    // SAFETY: closing fd 1 has no memory effects; nothing writes to it after this.
+    unsafe {
+        libc::close(1);
+    }
+    if acks.is_some_and(|acks| recorded(acks, ACK_PATIENCE)) {
+        return 0;
+    }
+    match make_durable(attempt_dir, EXIT_FILE) {
+        Ok(()) => 0,
         Err(e) => {
-            eprintln!("runplane supervise: cannot write {EXIT_FILE}: {e}");
+            eprintln!(
+                "runplane supervise: cannot make {EXIT_FILE} durable: {}",
+                describe(&e)
+            );
             1
         }
     }
@@ -250,7 +270,6 @@ impl Supervisor {
             CHILD_PID_FILE,
             format!("{child_pid}\n").as_bytes(),
             0o644,
-            Durability::ProcessCrash,
         ) {
             eprintln!(
                 "runplane supervise: cannot write {CHILD_PID_FILE}: {}",

@@ -6,7 +6,7 @@ use crate::engine::follow::split_code;
 use crate::engine::is_gone;
 use crate::engine::replica::Report;
 use crate::engine::service_log::ServiceLog;
-use crate::local::protocol::{describe, write_atomically, Durability};
+use crate::local::protocol::{describe, write_atomically};
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use bollard::query_parameters::StopContainerOptions;
 use bollard::Docker;
@@ -521,13 +521,7 @@ impl ServiceRun {
             }
         };
         // 0600: the replica's env may hold secrets, like the local framework's job.json.
-        if let Err(e) = write_atomically(
-            &self.dir,
-            SERVICE_FILE,
-            &json,
-            0o600,
-            Durability::ProcessCrash,
-        ) {
+        if let Err(e) = write_atomically(&self.dir, SERVICE_FILE, &json, 0o600) {
             tracing::warn!("cannot write {SERVICE_FILE}: {}", describe(&e));
         }
     }
