@@ -202,6 +202,7 @@ impl LocalFramework {
             },
             child,
             requests,
+            replenish: Some(self.standby.later(&self.options.supervisor)),
         };
         tokio::spawn(follow.run());
         Ok(())
@@ -276,8 +277,7 @@ impl LocalFramework {
     }
 
     /// The supervisor of the execution prepared in `attempt_dir`: the standby if one waits
-    /// (with the pipe to acknowledge its end on), else one spawned now; either way the next
-    /// standby starts meanwhile.
+    /// (with the pipe to acknowledge its end on), else one spawned now.
     async fn start_supervisor(
         &self,
         attempt_dir: &Path,
@@ -287,7 +287,6 @@ impl LocalFramework {
             Some((child, acks)) => (child, Some(acks)),
             None => (self.spawn_supervisor(attempt_dir)?, None),
         };
-        self.standby.replenish(&self.options.supervisor);
         Ok(started)
     }
 

@@ -12,6 +12,7 @@ use super::protocol::{
     describe, read_json, read_pid_file, ControlMessage, ExitFile, ServiceState, CHILD_PID_FILE,
     EXIT_FILE, OUTPUTS_DIR, SERVICE_FILE, SUPERVISOR_ERR_FILE,
 };
+use super::standby::Replenish;
 use super::{Executions, Request};
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use nix::sys::signal::Signal;
@@ -144,6 +145,8 @@ pub(crate) struct Follow {
     pub reporter: Reporter,
     pub child: Child,
     pub requests: mpsc::UnboundedReceiver<Request>,
+    /// The next standby supervisor, started at this one's end.
+    pub replenish: Option<Replenish>,
 }
 
 impl Follow {
@@ -242,6 +245,11 @@ impl Follow {
             }
         }
 
+        // Between this end and the next start (recording the end, the next step's creation)
+        // the job's core is free: the next standby's exec takes it.
+        if let Some(replenish) = self.replenish.take() {
+            replenish.now();
+        }
         // The supervisor closes the channel once exit.json is written: the outcome can be read
         // now, and the process reaped in the background. Without exit.json (the supervisor
         // died), its own exit status goes into the report.

@@ -17,7 +17,8 @@
 //!                   rewritten atomically on every change (the truth behind `replicas` hints)
 //!   desired.json    DesiredFile (services only): the replica count asked for by `scale`, written
 //!                   atomically by the framework before it sends the supervisor SIGUSR1
-//!   exit.json       ExitFile: how it ended (written atomically by the supervisor, last)
+//!   exit.json       ExitFile: how it ended (written atomically by the supervisor, last; fsynced
+//!                   unless the server acknowledged that it recorded the end, `standby.rs`)
 //! ```
 //!
 //! The log itself lives in the FileLogStore at `log_root/<run_id>/<attempt>.log`.

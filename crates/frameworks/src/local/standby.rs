@@ -142,8 +142,18 @@ impl Standby {
         }
     }
 
+    /// A replenishment to run once the execution just started has spawned its job: the
+    /// next standby's exec then overlaps the job, not the job's own start (on two cores it
+    /// would take the CPU the job's interpreter starts on).
+    pub(crate) fn later(&self, supervisor: &[String]) -> Replenish {
+        Replenish {
+            standby: self.clone(),
+            supervisor: supervisor.to_vec(),
+        }
+    }
+
     /// Starts a spare supervisor in the background unless one is already waiting.
-    pub(crate) fn replenish(&self, supervisor: &[String]) {
+    fn replenish(&self, supervisor: &[String]) {
         let Some((program, prefix)) = supervisor.split_first() else {
             return;
         };
@@ -173,5 +183,17 @@ impl Standby {
                 tracing::warn!(error = %describe(&e), "cannot start a standby supervisor; supervisors start on demand");
             }
         });
+    }
+}
+
+/// See [`Standby::later`].
+pub(crate) struct Replenish {
+    standby: Standby,
+    supervisor: Vec<String>,
+}
+
+impl Replenish {
+    pub(crate) fn now(self) {
+        self.standby.replenish(&self.supervisor);
     }
 }
