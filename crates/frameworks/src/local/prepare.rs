@@ -80,7 +80,7 @@ pub(crate) fn check_readiness_path(path: &str) -> Result<(), String> {
 /// Whether the supervisor recorded in an existing attempt folder still runs.
 pub(crate) fn live_supervisor(attempt_dir: &Path) -> Option<i32> {
     let pid = super::protocol::read_pid_file(&attempt_dir.join(SUPERVISOR_PID_FILE))?;
-    procs::is_live_with_arg(pid, attempt_dir).then_some(pid)
+    procs::is_supervisor_of(pid, attempt_dir).then_some(pid)
 }
 
 /// Creates the attempt folder and everything the supervisor reads. On error nothing is left
@@ -143,11 +143,27 @@ pub(crate) fn prepare(
 }
 
 /// fsync of `<runs_dir>/<run_id>` and `<runs_dir>`: the entries naming the attempt folder.
+/// The two run at once: a disk serves both in about the time of one (a journaled filesystem
+/// commits them together), and they are on the path from one workflow step to the next.
 fn sync_parents(attempt_dir: &Path) -> io::Result<()> {
-    for dir in attempt_dir.ancestors().skip(1).take(2) {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    let sync = |dir: Option<&Path>| match dir {
+        Some(dir) => File::open(dir)?.sync_all(),
+        None => Ok(()),
+    };
+    let mut parents = attempt_dir.ancestors().skip(1);
+    let (run_dir, runs_dir) = (parents.next(), parents.next());
+    std::thread::scope(|scope| {
+        let other = std::thread::Builder::new().spawn_scoped(scope, || sync(runs_dir));
+        let this = sync(run_dir);
+        let other = match other {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked"))),
+            // No thread to be had: one after the other.
+            Err(_) => sync(runs_dir),
+        };
+        this.and(other)
+    })
 }
 
 fn fill(

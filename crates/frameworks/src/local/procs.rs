@@ -78,30 +78,53 @@ fn descendants_in(table: &[ProcInfo], root: i32) -> Vec<ProcInfo> {
     found
 }
 
-/// Whether `pid` is a live (non-zombie) process whose command line mentions `needle` — how a
-/// recorded supervisor pid is told apart from an unrelated process that reused the number.
-pub(crate) fn is_live_with_arg(pid: i32, needle: &Path) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
+/// The command line of `pid` (NUL-separated arguments), if it is a live (non-zombie) process.
+fn live_cmdline(pid: i32) -> Option<Vec<u8>> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     if parse_stat(pid, &stat).is_none_or(|info| info.zombie) {
-        return false;
+        return None;
     }
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    let needle = needle.as_os_str().as_encoded_bytes();
-    cmdline.split(|b| *b == 0).any(|arg| arg == needle)
+    fs::read(format!("/proc/{pid}/cmdline")).ok()
 }
 
-/// The first live process whose command line has `needle` as an argument: finds a supervisor
-/// whose `supervisor.pid` was never written (the server died right after spawning it).
-pub(crate) fn find_live_with_arg(needle: &Path) -> Option<i32> {
+/// Whether `pid` is the live supervisor of `attempt_dir`: its command line names the folder
+/// (`supervise <folder>`), or it is a standby (`supervise -`) that was handed the folder, and
+/// so made it its working directory. How a recorded supervisor pid is told apart from an
+/// unrelated process that reused the number.
+pub(crate) fn is_supervisor_of(pid: i32, attempt_dir: &Path) -> bool {
+    let Some(cmdline) = live_cmdline(pid) else {
+        return false;
+    };
+    let folder = attempt_dir.as_os_str().as_encoded_bytes();
+    let mut args = cmdline
+        .split(|b| *b == 0)
+        .rev()
+        .skip_while(|arg| arg.is_empty());
+    match (args.next(), args.next()) {
+        (Some(last), _) if last == folder => true,
+        (Some(last), Some(verb))
+            if last == super::STANDBY_ARG.as_bytes() && verb == b"supervise" =>
+        {
+            match (
+                fs::read_link(format!("/proc/{pid}/cwd")),
+                fs::canonicalize(attempt_dir),
+            ) {
+                (Ok(cwd), Ok(dir)) => cwd == dir,
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// The first live supervisor of `attempt_dir` ([`is_supervisor_of`]): finds one whose
+/// `supervisor.pid` was never written (the server died right after spawning it).
+pub(crate) fn find_supervisor_of(attempt_dir: &Path) -> Option<i32> {
     fs::read_dir("/proc")
         .ok()?
         .flatten()
         .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
-        .find(|pid| is_live_with_arg(*pid, needle))
+        .find(|pid| is_supervisor_of(*pid, attempt_dir))
 }
 
 /// Whether `pid` is a live process whose environment holds exactly `variable` (`NAME=value`):
@@ -246,14 +269,40 @@ mod tests {
     }
 
     #[test]
-    fn this_process_is_live_with_its_own_program() {
-        let me = std::process::id() as i32;
-        let exe = std::env::args().next().unwrap();
-        assert!(is_live_with_arg(me, Path::new(&exe)));
-        assert!(!is_live_with_arg(
-            me,
-            Path::new("/definitely/not/an/argument")
-        ));
+    fn supervisors_are_told_by_their_folder_argument_or_their_standby_working_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mine, other) = (tmp.path().join("mine"), tmp.path().join("other"));
+        for dir in [&mine, &other] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        // `sh -c SCRIPT ARG0 ARGS...`: the shell's own command line ends with ARGS (two
+        // commands, so that no shell replaces itself with the last one).
+        let spawn = |args: &[&std::ffi::OsStr], cwd: &Path| {
+            std::process::Command::new("sh")
+                .args(["-c", "sleep 30; :", "sh"])
+                .args(args)
+                .current_dir(cwd)
+                .spawn()
+                .unwrap()
+        };
+        let mut named = spawn(&["supervise".as_ref(), mine.as_os_str()], &other);
+        let mut standby = spawn(&["supervise".as_ref(), "-".as_ref()], &mine);
+        let mut stranger = spawn(&["-".as_ref()], &mine);
+        let pid = |child: &std::process::Child| child.id() as i32;
+        assert!(is_supervisor_of(pid(&named), &mine));
+        assert!(!is_supervisor_of(pid(&named), &other));
+        assert!(is_supervisor_of(pid(&standby), &mine));
+        assert!(!is_supervisor_of(pid(&standby), &other));
+        assert!(!is_supervisor_of(pid(&stranger), &mine));
+        assert_eq!(find_supervisor_of(&other), None);
+        for child in [&mut named, &mut standby, &mut stranger] {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+        assert!(
+            !is_supervisor_of(pid(&standby), &mine),
+            "not once it is gone"
+        );
     }
 
     #[test]

@@ -65,7 +65,7 @@ pub(crate) fn inspect(attempt_dir: &Path) -> Found {
     let recorded = read_pid_file(&attempt_dir.join(SUPERVISOR_PID_FILE));
     // Without supervisor.pid the server may have died right after spawning the supervisor:
     // look for it by its command line, which names this folder.
-    let candidate = recorded.or_else(|| procs::find_live_with_arg(attempt_dir));
+    let candidate = recorded.or_else(|| procs::find_supervisor_of(attempt_dir));
     if let Some(pid) = candidate {
         if let Some(pidfd) = attach(pid, attempt_dir) {
             return Found::Live { pid, pidfd };
@@ -161,9 +161,9 @@ pub(crate) fn clean_ended_attempts(runs_dir: &Path, active: &HashSet<ExecutionId
 /// so the process it names is the one that was checked, never a later reuse of the number.
 fn attach(pid: i32, attempt_dir: &Path) -> Option<Option<OwnedFd>> {
     match procs::pidfd_open(pid) {
-        Ok(pidfd) => procs::is_live_with_arg(pid, attempt_dir).then_some(Some(pidfd)),
+        Ok(pidfd) => procs::is_supervisor_of(pid, attempt_dir).then_some(Some(pidfd)),
         Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
-            procs::is_live_with_arg(pid, attempt_dir).then_some(None)
+            procs::is_supervisor_of(pid, attempt_dir).then_some(None)
         }
         Err(_) => None,
     }
@@ -321,7 +321,7 @@ impl Reattached {
         let execution = &self.reporter.execution;
         let result = match exit_fd {
             Some(fd) => procs::pidfd_send_signal(fd.get_ref().as_fd(), signal),
-            None if procs::is_live_with_arg(self.pid, &self.reporter.attempt_dir) => {
+            None if procs::is_supervisor_of(self.pid, &self.reporter.attempt_dir) => {
                 // SAFETY: kill takes a pid and a signal number; no pointers.
                 if unsafe { libc::kill(self.pid, signal) } == 0 {
                     Ok(())
@@ -355,7 +355,7 @@ async fn supervisor_exit(exit_fd: Option<&AsyncFd<OwnedFd>>, pid: i32, attempt_d
             return;
         }
     }
-    while procs::is_live_with_arg(pid, attempt_dir) {
+    while procs::is_supervisor_of(pid, attempt_dir) {
         tokio::time::sleep(TICK).await;
     }
 }

@@ -3,14 +3,17 @@
 //!
 //! Why: starting the supervisor is an exec of this whole binary (about a millisecond and a
 //! half of loading and relocating here), and it sits on the path from one workflow step to
-//! the next. With a standby, that path pays a write to a pipe instead; the exec of the next
-//! standby overlaps the job that just started.
+//! the next. With a standby, that path pays a write to a pipe instead. The next standby is
+//! spawned when an execution ends: its exec then overlaps the server recording that end, on
+//! the core the job just left, rather than the start of the next job.
 //!
 //! The framework keeps at most one standby. It is spawned exactly as a supervisor is (its own
 //! process group, the server's environment) but with its stdin a pipe from the server and its
 //! stderr `/dev/null`. The server writes the folder's absolute path and a NUL; the supervisor
 //! makes `<folder>/supervisor.err` its stderr and `/dev/null` its stdin, as a directly spawned
-//! supervisor has them, and keeps the pipe (close-on-exec: the job never sees it). A standby
+//! supervisor has them, and keeps the pipe (close-on-exec: the job never sees it). It makes the
+//! folder its working directory: that, and not its command line, tells a later server which
+//! folder it supervises (`procs::is_supervisor_of`). A standby
 //! that reads the end of its stdin before a whole path (the server exited, or dropped it)
 //! exits at once with status 0, touching nothing: it never owned an execution.
 //!
@@ -74,6 +77,15 @@ pub(super) fn await_assignment() -> Option<Assignment> {
     // writes its outcome to exit.json, where the framework looks first.
     let _ = redirect(0, File::open("/dev/null"));
     let _ = redirect(2, File::create(attempt_dir.join(SUPERVISOR_ERR_FILE)));
+    // Our command line does not name the folder: the working directory does, for a later
+    // server that checks a recorded pid (`procs::is_supervisor_of`).
+    if let Err(e) = std::env::set_current_dir(&attempt_dir) {
+        eprintln!(
+            "runplane supervise: cannot enter {}: {}",
+            attempt_dir.display(),
+            describe(&e)
+        );
+    }
     Some(Assignment { attempt_dir, acks })
 }
 
