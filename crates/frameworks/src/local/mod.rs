@@ -291,31 +291,47 @@ impl LocalFramework {
     }
 
     fn spawn_supervisor(&self, attempt_dir: &Path) -> Result<tokio::process::Child, String> {
-        let Some((program, prefix)) = self.options.supervisor.split_first() else {
-            return Err("no supervisor command is configured".into());
-        };
         let err_path = attempt_dir.join(SUPERVISOR_ERR_FILE);
         let err_file = std::fs::File::create(&err_path)
             .map_err(|e| format!("cannot create {}: {}", err_path.display(), describe(&e)))?;
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(prefix)
-            .arg(attempt_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err_file))
-            // The supervisor must outlive this server process (and its runtime).
-            .kill_on_drop(false)
-            // Its own process group: a Ctrl-C on the server's terminal goes to the server's
-            // foreground process group and never reaches runs. A process group rather than a
-            // session (setsid in a pre_exec hook) lets std spawn it with posix_spawn, which
-            // does not copy the server's page tables as fork does (the largest cost of a
-            // start).
-            .process_group(0);
+        let (program, mut command) = supervisor_command(
+            &self.options.supervisor,
+            attempt_dir.as_os_str(),
+            (Stdio::null(), Stdio::from(err_file)),
+        )?;
         command
             .spawn()
             .map_err(|e| format!("cannot start the supervisor {program}: {}", describe(&e)))
     }
+}
+
+/// The command that starts a supervisor: the configured argv prefix, then `last` (the attempt
+/// folder, or the standby argument), with the given stdin and stderr and the control pipe as
+/// stdout. Also returns the program, for messages.
+fn supervisor_command<'a>(
+    supervisor: &'a [String],
+    last: &std::ffi::OsStr,
+    (stdin, stderr): (Stdio, Stdio),
+) -> Result<(&'a str, tokio::process::Command), String> {
+    let Some((program, prefix)) = supervisor.split_first() else {
+        return Err("no supervisor command is configured".into());
+    };
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(prefix)
+        .arg(last)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        // The supervisor must outlive this server process (and its runtime).
+        .kill_on_drop(false)
+        // Its own process group: a Ctrl-C on the server's terminal goes to the server's
+        // foreground process group and never reaches runs. A process group rather than a
+        // session (setsid in a pre_exec hook) lets std spawn it with posix_spawn, which
+        // does not copy the server's page tables as fork does (the largest cost of a
+        // start).
+        .process_group(0);
+    Ok((program, command))
 }
 
 #[async_trait]

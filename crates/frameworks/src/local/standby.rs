@@ -166,21 +166,16 @@ impl Standby {
 
     /// Starts a spare supervisor in the background unless one is already waiting.
     fn replenish(&self, supervisor: &[String]) {
-        let Some((program, prefix)) = supervisor.split_first() else {
-            return;
-        };
         if self.lock().is_some() {
             return;
         }
-        let mut command = tokio::process::Command::new(program);
-        command
-            .args(prefix)
-            .arg(STANDBY_ARG)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(false)
-            .process_group(0);
+        let Ok((_, mut command)) = super::supervisor_command(
+            supervisor,
+            STANDBY_ARG.as_ref(),
+            (Stdio::piped(), Stdio::null()),
+        ) else {
+            return;
+        };
         let standby = self.clone();
         // The spawn blocks this thread until the exec: keep it off the runtime's workers.
         tokio::task::spawn_blocking(move || match command.spawn() {
