@@ -29,7 +29,7 @@ mod supervise;
 mod watch;
 
 pub use monitor::OUTPUT_CAP;
-pub use standby::{ACK as STANDBY_ACK, STANDBY_ARG};
+pub use standby::{ACK as STANDBY_ACK, ACK_PATIENCE as STANDBY_ACK_PATIENCE, STANDBY_ARG};
 pub use supervise::supervise_main;
 
 use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError};
@@ -282,12 +282,10 @@ impl LocalFramework {
         &self,
         attempt_dir: &Path,
     ) -> Result<(tokio::process::Child, Option<tokio::process::ChildStdin>), String> {
-        let assigned = self.standby.assign(attempt_dir).await;
-        let started = match assigned {
+        Ok(match self.standby.assign(attempt_dir).await {
             Some((child, acks)) => (child, Some(acks)),
             None => (self.spawn_supervisor(attempt_dir)?, None),
-        };
-        Ok(started)
+        })
     }
 
     fn spawn_supervisor(&self, attempt_dir: &Path) -> Result<tokio::process::Child, String> {
@@ -550,7 +548,11 @@ impl Framework for LocalFramework {
                     if !attempt_dir.exists() {
                         return Err(FrameworkError::UnknownExecution(execution.clone()));
                     }
-                    if prepare::live_supervisor(&attempt_dir).is_some() {
+                    // A supervisor that wrote exit.json is past its job, only finishing (its
+                    // fsyncs, or waiting for the acknowledgement): the execution has ended.
+                    if !attempt_dir.join(EXIT_FILE).exists()
+                        && prepare::live_supervisor(&attempt_dir).is_some()
+                    {
                         return Err(busy(execution));
                     }
                     None

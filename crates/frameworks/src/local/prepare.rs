@@ -143,27 +143,11 @@ pub(crate) fn prepare(
 }
 
 /// fsync of `<runs_dir>/<run_id>` and `<runs_dir>`: the entries naming the attempt folder.
-/// The two run at once: a disk serves both in about the time of one (a journaled filesystem
-/// commits them together), and they are on the path from one workflow step to the next.
 fn sync_parents(attempt_dir: &Path) -> io::Result<()> {
-    let sync = |dir: Option<&Path>| match dir {
-        Some(dir) => File::open(dir)?.sync_all(),
-        None => Ok(()),
-    };
-    let mut parents = attempt_dir.ancestors().skip(1);
-    let (run_dir, runs_dir) = (parents.next(), parents.next());
-    std::thread::scope(|scope| {
-        let other = std::thread::Builder::new().spawn_scoped(scope, || sync(runs_dir));
-        let this = sync(run_dir);
-        let other = match other {
-            Ok(thread) => thread
-                .join()
-                .unwrap_or_else(|_| Err(io::Error::other("the fsync thread panicked"))),
-            // No thread to be had: one after the other.
-            Err(_) => sync(runs_dir),
-        };
-        this.and(other)
-    })
+    for dir in attempt_dir.ancestors().skip(1).take(2) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn fill(

@@ -64,7 +64,7 @@ pub(crate) fn inspect(attempt_dir: &Path) -> Found {
     }
     let recorded = read_pid_file(&attempt_dir.join(SUPERVISOR_PID_FILE));
     // Without supervisor.pid the server may have died right after spawning the supervisor:
-    // look for it by its command line, which names this folder.
+    // look for it by its command line, or a standby's working directory: both name this folder.
     let candidate = recorded.or_else(|| procs::find_supervisor_of(attempt_dir));
     if let Some(pid) = candidate {
         if let Some(pidfd) = attach(pid, attempt_dir) {

@@ -13,9 +13,9 @@
 //! makes `<folder>/supervisor.err` its stderr and `/dev/null` its stdin, as a directly spawned
 //! supervisor has them, and keeps the pipe (close-on-exec: the job never sees it). It makes the
 //! folder its working directory: that, and not its command line, tells a later server which
-//! folder it supervises (`procs::is_supervisor_of`). A standby
-//! that reads the end of its stdin before a whole path (the server exited, or dropped it)
-//! exits at once with status 0, touching nothing: it never owned an execution.
+//! folder it supervises (`procs::is_supervisor_of`). A standby that reads the end of its stdin
+//! before a whole path (the server exited, or dropped it) exits at once with status 0,
+//! touching nothing: it never owned an execution.
 //!
 //! The pipe then carries one more thing: [`ACK`], once the server has recorded the
 //! execution's end in its store ([`Framework::cleanup`](crate::Framework::cleanup) comes
@@ -49,7 +49,7 @@ pub const ACK: u8 = b'R';
 
 /// How long a supervisor whose server is listening waits for [`ACK`] after writing
 /// `exit.json`; the server sends it a store transaction after reading the file.
-pub(super) const ACK_PATIENCE: Duration = Duration::from_secs(5);
+pub const ACK_PATIENCE: Duration = Duration::from_secs(5);
 
 /// What a standby was given.
 pub(super) struct Assignment {
@@ -154,9 +154,9 @@ impl Standby {
         }
     }
 
-    /// A replenishment to run once the execution just started has spawned its job: the
-    /// next standby's exec then overlaps the job, not the job's own start (on two cores it
-    /// would take the CPU the job's interpreter starts on).
+    /// A replenishment for the follower of the execution just handed a supervisor to run
+    /// when that execution ends (`monitor.rs`): the next standby's exec then overlaps the
+    /// server recording the end, not the next job's start.
     pub(crate) fn later(&self, supervisor: &[String]) -> Replenish {
         Replenish {
             standby: self.clone(),

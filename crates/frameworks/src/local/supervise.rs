@@ -66,17 +66,17 @@ pub fn supervise_main(attempt_dir: &Path) -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
-    let assignment;
-    let (attempt_dir, acks) = if attempt_dir == Path::new(STANDBY_ARG) {
-        match await_assignment() {
-            Some(assigned) => {
-                assignment = assigned;
-                (assignment.attempt_dir.as_path(), assignment.acks.as_ref())
-            }
-            None => return 0,
-        }
+    let assignment = if attempt_dir == Path::new(STANDBY_ARG) {
+        let Some(assignment) = await_assignment() else {
+            return 0;
+        };
+        Some(assignment)
     } else {
-        (attempt_dir, None)
+        None
+    };
+    let (attempt_dir, acks) = match &assignment {
+        Some(assigned) => (assigned.attempt_dir.as_path(), assigned.acks.as_ref()),
+        None => (attempt_dir, None),
     };
     match Supervisor::start(attempt_dir) {
         Ok(outcome) => finish(attempt_dir, &outcome, acks),
