@@ -58,6 +58,10 @@ fn main() {
             standby_supervisor_follows_its_stdin,
         ),
         (
+            "later_executions_start_in_a_spare_folder",
+            later_executions_start_in_a_spare_folder,
+        ),
+        (
             "recover_reports_a_dead_supervisor_as_lost",
             recover_reports_a_dead_supervisor_as_lost,
         ),
@@ -756,6 +760,98 @@ fn later_executions_run_under_a_standby_supervisor() -> TestResult {
         ensure!(
             parents[1].trim_end().ends_with("supervise -"),
             "the second is the standby: {parents:?}"
+        );
+        Ok(())
+    })
+}
+
+/// The spare attempt folders in `runs_dir`.
+fn spares(runs_dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(runs_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|entry| entry.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with(".spare-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Once an execution started, a spare attempt folder is made for the next, shaped like the
+/// first job's files. The next execution takes it: its job finds its own files (contents and
+/// modes) and none of the first job's, and its log is where the log store reads it.
+fn later_executions_start_in_a_spare_folder() -> TestResult {
+    run(|| async {
+        let mut h = harness()?;
+        let file = |path: &str, mode: u32, contents: &str| FileEntry {
+            path: path.into(),
+            mode,
+            contents: contents.as_bytes().to_vec(),
+        };
+        let script = "#!/bin/sh\nfind . | sort\nstat -c '%n %a %s' run.sh *.txt lib/*.txt 2>/dev/null\ncat *.txt lib/*.txt 2>/dev/null\ntrue\n";
+        let first = Job {
+            files: vec![
+                file("run.sh", 0o755, script),
+                file("lib/x.txt", 0o644, "one\n"),
+            ],
+            ..job(&["./run.sh"])
+        };
+        let second = Job {
+            files: vec![file("run.sh", 0o750, script), file("b.txt", 0o600, "two\n")],
+            ..job(&["./run.sh"])
+        };
+        let mut outputs = Vec::new();
+        for (name, job) in [("shaped-1", first), ("shaped-2", second)] {
+            let before = if name == "shaped-2" {
+                let runs_dir = h.runs_dir.clone();
+                wait_for("a spare attempt folder", || {
+                    Some(spares(&runs_dir)).filter(|s| !s.is_empty())
+                })
+                .await?
+            } else {
+                Vec::new()
+            };
+            let inodes: BTreeMap<String, u64> = before
+                .iter()
+                .filter_map(|spare| {
+                    use std::os::unix::fs::MetadataExt;
+                    let meta = std::fs::metadata(h.runs_dir.join(spare)).ok()?;
+                    Some((spare.clone(), meta.ino()))
+                })
+                .collect();
+            let execution = exec(name);
+            h.framework
+                .start(execution.clone(), Runnable::Job(job))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !inodes.is_empty() {
+                // The run's folder is the spare, renamed: the same inode.
+                use std::os::unix::fs::MetadataExt;
+                let taken = std::fs::metadata(h.runs_dir.join(&execution.run_id))
+                    .map(|meta| meta.ino())
+                    .map_err(|e| e.to_string())?;
+                ensure!(
+                    inodes.values().any(|&inode| inode == taken),
+                    "{name}: the run's folder is one of the spares {inodes:?}"
+                );
+            }
+            let outcome = exited(&h.events_until_end(&execution).await?)?.clone();
+            ensure!(outcome.exit_code == Some(0), "{name}: {outcome:?}");
+            outputs.push(h.lines(&execution, Stream::Stdout)?.concat());
+            h.framework
+                .cleanup(&execution)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let expected = [
+            ".\n./lib\n./lib/x.txt\n./run.sh\nrun.sh 755 SIZE\nlib/x.txt 644 4\none\n",
+            ".\n./b.txt\n./run.sh\nrun.sh 750 SIZE\nb.txt 600 4\ntwo\n",
+        ]
+        .map(|text| text.replace("SIZE", &script.len().to_string()));
+        ensure!(
+            outputs == expected,
+            "each job sees its own files only: {outputs:?}, expected {expected:?}"
         );
         Ok(())
     })

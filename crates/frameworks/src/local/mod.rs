@@ -24,6 +24,7 @@ mod procs;
 pub mod protocol;
 mod recover;
 mod service;
+mod spare;
 mod standby;
 mod supervise;
 mod watch;
@@ -73,6 +74,8 @@ pub struct LocalFramework {
     log_watcher: std::sync::OnceLock<Option<watch::LogWatcher>>,
     /// A supervisor started ahead of the next execution (`standby.rs`).
     standby: standby::Standby,
+    /// An attempt folder made ahead of the next execution (`spare.rs`).
+    spares: spare::Spares,
 }
 
 /// What the framework remembers about an execution it started.
@@ -125,7 +128,13 @@ fn busy(execution: &ExecutionId) -> FrameworkError {
 
 impl LocalFramework {
     pub fn new(options: LocalOptions, events: EventSender) -> Self {
+        let absolute = |dir: &PathBuf| std::path::absolute(dir).unwrap_or_else(|_| dir.clone());
         LocalFramework {
+            spares: spare::Spares::new(
+                absolute(&options.runs_dir),
+                absolute(&options.logs_dir),
+                !options.shared_runs_dir,
+            ),
             options,
             events,
             executions: Executions::default(),
@@ -156,8 +165,15 @@ impl LocalFramework {
             self.options.logs_dir.clone(),
             execution.clone(),
         );
+        // Checked paths only: a spare makes them.
+        let shape = spare::Shape::of(
+            job.files
+                .iter()
+                .filter_map(|file| prepare::check_file_path(&file.path).ok()),
+        );
+        let spare = self.spares.take();
         tokio::task::spawn_blocking(move || {
-            prepare::prepare(&dir, &logs_dir, &exec, &job, service)
+            prepare::prepare(&dir, &logs_dir, &exec, &job, service, spare)
         })
         .await
         .map_err(|e| format!("preparing the attempt folder failed: {e}"))??;
@@ -173,6 +189,8 @@ impl LocalFramework {
         if let Some(tracked) = self.executions.lock().get_mut(execution) {
             tracked.acks = acks;
         }
+        // Made while this job runs, for the next start.
+        self.spares.replenish(shape);
         if let Some(pid) = child.id() {
             let dir = attempt_dir.clone();
             let written = tokio::task::spawn_blocking(move || {

@@ -7,9 +7,10 @@ use super::protocol::{
     describe, write_atomically, JobFile, ServiceFile, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_PID_FILE,
     WORK_DIR,
 };
+use super::spare::{Placed, Spare};
 use crate::ExecutionId;
 use runplane_domain::Job;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::CString;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -91,6 +92,7 @@ pub(crate) fn prepare(
     execution: &ExecutionId,
     job: &Job,
     service: Option<ServiceFile>,
+    spare: Option<Spare>,
 ) -> Result<(), String> {
     let Some(command0) = job.command.first() else {
         return Err("the job has an empty command".into());
@@ -112,15 +114,25 @@ pub(crate) fn prepare(
         fs::remove_dir_all(attempt_dir)
             .map_err(|e| format!("cannot clear {}: {}", attempt_dir.display(), describe(&e)))?;
     }
-    if let Some(parent) = attempt_dir.parent() {
-        fs::create_dir_all(parent)
-            .map_err(|e| format!("cannot create {}: {}", parent.display(), describe(&e)))?;
+    let run_logs = logs_dir.join(&execution.run_id);
+    let placed = spare.and_then(|spare| match spare.place(attempt_dir, &run_logs) {
+        Ok(placed) => Some(placed),
+        Err(error) => {
+            tracing::debug!(%error, "cannot take the spare attempt folder");
+            None
+        }
+    });
+    if placed.is_none() {
+        if let Some(parent) = attempt_dir.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("cannot create {}: {}", parent.display(), describe(&e)))?;
+        }
+        // 0700: job.json can carry secrets in the environment.
+        DirBuilder::new()
+            .mode(0o700)
+            .create(attempt_dir)
+            .map_err(|e| format!("cannot create {}: {}", attempt_dir.display(), describe(&e)))?;
     }
-    // 0700: job.json can carry secrets in the environment.
-    DirBuilder::new()
-        .mode(0o700)
-        .create(attempt_dir)
-        .map_err(|e| format!("cannot create {}: {}", attempt_dir.display(), describe(&e)))?;
 
     let result = fill(
         attempt_dir,
@@ -128,7 +140,7 @@ pub(crate) fn prepare(
         execution,
         (job, service),
         command0,
-        &files,
+        (&files, placed.as_ref()),
     );
     if result.is_err() {
         let _ = fs::remove_dir_all(attempt_dir);
@@ -136,7 +148,11 @@ pub(crate) fn prepare(
     }
     // The folder outlives a crash of the machine before its supervisor is spawned: a later
     // server that finds no folder knows the job never started (and may start it again).
-    sync_parents(attempt_dir).map_err(|e| {
+    let synced = match &placed {
+        Some(placed) => sync_dirs(&placed.to_sync),
+        None => sync_parents(attempt_dir),
+    };
+    synced.map_err(|e| {
         let _ = fs::remove_dir_all(attempt_dir);
         format!("cannot sync {}: {}", attempt_dir.display(), describe(&e))
     })
@@ -150,23 +166,46 @@ fn sync_parents(attempt_dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+fn sync_dirs(dirs: &[PathBuf]) -> io::Result<()> {
+    for dir in dirs {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 fn fill(
     attempt_dir: &Path,
     logs_dir: &Path,
     execution: &ExecutionId,
     (job, service): (&Job, Option<ServiceFile>),
     command0: &str,
-    files: &[(PathBuf, &runplane_domain::FileEntry)],
+    (files, placed): (&[(PathBuf, &runplane_domain::FileEntry)], Option<&Placed>),
 ) -> Result<(), String> {
     let workdir = attempt_dir.join(WORK_DIR);
     let outputs_dir = attempt_dir.join(OUTPUTS_DIR);
-    for dir in [&workdir, &outputs_dir] {
-        fs::create_dir(dir)
-            .map_err(|e| format!("cannot create {}: {}", dir.display(), describe(&e)))?;
+    let mut premade = BTreeSet::new();
+    match placed {
+        Some(placed) => {
+            let wanted: BTreeSet<PathBuf> = files.iter().map(|(path, _)| path.clone()).collect();
+            placed.remove_unused(&workdir, &wanted);
+            premade = placed.files.intersection(&wanted).cloned().collect();
+        }
+        None => {
+            for dir in [&workdir, &outputs_dir] {
+                fs::create_dir(dir)
+                    .map_err(|e| format!("cannot create {}: {}", dir.display(), describe(&e)))?;
+            }
+        }
     }
     for (relative, file) in files {
-        write_job_file(&workdir, relative, file.mode, &file.contents)
-            .map_err(|e| format!("cannot write job file {}: {}", file.path, describe(&e)))?;
+        // A premade file is written once; a path listed twice then meets the file it wrote,
+        // and fails like any other duplicate.
+        let written = if premade.remove(relative) {
+            overwrite_premade(&workdir.join(relative), file.mode, &file.contents)
+        } else {
+            write_job_file(&workdir, relative, file.mode, &file.contents)
+        };
+        written.map_err(|e| format!("cannot write job file {}: {}", file.path, describe(&e)))?;
     }
 
     let env = job_env(job, &outputs_dir);
@@ -214,6 +253,18 @@ pub(crate) fn write_job_file(
         .open(&path)?;
     out.write_all(contents)?;
     // The umask may have removed bits the job asked for.
+    out.set_permissions(fs::Permissions::from_mode(mode))
+}
+
+/// Writes a job file over the empty one a spare made (`spare.rs`): no inode is allocated.
+fn overwrite_premade(path: &Path, mode: u32, contents: &[u8]) -> io::Result<()> {
+    let mode = mode & 0o777;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    out.write_all(contents)?;
     out.set_permissions(fs::Permissions::from_mode(mode))
 }
 

@@ -127,6 +127,9 @@ pub(crate) fn clean_ended_attempts(runs_dir: &Path, active: &HashSet<ExecutionId
     };
     let mut cleaned = 0;
     for run in runs.flatten() {
+        if super::spare::is_spare(&run.file_name()) {
+            continue;
+        }
         let Ok(attempts) = std::fs::read_dir(run.path()) else {
             continue;
         };
