@@ -189,8 +189,6 @@ impl LocalFramework {
         if let Some(tracked) = self.executions.lock().get_mut(execution) {
             tracked.acks = acks;
         }
-        // Made while this job runs, for the next start.
-        self.spares.replenish(shape);
         if let Some(pid) = child.id() {
             let dir = attempt_dir.clone();
             let written = tokio::task::spawn_blocking(move || {
@@ -210,6 +208,8 @@ impl LocalFramework {
             }
             tracing::info!(?execution, supervisor_pid = pid, attempt_dir = %attempt_dir.display(), "started a local execution");
         }
+        // Made while this job runs, for the next start.
+        self.spares.replenish(shape);
         let follow = monitor::Follow {
             reporter: monitor::Reporter {
                 execution: execution.clone(),
