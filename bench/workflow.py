@@ -9,6 +9,14 @@ repetitions of (workflow - bare) / STEPS.
 Also reports, from the stored transitions, how long the engine takes between one step's end
 and the next step's creation (the workflow engine's own latency).
 
+On ext4 without a journal (this project's VMs), each file created skips, one lookup each,
+every inode freed nearby in the last one to six minutes: a run right after many deletions
+(a previous run's teardown, the test suite) costs more per created file than one after a
+quiet spell. The local framework keeps file creation off the path from one step to the next
+for that reason (`crates/frameworks/src/local/spare.rs`); to compare binaries, interleave
+them and report both a run after `sync; echo 3 > /proc/sys/vm/drop_caches` and one right
+after another run.
+
 Usage: bench/workflow.py BINARY [STEPS] [REPEAT]
 """
 import json

@@ -22,8 +22,8 @@
 //!
 //! The first start of a run's first attempt renames the whole spare to `<runs_dir>/<run id>`
 //! (and its log folder to `<logs_dir>/<run id>`); any other start renames its `1/` to the
-//! attempt folder. Its entries were made durable when it was made, so the start syncs only
-//! the folders the rename changed.
+//! attempt folder. The entry naming `1/` was made durable with the spare, so the start syncs
+//! only the folders the rename changed.
 
 use super::protocol::{temporary_name, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE};
 use super::protocol::{CHILD_PID_FILE, SUPERVISOR_PID_FILE, WORK_DIR};
@@ -282,9 +282,10 @@ fn fill(dir: &Path, shape: &Shape) -> io::Result<()> {
     for file in &shape.files {
         empty_file(&workdir.join(file), 0o600)?;
     }
-    // The entries naming `1/` and its contents outlive a crash of the machine: a start then
-    // syncs only the folder it renames the spare into.
-    File::open(&attempt)?.sync_all()?;
+    // The entry naming `1/` outlives a crash of the machine, as `prepare` makes the entries
+    // naming a folder it creates: a start then syncs only the folder it renames the spare
+    // into. (What `1/` holds is not synced, in a spare or not: only the folder's existence
+    // tells a later server whether a job may have started.)
     File::open(dir)?.sync_all()
 }
 
