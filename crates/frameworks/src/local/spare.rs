@@ -319,6 +319,14 @@ pub(super) fn is_spare(name: &std::ffi::OsStr) -> bool {
 mod tests {
     use super::*;
 
+    fn names(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
     fn shape(files: &[&str]) -> Shape {
         Shape::of(files.iter().map(PathBuf::from))
     }
@@ -360,12 +368,7 @@ mod tests {
         }
         assert!(attempt.join("outputs").is_dir());
         // Nothing of the spare is left under its own name.
-        let names: Vec<_> = fs::read_dir(&runs)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("run-a")]);
+        assert_eq!(names(&runs), ["run-a"]);
     }
 
     #[test]
@@ -384,7 +387,7 @@ mod tests {
             "the spare's folder is gone"
         );
         // A later attempt's log is the supervisor's to make: the spare's log folder goes.
-        assert_eq!(fs::read_dir(&logs).unwrap().count(), 0);
+        assert!(names(&logs).is_empty());
     }
 
     #[test]
@@ -427,12 +430,7 @@ mod tests {
         make((&runs, &logs), Shape::default()).unwrap();
         fs::create_dir_all(runs.join("run-e").join("1")).unwrap();
         sweep_spares(&runs);
-        let names: Vec<_> = fs::read_dir(&runs)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name())
-            .collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("run-e")]);
+        assert_eq!(names(&runs), ["run-e"]);
         assert!(is_spare(".spare-1-2".as_ref()) && !is_spare("run-e".as_ref()));
     }
 }
