@@ -580,10 +580,15 @@ impl Framework for LocalFramework {
         if let Some(acks) = acks {
             standby::acknowledge(acks).await;
         }
-        // job.json goes too: it holds the job's environment, secrets included.
-        tokio::task::spawn_blocking(move || remove_working_state(&attempt_dir))
-            .await
-            .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))??;
+        // job.json goes too: it holds the job's environment, secrets included. Emptied, the
+        // working state may make the next spare (`spare.rs`) instead of being removed.
+        let spares = self.spares.clone();
+        tokio::task::spawn_blocking(move || match spares.recycle(&attempt_dir) {
+            true => Ok(()),
+            false => remove_working_state(&attempt_dir),
+        })
+        .await
+        .map_err(|e| FrameworkError::Io(io::Error::other(e.to_string())))??;
         Ok(())
     }
 }

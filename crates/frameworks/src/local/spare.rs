@@ -20,6 +20,11 @@
 //! Beside it, `<logs_dir>/.spare-<pid>-<n>/1.log` is the log of a first attempt, empty, for
 //! the supervisor to open (the log store's layout is `<logs_dir>/<run id>/<attempt>.log`).
 //!
+//! A spare is preferably made of the working state the last cleanup kept rather than removed
+//! (`Spares::recycle`): `job.json` and `work/` emptied (plain files truncated, anything else
+//! but folders removed), `outputs/` emptied. Its inodes are then neither freed by the cleanup
+//! nor allocated again by the spare, which leaves far fewer recently freed inodes behind.
+//!
 //! The first start of a run's first attempt renames the whole spare to `<runs_dir>/<run id>`
 //! (and its log folder to `<logs_dir>/<run id>`); any other start renames its `1/` to the
 //! attempt folder. The entry naming `1/` was made durable with the spare, so the start syncs
@@ -41,6 +46,8 @@ const PREFIX: &str = ".spare-";
 const FIRST_ATTEMPT: &str = "1";
 /// Jobs with more files than this leave no shape: the next job rarely has the same ones.
 const MAX_SHAPE_FILES: usize = 16;
+/// How deep a recycled `work/` may be (deeper: removed, as without a spare).
+const MAX_DEPTH: usize = 8;
 
 /// The job files of a job, relative to `work/`: what a spare makes in advance for the next.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -154,7 +161,8 @@ impl Spare {
     }
 }
 
-/// The framework's spare, and the making of the next one.
+/// The framework's spare, and the making of the next one. Clones share it.
+#[derive(Clone)]
 pub(super) struct Spares {
     runs_dir: PathBuf,
     logs_dir: PathBuf,
@@ -169,6 +177,15 @@ struct State {
     making: bool,
     /// Whether spares left by an earlier server were removed.
     swept: bool,
+    /// The working state of an ended attempt, emptied, for the next spare (`recycle`).
+    recycled: Option<Recycled>,
+}
+
+/// An ended attempt's `work/`, `outputs/` and `job.json`, emptied, in a folder of their own:
+/// a spare made of them allocates (and the cleanup frees) none of their inodes.
+struct Recycled {
+    dir: PathBuf,
+    shape: Shape,
 }
 
 static SPARE_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -196,6 +213,31 @@ impl Spares {
         lock(&self.state).ready.take()
     }
 
+    /// Keeps the working state of the ended attempt in `attempt_dir` for the next spare,
+    /// emptied first: `job.json` and every file of `work/` truncated, anything but plain
+    /// files and folders removed, `outputs/` emptied. False when it did not (disabled, one is
+    /// kept already, or something failed): the caller then removes it as before. Blocking.
+    pub(super) fn recycle(&self, attempt_dir: &Path) -> bool {
+        if !self.enabled || lock(&self.state).recycled.is_some() {
+            return false;
+        }
+        let dir = self.runs_dir.join(spare_name());
+        match keep_emptied(attempt_dir, &dir) {
+            Ok(shape) => {
+                let mut state = lock(&self.state);
+                if state.recycled.is_none() {
+                    state.recycled = Some(Recycled { dir, shape });
+                    return true;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(%error, "cannot recycle an attempt's working state");
+            }
+        }
+        let _ = fs::remove_dir_all(&dir);
+        false
+    }
+
     /// Makes the next spare in the background, for jobs shaped like `shape`, unless one is
     /// ready or being made. Needs a Tokio runtime.
     pub(super) fn replenish(&self, shape: Shape) {
@@ -217,7 +259,11 @@ impl Spares {
                 sweep_spares(&runs_dir);
                 sweep_spares(&logs_dir);
             }
-            let made = make((&runs_dir, &logs_dir), shape);
+            let recycled = lock(&state).recycled.take();
+            let made = match recycled {
+                Some(recycled) => adopt((&runs_dir, &logs_dir), recycled),
+                None => make((&runs_dir, &logs_dir), shape),
+            };
             if let Err(error) = &made {
                 tracing::debug!(%error, "cannot make a spare attempt folder");
             }
@@ -229,20 +275,127 @@ impl Spares {
     }
 }
 
+/// A new spare's name: this process's prefix, then a count.
+fn spare_name() -> String {
+    format!(
+        "{}{}",
+        own_prefix(),
+        SPARE_COUNT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn own_prefix() -> String {
+    format!("{PREFIX}{}-", std::process::id())
+}
+
 /// Makes a spare in `runs_dir`, and its log folder in `logs_dir` (blocking).
 fn make((runs_dir, logs_dir): (&Path, &Path), shape: Shape) -> io::Result<Spare> {
-    let name = format!(
-        "{PREFIX}{}-{}",
-        std::process::id(),
-        SPARE_COUNT.fetch_add(1, Ordering::Relaxed)
-    );
-    let dir = runs_dir.join(&name);
+    let dir = runs_dir.join(spare_name());
     let result = fill(&dir, &shape);
     if result.is_err() {
         let _ = fs::remove_dir_all(&dir);
     }
     result?;
-    let logs = logs_dir.join(&name);
+    with_log(dir, logs_dir, shape)
+}
+
+/// Makes a spare of a recycled working state (blocking); a fresh one if that fails.
+fn adopt((runs_dir, logs_dir): (&Path, &Path), recycled: Recycled) -> io::Result<Spare> {
+    let dir = runs_dir.join(spare_name());
+    let result = (|| {
+        fs::create_dir(&dir)?;
+        let attempt = dir.join(FIRST_ATTEMPT);
+        fs::rename(&recycled.dir, &attempt)?;
+        for (name, mode) in fixed_files() {
+            let path = attempt.join(name);
+            if path.symlink_metadata().is_err() {
+                empty_file(&path, mode)?;
+            }
+        }
+        File::open(&dir)?.sync_all()
+    })();
+    if let Err(error) = result {
+        let _ = fs::remove_dir_all(&dir);
+        let _ = fs::remove_dir_all(&recycled.dir);
+        tracing::debug!(%error, "cannot make a spare of a recycled working state");
+        return make((runs_dir, logs_dir), recycled.shape);
+    }
+    with_log(dir, logs_dir, recycled.shape)
+}
+
+/// Empties an ended attempt's working state into `dir` (made here), and returns the shape of
+/// the `work/` it keeps.
+fn keep_emptied(attempt_dir: &Path, dir: &Path) -> io::Result<Shape> {
+    // The environment, secrets included, is gone before anything else.
+    truncate(&attempt_dir.join(JOB_FILE))?;
+    let workdir = attempt_dir.join(WORK_DIR);
+    let mut kept = Vec::new();
+    empty_tree(&workdir, Path::new(""), &mut kept)?;
+    let outputs = attempt_dir.join(OUTPUTS_DIR);
+    for entry in fs::read_dir(&outputs)? {
+        let path = entry?.path();
+        match path.symlink_metadata()?.is_dir() {
+            true => fs::remove_dir_all(&path)?,
+            false => fs::remove_file(&path)?,
+        }
+    }
+    DirBuilder::new().mode(0o700).create(dir)?;
+    fs::rename(
+        attempt_dir.join(JOB_FILE),
+        dir.join(temporary_name(JOB_FILE)),
+    )?;
+    fs::rename(&workdir, dir.join(WORK_DIR))?;
+    fs::rename(&outputs, dir.join(OUTPUTS_DIR))?;
+    Ok(Shape::of(kept))
+}
+
+/// Truncates the plain files under `root/relative` (recording their paths in `kept`) and
+/// removes everything else but folders. Gives up past [`MAX_SHAPE_FILES`] files.
+fn empty_tree(root: &Path, relative: &Path, kept: &mut Vec<PathBuf>) -> io::Result<()> {
+    if relative.components().count() > MAX_DEPTH {
+        return Err(io::Error::other("too deep a working folder to recycle"));
+    }
+    for entry in fs::read_dir(root.join(relative))? {
+        let entry = entry?;
+        let name = relative.join(entry.file_name());
+        let path = root.join(&name);
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            empty_tree(root, &name, kept)?;
+        } else if kind.is_file() && kept.len() < MAX_SHAPE_FILES && truncate(&path).is_ok() {
+            kept.push(name);
+        } else {
+            fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+/// Empties a plain file that is this folder's own: not a link to, nor a hard link of, a file
+/// elsewhere (which emptying would reach).
+fn truncate(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let file = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(io::Error::other("not a plain file of its own"));
+    }
+    file.set_len(0)
+}
+
+/// Adds the spare's log folder; a spare without one is still a spare.
+fn with_log(dir: PathBuf, logs_dir: &Path, shape: Shape) -> io::Result<Spare> {
+    let Some(name) = dir.file_name() else {
+        return Ok(Spare {
+            dir,
+            logs: None,
+            shape,
+        });
+    };
+    let logs = logs_dir.join(name);
     let logs = match make_log(&logs) {
         Ok(()) => Some(logs),
         Err(_) => {
@@ -267,13 +420,7 @@ fn fill(dir: &Path, shape: &Shape) -> io::Result<()> {
     let workdir = attempt.join(WORK_DIR);
     fs::create_dir(&workdir)?;
     fs::create_dir(attempt.join(OUTPUTS_DIR))?;
-    for (name, mode) in [
-        (temporary_name(JOB_FILE), 0o600),
-        (SUPERVISOR_ERR_FILE.to_string(), 0o644),
-        (temporary_name(SUPERVISOR_PID_FILE), 0o644),
-        (temporary_name(CHILD_PID_FILE), 0o644),
-        (temporary_name(EXIT_FILE), 0o644),
-    ] {
+    for (name, mode) in fixed_files() {
         empty_file(&attempt.join(name), mode)?;
     }
     for sub in &shape.dirs {
@@ -287,6 +434,17 @@ fn fill(dir: &Path, shape: &Shape) -> io::Result<()> {
     // into. (What `1/` holds is not synced, in a spare or not: only the folder's existence
     // tells a later server whether a job may have started.)
     File::open(dir)?.sync_all()
+}
+
+/// The files every attempt folder gets, with their modes.
+fn fixed_files() -> [(String, u32); 5] {
+    [
+        (temporary_name(JOB_FILE), 0o600),
+        (SUPERVISOR_ERR_FILE.to_string(), 0o644),
+        (temporary_name(SUPERVISOR_PID_FILE), 0o644),
+        (temporary_name(CHILD_PID_FILE), 0o644),
+        (temporary_name(EXIT_FILE), 0o644),
+    ]
 }
 
 fn empty_file(path: &Path, mode: u32) -> io::Result<()> {
@@ -303,8 +461,10 @@ fn sweep_spares(runs_dir: &Path) {
     let Ok(entries) = fs::read_dir(runs_dir) else {
         return;
     };
+    let own = own_prefix();
     for entry in entries.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(PREFIX) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(PREFIX) && !name.starts_with(&own) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -424,13 +584,71 @@ mod tests {
     }
 
     #[test]
-    fn a_sweep_removes_spares_only() {
+    fn a_sweep_removes_other_servers_spares_only() {
         let home = tempfile::tempdir().unwrap();
         let (runs, logs) = (home.path().join("runs"), home.path().join("logs"));
-        make((&runs, &logs), Shape::default()).unwrap();
+        let own = make((&runs, &logs), Shape::default()).unwrap();
+        fs::create_dir_all(runs.join(".spare-0-7").join("1")).unwrap();
         fs::create_dir_all(runs.join("run-e").join("1")).unwrap();
         sweep_spares(&runs);
-        assert_eq!(names(&runs), ["run-e"]);
+        let own = own.dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut left = names(&runs);
+        left.sort();
+        assert_eq!(left, [own, "run-e".to_string()]);
         assert!(is_spare(".spare-1-2".as_ref()) && !is_spare("run-e".as_ref()));
+    }
+
+    #[test]
+    fn an_ended_attempts_working_state_is_emptied_and_made_a_spare() {
+        use std::os::unix::fs::symlink;
+        let home = tempfile::tempdir().unwrap();
+        let (runs, logs) = (home.path().join("runs"), home.path().join("logs"));
+        let outside = home.path().join("outside.txt");
+        fs::write(&outside, "keep me").unwrap();
+        let attempt = runs.join("run-f").join("1");
+        let work = attempt.join("work");
+        fs::create_dir_all(work.join("src")).unwrap();
+        fs::create_dir_all(attempt.join("outputs/model")).unwrap();
+        fs::write(
+            attempt.join("job.json"),
+            "{\"env\": {\"TOKEN\": \"s3cret\"}}",
+        )
+        .unwrap();
+        fs::write(work.join("runner.py"), "print(1)").unwrap();
+        fs::write(work.join("src/main.py"), "x = 1").unwrap();
+        fs::write(attempt.join("outputs/results.json"), "{}").unwrap();
+        fs::write(attempt.join("outputs/model/w.bin"), "weights").unwrap();
+        symlink(&outside, work.join("link.txt")).unwrap();
+        fs::hard_link(&outside, work.join("hard.txt")).unwrap();
+        fs::write(attempt.join("exit.json"), "{}").unwrap();
+
+        let spares = Spares::new(runs.clone(), logs.clone(), true);
+        assert!(spares.recycle(&attempt));
+        // What stays is the attempt's record; the rest is gone from it.
+        assert_eq!(names(&attempt), ["exit.json"]);
+        assert_eq!(
+            fs::read_to_string(&outside).unwrap(),
+            "keep me",
+            "links are not followed"
+        );
+        assert!(!spares.recycle(&attempt), "one recycled state at a time");
+
+        let recycled = lock(&spares.state).recycled.take().unwrap();
+        let spare = adopt((&runs, &logs), recycled).unwrap();
+        assert_eq!(spare.shape, shape(&["runner.py", "src/main.py"]));
+        let next = runs.join("run-g").join("1");
+        spare.place(&next, &logs.join("run-g")).unwrap();
+        let mut kept = names(&next.join("work"));
+        kept.sort();
+        assert_eq!(kept, ["runner.py", "src"]);
+        for file in [
+            "work/runner.py",
+            "work/src/main.py",
+            ".job.json.tmp",
+            "supervisor.err",
+        ] {
+            assert_eq!(fs::metadata(next.join(file)).unwrap().len(), 0, "{file}");
+        }
+        assert!(names(&next.join("outputs")).is_empty());
     }
 }
