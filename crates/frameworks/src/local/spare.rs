@@ -349,8 +349,9 @@ fn keep_emptied(attempt_dir: &Path, dir: &Path) -> io::Result<Shape> {
     Ok(Shape::of(kept))
 }
 
-/// Truncates the plain files under `root/relative` (recording their paths in `kept`) and
-/// removes everything else but folders. Gives up past [`MAX_SHAPE_FILES`] files.
+/// Truncates the plain files under `root/relative`, at most [`MAX_SHAPE_FILES`] of them,
+/// recording their paths in `kept`; removes everything else, and the folders left without a
+/// kept file.
 fn empty_tree(root: &Path, relative: &Path, kept: &mut Vec<PathBuf>) -> io::Result<()> {
     if relative.components().count() > MAX_DEPTH {
         return Err(io::Error::other("too deep a working folder to recycle"));
@@ -361,7 +362,13 @@ fn empty_tree(root: &Path, relative: &Path, kept: &mut Vec<PathBuf>) -> io::Resu
         let path = root.join(&name);
         let kind = entry.file_type()?;
         if kind.is_dir() {
+            let before = kept.len();
             empty_tree(root, &name, kept)?;
+            // A folder left without a kept file is not part of the shape: the next job would
+            // find it, empty, among its own files.
+            if kept.len() == before {
+                fs::remove_dir(&path)?;
+            }
         } else if kind.is_file() && kept.len() < MAX_SHAPE_FILES && truncate(&path).is_ok() {
             kept.push(name);
         } else {
@@ -619,6 +626,9 @@ mod tests {
         fs::write(attempt.join("outputs/results.json"), "{}").unwrap();
         fs::write(attempt.join("outputs/model/w.bin"), "weights").unwrap();
         symlink(&outside, work.join("link.txt")).unwrap();
+        // A folder holding nothing to keep goes, with what it holds.
+        fs::create_dir_all(work.join("tmp/deeper")).unwrap();
+        symlink(&outside, work.join("tmp/deeper/only-a-link")).unwrap();
         fs::hard_link(&outside, work.join("hard.txt")).unwrap();
         fs::write(attempt.join("exit.json"), "{}").unwrap();
 
