@@ -21,8 +21,8 @@
 //! the supervisor to open (the log store's layout is `<logs_dir>/<run id>/<attempt>.log`).
 //!
 //! A spare is preferably made of the working state the last cleanup kept rather than removed
-//! (`Spares::recycle`): `job.json` and `work/` emptied (plain files truncated, anything else
-//! but folders removed), `outputs/` emptied. Its inodes are then neither freed by the cleanup
+//! (`Spares::recycle`): `job.json` and `work/` emptied (plain files truncated; anything else,
+//! and folders left without a file, removed), `outputs/` emptied. Its inodes are then neither freed by the cleanup
 //! nor allocated again by the spare, which leaves far fewer recently freed inodes behind.
 //!
 //! The first start of a run's first attempt renames the whole spare to `<runs_dir>/<run id>`
@@ -214,8 +214,8 @@ impl Spares {
     }
 
     /// Keeps the working state of the ended attempt in `attempt_dir` for the next spare,
-    /// emptied first: `job.json` and every file of `work/` truncated, anything but plain
-    /// files and folders removed, `outputs/` emptied. False when it did not (disabled, one is
+    /// emptied first: `job.json` and the plain files of `work/` truncated, anything else
+    /// (and folders left without a file) removed, `outputs/` emptied. False when it did not (disabled, one is
     /// kept already, or something failed): the caller then removes it as before. Blocking.
     pub(super) fn recycle(&self, attempt_dir: &Path) -> bool {
         if !self.enabled || lock(&self.state).recycled.is_some() {
