@@ -188,7 +188,11 @@ fn fill(
         Some(placed) => {
             let wanted: BTreeSet<PathBuf> = files.iter().map(|(path, _)| path.clone()).collect();
             placed.remove_unused(&workdir, &wanted);
-            premade = placed.files.intersection(&wanted).cloned().collect();
+            premade = placed
+                .premade_files()
+                .intersection(&wanted)
+                .cloned()
+                .collect();
         }
         None => {
             for dir in [&workdir, &outputs_dir] {

@@ -153,15 +153,15 @@ pub enum ControlMessage {
     Replicas { changes: u64 },
 }
 
-/// Replaces `dir/name` with `contents` so that a crash of any process leaves readers the old
-/// file or the new one, never a part: temp file, rename. Nothing is forced to disk: what must
-/// outlive a crash of the machine is made durable apart ([`make_durable`]).
 /// The temporary `write_atomically` writes `name` under before renaming it (a spare attempt
 /// folder makes it in advance: `spare.rs`).
 pub(crate) fn temporary_name(name: &str) -> String {
     format!(".{name}.tmp")
 }
 
+/// Replaces `dir/name` with `contents` so that a crash of any process leaves readers the old
+/// file or the new one, never a part: temp file, rename. Nothing is forced to disk: what must
+/// outlive a crash of the machine is made durable apart ([`make_durable`]).
 pub(crate) fn write_atomically(
     dir: &Path,
     name: &str,

@@ -89,22 +89,24 @@ pub(crate) struct Spare {
 /// A spare moved into place as an attempt folder.
 #[derive(Debug)]
 pub(crate) struct Placed {
-    /// The job files that exist, empty, in `work/`.
-    pub(super) files: BTreeSet<PathBuf>,
-    /// The folders among them, parents first.
-    dirs: Vec<PathBuf>,
+    /// The job files that exist, empty, in `work/`, and their folders.
+    shape: Shape,
     /// The folders whose entries the rename changed: synced before the supervisor starts.
     pub(super) to_sync: Vec<PathBuf>,
 }
 
 impl Placed {
+    /// The job files that exist, empty, in `work/`.
+    pub(super) fn premade_files(&self) -> &BTreeSet<PathBuf> {
+        &self.shape.files
+    }
     /// Removes the premade files and folders of `work/` the job did not write (`written`),
     /// so that the job finds only its own files.
     pub(super) fn remove_unused(&self, workdir: &Path, written: &BTreeSet<PathBuf>) {
-        for file in self.files.difference(written) {
+        for file in self.shape.files.difference(written) {
             let _ = fs::remove_file(workdir.join(file));
         }
-        for dir in self.dirs.iter().rev() {
+        for dir in self.shape.dirs.iter().rev() {
             if !written.iter().any(|file| file.starts_with(dir)) {
                 let _ = fs::remove_dir(workdir.join(dir));
             }
@@ -128,10 +130,14 @@ impl Spare {
                 let _ = fs::remove_dir_all(logs);
             }
         }
-        result
+        result.map(|to_sync| Placed {
+            shape: self.shape,
+            to_sync,
+        })
     }
 
-    fn rename_to(&self, attempt_dir: &Path) -> io::Result<Placed> {
+    /// The rename; returns the folders whose entries it changed.
+    fn rename_to(&self, attempt_dir: &Path) -> io::Result<Vec<PathBuf>> {
         let (Some(run_dir), Some(runs_dir)) = (
             attempt_dir.parent(),
             attempt_dir.parent().and_then(Path::parent),
@@ -153,11 +159,7 @@ impl Spare {
                 }
                 to_sync
             };
-        Ok(Placed {
-            files: self.shape.files.clone(),
-            dirs: self.shape.dirs.clone(),
-            to_sync,
-        })
+        Ok(to_sync)
     }
 }
 
@@ -238,8 +240,9 @@ impl Spares {
         false
     }
 
-    /// Makes the next spare in the background, for jobs shaped like `shape`, unless one is
-    /// ready or being made. Needs a Tokio runtime.
+    /// Makes the next spare in the background, unless one is ready or being made: of the
+    /// recycled working state if there is one (shaped like its job), else new and shaped like
+    /// `shape`. Needs a Tokio runtime.
     pub(super) fn replenish(&self, shape: Shape) {
         if !self.enabled {
             return;
@@ -290,18 +293,20 @@ fn own_prefix() -> String {
 
 /// Makes a spare in `runs_dir`, and its log folder in `logs_dir` (blocking).
 fn make((runs_dir, logs_dir): (&Path, &Path), shape: Shape) -> io::Result<Spare> {
-    let dir = runs_dir.join(spare_name());
+    let name = spare_name();
+    let dir = runs_dir.join(&name);
     let result = fill(&dir, &shape);
     if result.is_err() {
         let _ = fs::remove_dir_all(&dir);
     }
     result?;
-    with_log(dir, logs_dir, shape)
+    with_log(dir, logs_dir.join(name), shape)
 }
 
 /// Makes a spare of a recycled working state (blocking); a fresh one if that fails.
 fn adopt((runs_dir, logs_dir): (&Path, &Path), recycled: Recycled) -> io::Result<Spare> {
-    let dir = runs_dir.join(spare_name());
+    let name = spare_name();
+    let dir = runs_dir.join(&name);
     let result = (|| {
         fs::create_dir(&dir)?;
         let attempt = dir.join(FIRST_ATTEMPT);
@@ -320,7 +325,7 @@ fn adopt((runs_dir, logs_dir): (&Path, &Path), recycled: Recycled) -> io::Result
         tracing::debug!(%error, "cannot make a spare of a recycled working state");
         return make((runs_dir, logs_dir), recycled.shape);
     }
-    with_log(dir, logs_dir, recycled.shape)
+    with_log(dir, logs_dir.join(name), recycled.shape)
 }
 
 /// Empties an ended attempt's working state into `dir` (made here), and returns the shape of
@@ -394,15 +399,7 @@ fn truncate(path: &Path) -> io::Result<()> {
 }
 
 /// Adds the spare's log folder; a spare without one is still a spare.
-fn with_log(dir: PathBuf, logs_dir: &Path, shape: Shape) -> io::Result<Spare> {
-    let Some(name) = dir.file_name() else {
-        return Ok(Spare {
-            dir,
-            logs: None,
-            shape,
-        });
-    };
-    let logs = logs_dir.join(name);
+fn with_log(dir: PathBuf, logs: PathBuf, shape: Shape) -> io::Result<Spare> {
     let logs = match make_log(&logs) {
         Ok(()) => Some(logs),
         Err(_) => {
