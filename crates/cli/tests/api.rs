@@ -375,6 +375,7 @@ fn openapi_health_and_unknown_routes() {
         "/api/v1/projects/{project}/runs/{id}/stop",
         "/api/v1/projects/{project}/runs/{id}/rerun",
         "/api/v1/projects/{project}/runs/{id}/logs",
+        "/api/v1/version",
     ] {
         assert!(
             spec["paths"][path].is_object(),
@@ -382,6 +383,12 @@ fn openapi_health_and_unknown_routes() {
         );
     }
     assert!(spec["components"]["schemas"]["Run"].is_object());
+    let (status, version) = server.get("/version");
+    assert_eq!(status, 200);
+    assert_eq!(
+        version,
+        json!({"server": env!("CARGO_PKG_VERSION"), "api": "v1"})
+    );
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
             server

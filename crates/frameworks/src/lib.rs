@@ -11,6 +11,8 @@
 pub mod engine;
 pub mod kubernetes;
 pub mod local;
+#[cfg(feature = "scripted")]
+pub mod scripted;
 
 use async_trait::async_trait;
 use runplane_domain::{ExitOutcome, ReplicaStatus, Runnable};

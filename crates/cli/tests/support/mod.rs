@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_runplane");
 
 pub struct TestServer {
+    /// The `runplane` binary this server and [`TestServer::cli`] run: [`BIN`] unless the test
+    /// chose another (the upgrade tests start the previous release's).
+    pub bin: PathBuf,
     pub url: String,
     pub home: tempfile::TempDir,
     pub work: tempfile::TempDir,
@@ -25,15 +28,21 @@ impl TestServer {
     }
 
     pub fn start_with(extra_args: &[&str]) -> TestServer {
+        Self::start_binary(Path::new(BIN), extra_args)
+    }
+
+    /// Starts the server of another `runplane` binary (see [`TestServer::bin`]).
+    pub fn start_binary(bin: &Path, extra_args: &[&str]) -> TestServer {
         let home = tempfile::tempdir().expect("temp home");
         let work = tempfile::tempdir().expect("temp work dir");
         let listen = format!("127.0.0.1:{}", free_port());
-        let child = spawn_server(home.path(), &listen, extra_args, &[]);
+        let child = spawn_server(bin, home.path(), &listen, extra_args, &[]);
         let http = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(120))
             .build()
             .expect("http client");
         let server = TestServer {
+            bin: bin.to_path_buf(),
             url: format!("http://{listen}"),
             home,
             work,
@@ -63,7 +72,7 @@ impl TestServer {
 
     /// Runs the CLI against this server in project `project`.
     pub fn cli(&self, project: &str, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Command::new(&self.bin)
             .args(args)
             .env("RUNPLANE_URL", &self.url)
             .env("RUNPLANE_PROJECT", project)
@@ -139,13 +148,19 @@ impl Drop for TestServer {
 
 /// Starts `runplane server` on `listen` with `home`; its output goes (appended) to
 /// `<home>/server.out`.
-fn spawn_server(home: &Path, listen: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Child {
+fn spawn_server(
+    bin: &Path,
+    home: &Path,
+    listen: &str,
+    extra_args: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .append(true)
         .create(true)
         .open(home.join("server.out"))
         .expect("server log");
-    Command::new(BIN)
+    Command::new(bin)
         .args(["server", "--listen", listen, "--home"])
         .arg(home)
         .args(extra_args)
@@ -355,7 +370,7 @@ impl TestServer {
     /// failpoint at start-up): the test decides what comes next.
     pub fn restart_with_env(&mut self, extra_args: &[&str], env: &[(&str, &str)]) -> bool {
         let listen = self.url.trim_start_matches("http://").to_string();
-        self.child = spawn_server(self.home.path(), &listen, extra_args, env);
+        self.child = spawn_server(&self.bin, self.home.path(), &listen, extra_args, env);
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if !self.is_running() {

@@ -18,6 +18,7 @@ mod secrets;
 mod services;
 mod tasks;
 mod triggers;
+mod version;
 mod workflows;
 
 use crate::controller::Controller;
@@ -85,6 +86,7 @@ pub fn router(controller: Controller) -> Router {
         .merge(logs::routes())
         .merge(events::routes())
         .merge(health::routes())
+        .merge(version::routes())
         .merge(outputs::routes())
         .split_for_parts();
     let openapi_json = openapi.to_pretty_json().unwrap_or_default();
