@@ -1,4 +1,4 @@
-//! Workflows (`kind: pipeline`, DESIGN.md §2): the normalized spec of a DAG of steps, the
+//! Workflows (`kind: pipeline`, `docs/formats.md`): the normalized spec of a DAG of steps, the
 //! links of a step's run to its workflow run, and the node status a workflow run shows.
 //!
 //! The `pipeline` runtime validates and normalizes [`WorkflowSpec`]; the controller's

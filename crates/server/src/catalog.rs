@@ -94,7 +94,7 @@ impl Catalog {
         problems.finish()
     }
 
-    /// A function and a workflow may not share a name in a project (DESIGN.md §2): `run NAME`
+    /// A function and a workflow may not share a name in a project (`docs/concepts.md`): `run NAME`
     /// must mean one thing.
     async fn check_name_class(
         &self,
