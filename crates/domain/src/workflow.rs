@@ -143,7 +143,7 @@ pub enum NodeState {
     Succeeded,
     Failed,
     /// Its condition was false, or a step it depends on failed or was skipped... see the
-    /// engine's rules in ARCHITECTURE.md.
+    /// engine's rules in `server/src/controller/workflows/plan`.
     Skipped,
     Stopped,
     /// Rerun from failure: the node's results come from an earlier workflow run.

@@ -1,6 +1,9 @@
 //! Applying and reading the versioned and named entities (projects, functions, tasks):
 //! validation through the runtimes, content-hash versioning, and the store. Runs are the
 //! controller's.
+//!
+//! A new function version's requirements are resolved into its lock here, once
+//! (`resolver.rs`): re-applying the same spec neither makes a version nor resolves again.
 
 use crate::controller::bus::EventBus;
 use crate::resolver::{ResolveError, Resolver};
