@@ -1,4 +1,4 @@
-//! Exit codes (DESIGN.md §4) and the error that carries one to `main`.
+//! Exit codes (`docs/cli.md`) and the error that carries one to `main`.
 
 /// 0 success; 1 the run ended ERROR/STOPPED; 2 invalid input; 3 server unreachable or internal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The entities of DESIGN.md §2 as they appear on the wire and in the store:
+//! The entities of `docs/concepts.md` as they appear on the wire and in the store:
 //! `kind`, `metadata`, `spec`, `status` everywhere.
 
 use crate::invalid::{Invalid, Problems};

@@ -1,4 +1,4 @@
-//! runplane's vocabulary: the entities of DESIGN.md §2 (projects, functions, tasks, runs,
+//! runplane's vocabulary: the entities of `docs/concepts.md` (projects, functions, tasks, runs,
 //! attempts), their names and `store://` keys, the run lifecycle table, content hashing, and the
 //! `Runnable` that runtimes hand to frameworks.
 //!

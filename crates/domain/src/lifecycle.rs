@@ -1,4 +1,4 @@
-//! The run lifecycle of DESIGN.md §2 as one explicit table. Every change of a run's state in
+//! The run lifecycle of `docs/lifecycle.md` as one explicit table. Every change of a run's state in
 //! runplane goes through [`check_transition`] before the store's compare-and-set.
 
 use serde::{Deserialize, Serialize};

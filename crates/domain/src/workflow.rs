@@ -1,4 +1,4 @@
-//! Workflows (`kind: pipeline`, DESIGN.md §2): the normalized spec of a DAG of steps, the
+//! Workflows (`kind: pipeline`, `docs/formats.md`): the normalized spec of a DAG of steps, the
 //! links of a step's run to its workflow run, and the node status a workflow run shows.
 //!
 //! The `pipeline` runtime validates and normalizes [`WorkflowSpec`]; the controller's
@@ -143,7 +143,7 @@ pub enum NodeState {
     Succeeded,
     Failed,
     /// Its condition was false, or a step it depends on failed or was skipped... see the
-    /// engine's rules in ARCHITECTURE.md.
+    /// engine's rules in `server/src/controller/workflows/plan`.
     Skipped,
     Stopped,
     /// Rerun from failure: the node's results come from an earlier workflow run.

@@ -1,4 +1,4 @@
-//! Frameworks (DESIGN.md §3) execute [`Runnable`]s on one kind of infrastructure — `local`
+//! Frameworks (ARCHITECTURE.md) execute [`Runnable`]s on one kind of infrastructure — `local`
 //! OS processes, `engine` containers on a Docker-API engine, `kubernetes` Jobs, Deployments
 //! and Kaniko builds on a cluster (state from watches, objects found again by label) — and
 //! report what happens to them as [`FrameworkEvent`]s on a channel the controller reads.

@@ -1,4 +1,4 @@
-//! Run logs as records `(offset, time, stream, bytes)` per run attempt (DESIGN.md §3).
+//! Run logs as records `(offset, time, stream, bytes)` per run attempt (`docs/lifecycle.md`).
 //!
 //! Writers append records and get their offsets; readers resume from any offset a previous
 //! read returned. The file-backed implementation ([`file::FileLogStore`]) is shared by the

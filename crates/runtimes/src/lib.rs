@@ -1,4 +1,4 @@
-//! Runtimes (DESIGN.md §3): each knows one `kind` of function. A runtime validates and
+//! Runtimes (ARCHITECTURE.md): each knows one `kind` of function. A runtime validates and
 //! normalizes a function spec, checks a run's parameters, translates a run into a
 //! [`Runnable`], and interprets how its execution ended.
 //!

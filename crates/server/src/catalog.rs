@@ -1,6 +1,9 @@
 //! Applying and reading the versioned and named entities (projects, functions, tasks):
 //! validation through the runtimes, content-hash versioning, and the store. Runs are the
 //! controller's.
+//!
+//! A new function version's requirements are resolved into its lock here, once
+//! (`resolver.rs`): re-applying the same spec neither makes a version nor resolves again.
 
 use crate::controller::bus::EventBus;
 use crate::resolver::{ResolveError, Resolver};
@@ -94,7 +97,7 @@ impl Catalog {
         problems.finish()
     }
 
-    /// A function and a workflow may not share a name in a project (DESIGN.md §2): `run NAME`
+    /// A function and a workflow may not share a name in a project (`docs/concepts.md`): `run NAME`
     /// must mean one thing.
     async fn check_name_class(
         &self,

@@ -1,4 +1,4 @@
-//! The control plane (DESIGN.md §3): the REST API ([`api`]) and the [`controller`] that is the
+//! The control plane (ARCHITECTURE.md): the REST API ([`api`]) and the [`controller`] that is the
 //! only writer of run state — dispatcher, reconciler, event bus — wired over a `Store`, the
 //! runtimes and the frameworks by [`Server`].
 //!

@@ -1,4 +1,4 @@
-//! Server configuration, with the embedded defaults of DESIGN.md §5.
+//! Server configuration, with the embedded defaults of `docs/configuration.md`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

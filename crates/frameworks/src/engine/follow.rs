@@ -1,5 +1,9 @@
 //! Following one container: its stdout/stderr into the run's log as line records, then its
 //! exit, then the outputs folder — and the events that tell the controller.
+//!
+//! The log is copied by repeated non-follow reads with an exact cursor (`LogCursor`), re-read
+//! every `POLL` only while a read brought nothing new: Podman's follow stream can skip frames of
+//! a fast writer. This is the one poll on a hot path, forced by the engine.
 
 use super::copied::CopiedLog;
 use crate::local::capture::{split_records, Redactor};

@@ -9,6 +9,10 @@
 //! A service attempt is one container per replica (label `runplane.replica`), all mounting the
 //! same attempt folder, which also keeps `service.json` (its spec and desired count) for a
 //! restarted server (`service.rs`).
+//!
+//! On `recover`, containers are listed by label: a running one is followed again (records up to
+//! the last stored one skipped, `copied.rs`), an exited one reports its exit code, a missing one
+//! is lost; containers of attempts not handed over are removed.
 
 mod build;
 mod container;

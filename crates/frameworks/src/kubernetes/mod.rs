@@ -15,6 +15,11 @@
 //! a small wrapper that uploads `$RUNPLANE_OUTPUTS` with a run-scoped token (`token.rs`) after
 //! it ends; the server hands the upload to [`KubernetesFramework::accept_outputs`], which keeps
 //! it in the attempt's folder until `Exited` reports it.
+//!
+//! On `recover`, Jobs and Deployments are listed by label: wanted executions are re-attached
+//! (logs resume after what is stored, matched line by line), missing ones are lost, and objects
+//! of executions not handed over are deleted. Each execution ends once (`ended`), whichever
+//! watch tells first.
 
 mod api;
 pub mod logs;

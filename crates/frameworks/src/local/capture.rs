@@ -1,6 +1,9 @@
 //! The supervisor's output capture: splitting the job's stdout/stderr into line records,
 //! appending them to the log, and telling the server (the control channel) how far the log
 //! goes. Plain threads and blocking IO: the supervisor runs no async runtime.
+//!
+//! Secret values handed in the job's `redact` list are replaced with `[REDACTED]` in every
+//! captured line.
 
 use super::protocol::ControlMessage;
 use chrono::Utc;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 /// Variables a job inherits from the server when its own `env` does not set them. Everything
 /// else in the server's environment stays out: runs execute user code and must not see the
-/// server's credentials (DESIGN.md §7).
+/// server's credentials (`docs/security.md`).
 const INHERITED_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
 ];

@@ -7,6 +7,11 @@
 //! killed, so that an attempt runs at most once. A re-attached service is also followed
 //! through its `service.json` (its attempt folder is watched for the renames that replace it),
 //! and scaled through the pidfd like it is stopped.
+//!
+//! Lost, unless the job provably never ran: no attempt folder (the framework fsyncs it before the
+//! supervisor exists), a folder from this boot without `job.json` (written last), or, in the boot
+//! `job.json` records, no `child.pid`, no leftover process and a silent supervisor. That is
+//! `NeverStarted`, and the controller requeues the run as its next attempt.
 
 use super::monitor::{err_tail, kill_orphans, ReplicaView, Reporter};
 use super::prepare::live_supervisor;

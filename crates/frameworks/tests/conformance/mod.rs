@@ -1,4 +1,4 @@
-//! The framework conformance suite: the behaviour every [`Framework`] must have (DESIGN.md §3,
+//! The framework conformance suite: the behaviour every [`Framework`] must have (ARCHITECTURE.md,
 //! the trait's event contract), written once and run against each framework.
 //!
 //! Each scenario is a `pub async fn <P: Platform>() -> TestResult` that gets a fresh

@@ -1,4 +1,4 @@
-//! The `container` runtime (DESIGN.md §2): an image and a command, or a Containerfile to build
+//! The `container` runtime (`docs/formats.md`): an image and a command, or a Containerfile to build
 //! one.
 //!
 //! Actions:

@@ -1,4 +1,4 @@
-//! The `pipeline` runtime (workflows, DESIGN.md §2): validates and normalizes a
+//! The `pipeline` runtime (workflows, `docs/formats.md`): validates and normalizes a
 //! [`WorkflowSpec`] — a DAG of steps — and checks a workflow run's parameters. Its runs are
 //! driven by the controller's workflow engine, which creates one run per node: nothing is
 //! handed to a framework ([`Runtime::is_workflow`]).

@@ -1,4 +1,4 @@
-//! The `python` runtime (DESIGN.md §2 and §4, "Python handlers"): a handler function in inline
+//! The `python` runtime (`docs/formats.md`, `kind: python`): a handler function in inline
 //! code or in a packed file/directory, called by name with the run's parameters.
 //!
 //! At apply time the code is parsed, never imported or executed (`source.rs`, `signature.rs`), so

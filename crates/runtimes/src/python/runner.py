@@ -1,4 +1,4 @@
-"""runplane's runner for Python handlers (DESIGN.md section 4, "Python handlers").
+"""runplane's runner for Python handlers (docs/formats.md, "What a job handler gets").
 
 The python runtime writes this file next to `run.json` and the function's code (under `src/`).
 The framework starts it with that folder as working directory and `RUNPLANE_OUTPUTS` set to an

@@ -1,4 +1,4 @@
-"""The serve half of runplane's Python runner (DESIGN.md section 4, "Python handlers").
+"""The serve half of runplane's Python runner (docs/formats.md, "Serving").
 
 `runner.py` compiles this file into its own namespace when `run.json` says `"mode": "serve"`;
 it is kept apart so that jobs, which never need it, do not pay for compiling it (several times

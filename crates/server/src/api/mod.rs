@@ -1,4 +1,4 @@
-//! The REST API under `/api/v1` (DESIGN.md §4), with its OpenAPI document generated from the
+//! The REST API under `/api/v1` (`docs/api.md`), with its OpenAPI document generated from the
 //! handlers (`/openapi.json`). Handlers are thin: they authorize the [`caller::Caller`], call
 //! the catalog or the controller, and map errors to problem+json.
 

@@ -1,4 +1,4 @@
-//! The controller: the only place that moves runs through the lifecycle (DESIGN.md §3).
+//! The controller: the only place that moves runs through the lifecycle (`docs/lifecycle.md`).
 //!
 //! - [`submit`]: accepts runs (CREATED → BUILT → READY in one transaction) and reruns.
 //! - [`dispatcher`]: claims READY runs within the concurrency limits and starts them on their

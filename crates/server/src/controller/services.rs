@@ -1,4 +1,4 @@
-//! Services (DESIGN.md §2): the controller's side of long-running runs.
+//! Services (`docs/concepts.md`): the controller's side of long-running runs.
 //!
 //! - Every service run the dispatcher starts is registered here with the service it serves
 //!   (`(project, function name)`) and the replica count it was asked for.

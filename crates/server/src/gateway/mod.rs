@@ -1,5 +1,5 @@
-//! The service gateway (DESIGN.md §4: "Services are reachable through the gateway at
-//! `/services/{project}/{name}/...`"): a streaming HTTP reverse proxy to the ready replicas of
+//! The service gateway (`docs/api.md`, "The service gateway": services are reachable at
+//! `/services/{project}/{name}/...`): a streaming HTTP reverse proxy to the ready replicas of
 //! a service.
 //!
 //! The controller tells the gateway which endpoints each run backing a service has

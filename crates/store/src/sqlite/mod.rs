@@ -4,6 +4,11 @@
 //! writers queue on `busy_timeout` instead of one failing with `SQLITE_BUSY_SNAPSHOT` when it
 //! upgrades a read to a write. Reads that span several statements run in a deferred
 //! transaction, which in WAL mode is a consistent snapshot that never blocks writers.
+//!
+//! Each statement is a round trip to sqlx's connection thread, so the hot paths use few: a full
+//! run (its transitions and attempts folded in as JSON arrays) is read by one statement, and a
+//! transition is its guarded UPDATE followed by one batch (transition row, attempt, event, the
+//! run re-read).
 
 mod artifacts;
 mod catalog;

@@ -10,6 +10,12 @@
 //! No node runs twice: a node's run is created with an idempotency key derived from the
 //! workflow run and the node, so an evaluation replayed after a crash finds the run the first
 //! one created. After a restart every active workflow run is evaluated once (`resume_all`).
+//!
+//! To keep the path from one step to the next short, it keeps per workflow run the parsed plan
+//! and the node runs (re-reading only those not ended), leaves the status write after an
+//! evaluation that created runs to the next one (or a short timer), and creates a step run
+//! already claimed when the dispatcher would claim it at once
+//! (`Controller::claimable_at_creation`).
 
 pub mod plan;
 
