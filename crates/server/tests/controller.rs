@@ -360,3 +360,67 @@ async fn workflow_steps_start_when_their_dependencies_end_with_their_results() {
     let run = h.wait_state(&workflow, RunState::Completed).await;
     assert_eq!(run.status.results.unwrap()["steps"]["b"], json!("done"));
 }
+
+fn replicas(ready: &[bool]) -> EventKind {
+    EventKind::Replicas(
+        ready
+            .iter()
+            .enumerate()
+            .map(|(index, &ready)| runplane_domain::ReplicaStatus {
+                index: index as u32,
+                endpoint: format!("127.0.0.1:{}", 1 + index),
+                ready,
+                restarts: 0,
+                pid: None,
+                last_exit: None,
+            })
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeployed_service_rolls_in_replica_by_replica_then_replaces_the_old_run() {
+    let mut h = harness(8).await;
+    let serve = |code: &str| json!({"handler": "handler", "source": {"code": code}});
+    h.apply(
+        "python",
+        "svc",
+        serve("def handler(request):\n    return 1\n"),
+    )
+    .await;
+    let old = h
+        .submit(json!({"function": "svc", "action": "serve", "replicas": 2}))
+        .await;
+    let (old_execution, runnable) = h.script.expect_start().await;
+    assert!(matches!(runnable, runplane_domain::Runnable::Service(_)));
+    h.script.send(&old_execution, replicas(&[true, true]));
+    h.script.started(&old_execution);
+    h.wait_state(&old, RunState::Running).await;
+
+    // A new version: its run starts beside the old one.
+    h.apply(
+        "python",
+        "svc",
+        serve("def handler(request):\n    return 2\n"),
+    )
+    .await;
+    let new = h
+        .submit(json!({"function": "svc", "action": "serve", "replicas": 2}))
+        .await;
+    let (new_execution, _) = h.script.expect_start().await;
+    assert_eq!(new_execution.run_id, new);
+    // Each new ready replica retires an old one, the last old one excepted...
+    h.script.send(&new_execution, replicas(&[true, false]));
+    assert_eq!(h.script.expect_scale(&old_execution).await, 1);
+    h.script.send(&old_execution, replicas(&[true]));
+    // ...which stays until the new run has taken the name over, then is replaced.
+    h.script.send(&new_execution, replicas(&[true, true]));
+    h.script.started(&new_execution);
+    h.wait_state(&new, RunState::Running).await;
+    h.script.expect_stop(&old_execution).await;
+    h.script.send(&old_execution, replicas(&[]));
+    h.script.killed(&old_execution, 15);
+    let old_run = h.wait_state(&old, RunState::Stopped).await;
+    assert_eq!(old_run.status.reason.as_deref(), Some(reason::REPLACED));
+    assert_eq!(h.run(&new).await.status.state, RunState::Running);
+}
