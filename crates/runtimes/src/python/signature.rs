@@ -369,7 +369,7 @@ impl SourceTree {
                 }
             };
             let at = |line: usize| format!("{path}:{line}");
-            match last_binding(&body, &function) {
+            match last_binding(body, &function) {
                 Some(Binding::Def {
                     line,
                     is_async,
