@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 
 mod support;
 
-use support::{python_missing, run_with_action, write_files, PYTHON};
+use support::{inspector, python_missing, run_with_action, write_files, PYTHON};
 
 const UV: &str = "/usr/local/bin/uv";
 
@@ -29,12 +29,15 @@ fn uv_missing() -> bool {
 }
 
 fn runtime(environments: &Path) -> PythonRuntime {
-    PythonRuntime::new(PythonConfig {
-        interpreter: PYTHON.to_string(),
-        environments_dir: environments.to_string_lossy().into_owned(),
-        uv: UV.to_string(),
-        ..PythonConfig::default()
-    })
+    PythonRuntime::new(
+        PythonConfig {
+            interpreter: PYTHON.to_string(),
+            environments_dir: environments.to_string_lossy().into_owned(),
+            uv: UV.to_string(),
+            ..PythonConfig::default()
+        },
+        inspector(),
+    )
 }
 
 fn lock_of(text: &str) -> Lock {
@@ -286,10 +289,13 @@ fn a_lock_that_cannot_be_installed_leaves_nothing() {
     );
 
     // A uv that does not exist is a clear failure too.
-    let broken = PythonRuntime::new(PythonConfig {
-        uv: "/nonexistent/uv".to_string(),
-        ..runtime.config().clone()
-    });
+    let broken = PythonRuntime::new(
+        PythonConfig {
+            uv: "/nonexistent/uv".to_string(),
+            ..runtime.config().clone()
+        },
+        inspector(),
+    );
     let finished = start(&job_of(&broken, &run)).wait();
     assert_eq!(finished.outcome.exit_code, Some(1), "{}", finished.log);
     let got = broken.interpret(&run, &finished.outcome);
@@ -322,10 +328,13 @@ fn a_stopped_build_leaves_nothing() {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let runtime = PythonRuntime::new(PythonConfig {
-        uv: slow_uv.to_string_lossy().into_owned(),
-        ..runtime(&environments).config().clone()
-    });
+    let runtime = PythonRuntime::new(
+        PythonConfig {
+            uv: slow_uv.to_string_lossy().into_owned(),
+            ..runtime(&environments).config().clone()
+        },
+        inspector(),
+    );
     let lock = lock_of("six==1.17.0\n");
     let run = build_run(&runtime, &lock);
     let started = start(&job_of(&runtime, &run));

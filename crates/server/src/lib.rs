@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod controller;
 pub mod failpoints;
 pub mod gateway;
+pub mod inspector;
 pub mod options;
 pub mod resolver;
 pub mod secrets;

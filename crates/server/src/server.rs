@@ -3,6 +3,7 @@
 //! local run lives under its own supervisor, in its own session).
 
 use crate::controller::{Controller, ControllerOptions, Frameworks};
+use crate::inspector::InterpreterInspector;
 use crate::options::{ServerOptions, DEFAULT_ENGINE_IMAGE};
 use nix::fcntl::{Flock, FlockArg};
 use runplane_frameworks::engine::{EngineFramework, EngineOptions};
@@ -138,15 +139,18 @@ impl Server {
             .engine
             .as_ref()
             .map_or(DEFAULT_ENGINE_IMAGE.to_string(), |e| e.image.clone());
+        let python = PythonConfig {
+            interpreter: options.python.clone(),
+            environments_dir: environments_dir.to_string_lossy().into_owned(),
+            uv: options.uv.clone(),
+            base_image,
+            registry,
+            ..PythonConfig::default()
+        };
+        // A server whose interpreter is missing still checks sources (its runs fail to start).
+        let inspector = InterpreterInspector::new(Some(PythonConfig::default().interpreter));
         let runtimes = Runtimes::new()
-            .with(Arc::new(PythonRuntime::new(PythonConfig {
-                interpreter: options.python.clone(),
-                environments_dir: environments_dir.to_string_lossy().into_owned(),
-                uv: options.uv.clone(),
-                base_image,
-                registry,
-                ..PythonConfig::default()
-            })))
+            .with(Arc::new(PythonRuntime::new(python, Arc::new(inspector))))
             .with(Arc::new(ContainerRuntime::new(ContainerConfig {
                 registry: options.engine.as_ref().and_then(|e| e.registry.clone()),
                 ..ContainerConfig::default()

@@ -292,11 +292,14 @@ mod tests {
     use runplane_domain::{Failure, OutputFile};
 
     fn runtime(registry: Option<&str>) -> PythonRuntime {
-        PythonRuntime::new(PythonConfig {
-            environments_dir: "/srv/envs".to_string(),
-            registry: registry.map(str::to_string),
-            ..PythonConfig::default()
-        })
+        PythonRuntime {
+            config: PythonConfig {
+                environments_dir: "/srv/envs".to_string(),
+                registry: registry.map(str::to_string),
+                ..PythonConfig::default()
+            },
+            ..PythonRuntime::default()
+        }
     }
 
     fn build_of(runtime: &PythonRuntime, run: &Run) -> Build {

@@ -185,11 +185,14 @@ pub(crate) mod tests {
     }
 
     fn runtime() -> PythonRuntime {
-        PythonRuntime::new(PythonConfig {
-            environments_dir: "/srv/envs/".to_string(),
-            uv: "/usr/local/bin/uv".to_string(),
-            ..PythonConfig::default()
-        })
+        PythonRuntime {
+            config: PythonConfig {
+                environments_dir: "/srv/envs/".to_string(),
+                uv: "/usr/local/bin/uv".to_string(),
+                ..PythonConfig::default()
+            },
+            ..PythonRuntime::default()
+        }
     }
 
     #[test]

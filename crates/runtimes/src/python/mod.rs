@@ -1,9 +1,10 @@
 //! The `python` runtime (`docs/formats.md`, `kind: python`): a handler function in inline
 //! code or in a packed file/directory, called by name with the run's parameters.
 //!
-//! At apply time the code is parsed, never imported or executed (`source.rs`, `signature.rs`), so
-//! that a missing handler, a syntax error or a parameter the handler does not take is reported
-//! before anything runs. A run becomes a [`Job`] that starts `runner.py` (embedded here) with
+//! At apply time the code is read by the function's interpreter's own `ast` module, never
+//! imported or executed (`inspect.rs`, through the server's [`HandlerInspector`];
+//! `signature.rs`), so that a missing handler, a syntax error or a parameter the handler does
+//! not take is reported before anything runs. A run becomes a [`Job`] that starts `runner.py` (embedded here) with
 //! the function's files; the runner leaves `results.json` / `error.json` in the outputs folder
 //! and `outcome.rs` reads them back.
 //!
@@ -21,7 +22,7 @@
 mod build;
 mod environment;
 mod handler;
-mod nesting;
+mod inspect;
 mod outcome;
 mod params;
 mod requirements;
@@ -29,9 +30,9 @@ mod runnable;
 mod schema;
 mod serve;
 mod signature;
-mod source;
 mod spec;
 
+pub use inspect::{HandlerInspector, Inspection, InspectionError, INSPECT_SCRIPT};
 pub use requirements::{BuiltFrom, LockSpec};
 pub use serve::{MAX_JSON_BODY_BYTES, READINESS_PATH};
 pub use signature::{Parameter, ParameterKind, Signature};
@@ -40,6 +41,8 @@ pub use spec::{PythonSpec, Source};
 use crate::{Dependencies, Interpretation, Lock, Prerequisite, Runtime, RuntimeError};
 use runplane_domain::{ExitOutcome, Invalid, Run, Runnable};
 use serde_json::{Map, Value};
+use std::fmt;
+use std::sync::Arc;
 
 /// The runtime's `kind`.
 pub const KIND: &str = "python";
@@ -87,14 +90,35 @@ impl Default for PythonConfig {
 }
 
 /// Functions of kind `python`. See the module documentation.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone)]
 pub struct PythonRuntime {
     config: PythonConfig,
+    inspector: Arc<dyn HandlerInspector>,
+}
+
+impl fmt::Debug for PythonRuntime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PythonRuntime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default settings, with the real interpreter reading sources (tests only).
+#[cfg(test)]
+impl Default for PythonRuntime {
+    fn default() -> Self {
+        Self::new(
+            PythonConfig::default(),
+            Arc::new(inspect::interpreter::inspector()),
+        )
+    }
 }
 
 impl PythonRuntime {
-    pub fn new(config: PythonConfig) -> Self {
-        Self { config }
+    /// `inspector` reads functions' sources with `config.interpreter` at apply time.
+    pub fn new(config: PythonConfig, inspector: Arc<dyn HandlerInspector>) -> Self {
+        Self { config, inspector }
     }
 
     pub fn config(&self) -> &PythonConfig {
@@ -122,7 +146,7 @@ impl Runtime for PythonRuntime {
     }
 
     fn normalize_function(&self, spec: &Value) -> Result<Value, Invalid> {
-        spec::normalize(spec, &self.config)
+        spec::normalize(spec, &self.config, self.inspector.as_ref())
     }
 
     fn hash_input(&self, normalized: &Value) -> Value {

@@ -80,7 +80,7 @@ pub(crate) fn merged_over(
 
 #[cfg(test)]
 mod tests {
-    use super::super::{PythonConfig, PythonRuntime};
+    use super::super::PythonRuntime;
     use super::*;
     use crate::Runtime;
     use serde_json::json;
@@ -88,9 +88,7 @@ mod tests {
     fn function(code: &str, defaults: Value) -> Value {
         let spec =
             json!({"source": {"code": code}, "handler": "handler", "default_parameters": defaults});
-        PythonRuntime::new(PythonConfig::default())
-            .normalize_function(&spec)
-            .unwrap()
+        PythonRuntime::default().normalize_function(&spec).unwrap()
     }
 
     fn problems(spec: &Value, action: &str, parameters: Value) -> Vec<(String, String)> {

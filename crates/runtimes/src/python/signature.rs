@@ -1,5 +1,5 @@
-//! Finding a handler in parsed source and reading its parameters, so that a run's parameters
-//! can be checked without importing the code.
+//! Finding a handler in the source, as the interpreter read it (`inspect.rs`), and reading its
+//! parameters, so that a run's parameters can be checked without importing the code.
 //!
 //! A handler is a function defined with `def` or `async def` at the top level of its module, or
 //! imported there from another module of the same source (`from .impl import handler`), which
@@ -8,9 +8,10 @@
 //! running the code. Decorators are assumed to keep the signature (as `functools.wraps` does).
 
 use super::handler::{module_files, module_of, HandlerRef};
-use super::source::{locate, parse_module, strip_bom, SyntaxProblem};
+use super::inspect::{
+    self, HandlerInspector, InspectionError, ModuleReport, Statement, SyntaxProblem,
+};
 use crate::archive::SourceFile;
-use rustpython_parser::ast::{Arguments, Expr, Ranged, Stmt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -91,116 +92,86 @@ impl Signature {
     }
 }
 
-/// Reads the signature of a `def`.
-fn signature_of(args: &Arguments, is_async: bool, defined_at: String) -> Signature {
-    let mut parameters = Vec::new();
-    let groups = [
-        (&args.posonlyargs, ParameterKind::PositionalOnly),
-        (&args.args, ParameterKind::PositionalOrKeyword),
-        (&args.kwonlyargs, ParameterKind::KeywordOnly),
-    ];
-    for (group, kind) in groups {
-        for arg in group {
-            parameters.push(Parameter {
-                name: arg.def.arg.as_str().to_string(),
-                kind,
-                has_default: arg.default.is_some(),
-            });
-        }
-    }
-    let takes_context = parameters
-        .iter()
-        .any(|p| p.name == CONTEXT && p.kind != ParameterKind::PositionalOnly);
-    Signature {
-        parameters,
-        var_positional: args.vararg.is_some(),
-        var_keyword: args.kwarg.is_some(),
-        takes_context,
-        is_async,
-        defined_at,
-    }
-}
-
 /// What last binds a name at the top level of a module.
 enum Binding<'a> {
     Def {
-        args: &'a Arguments,
+        line: usize,
         is_async: bool,
-        offset: usize,
+        parameters: &'a [Parameter],
+        var_positional: bool,
+        var_keyword: bool,
     },
     FromImport {
         module: Option<&'a str>,
         level: usize,
         name: &'a str,
-        offset: usize,
+        line: usize,
     },
     Other {
         what: &'static str,
-        offset: usize,
+        line: usize,
     },
-}
-
-fn start(node: &impl Ranged) -> usize {
-    node.start().to_usize()
 }
 
 /// The statement that binds `name` last among the module's top-level statements (the one in
 /// effect once the module is imported).
-fn last_binding<'a>(body: &'a [Stmt], name: &str) -> Option<Binding<'a>> {
+fn last_binding<'a>(body: &'a [Statement], name: &str) -> Option<Binding<'a>> {
     let mut found = None;
     for stmt in body {
         let binding = match stmt {
-            Stmt::FunctionDef(def) if def.name.as_str() == name => Some(Binding::Def {
-                args: &def.args,
-                is_async: false,
-                offset: start(stmt),
+            Statement::Def {
+                name: defined,
+                line,
+                is_async,
+                parameters,
+                var_positional,
+                var_keyword,
+                ..
+            } if defined == name => Some(Binding::Def {
+                line: *line,
+                is_async: *is_async,
+                parameters,
+                var_positional: *var_positional,
+                var_keyword: *var_keyword,
             }),
-            Stmt::AsyncFunctionDef(def) if def.name.as_str() == name => Some(Binding::Def {
-                args: &def.args,
-                is_async: true,
-                offset: start(stmt),
-            }),
-            Stmt::ClassDef(class) if class.name.as_str() == name => Some(Binding::Other {
+            Statement::Class {
+                name: defined,
+                line,
+                ..
+            } if defined == name => Some(Binding::Other {
                 what: "a class",
-                offset: start(stmt),
+                line: *line,
             }),
-            Stmt::ImportFrom(import) => import
-                .names
+            Statement::ImportFrom {
+                line,
+                module,
+                level,
+                names,
+            } => names
                 .iter()
-                .rfind(|alias| alias.asname.as_ref().unwrap_or(&alias.name).as_str() == name)
+                .rfind(|alias| alias.asname.as_ref().unwrap_or(&alias.name) == name)
                 .map(|alias| Binding::FromImport {
-                    module: import.module.as_ref().map(|m| m.as_str()),
-                    level: import.level.as_ref().map_or(0, |l| l.to_usize()),
+                    module: module.as_deref(),
+                    level: *level,
                     name: alias.name.as_str(),
-                    offset: start(stmt),
+                    line: *line,
                 }),
-            Stmt::Import(import) => import
-                .names
+            Statement::Import { line, names } => names
                 .iter()
                 .any(|alias| match &alias.asname {
-                    Some(asname) => asname.as_str() == name,
-                    None => alias.name.as_str().split('.').next() == Some(name),
+                    Some(asname) => asname == name,
+                    None => alias.name.split('.').next() == Some(name),
                 })
-                .then(|| Binding::Other {
+                .then_some(Binding::Other {
                     what: "a module (bound by `import`)",
-                    offset: start(stmt),
+                    line: *line,
                 }),
-            Stmt::Assign(assign) if assign.targets.iter().any(|t| binds(t, name)) => {
+            Statement::Assign { line, names } if names.iter().any(|n| n == name) => {
                 Some(Binding::Other {
                     what: "a variable (bound by an assignment)",
-                    offset: start(stmt),
+                    line: *line,
                 })
             }
-            Stmt::AnnAssign(assign) if assign.value.is_some() && binds(&assign.target, name) => {
-                Some(Binding::Other {
-                    what: "a variable (bound by an assignment)",
-                    offset: start(stmt),
-                })
-            }
-            Stmt::AugAssign(assign) if binds(&assign.target, name) => Some(Binding::Other {
-                what: "a variable (bound by an assignment)",
-                offset: start(stmt),
-            }),
             _ => None,
         };
         if binding.is_some() {
@@ -210,44 +181,29 @@ fn last_binding<'a>(body: &'a [Stmt], name: &str) -> Option<Binding<'a>> {
     found
 }
 
-/// Whether an assignment target binds `name` (recursion is bounded by the nesting guard).
-fn binds(target: &Expr, name: &str) -> bool {
-    match target {
-        Expr::Name(n) => n.id.as_str() == name,
-        Expr::Tuple(t) => t.elts.iter().any(|e| binds(e, name)),
-        Expr::List(l) => l.elts.iter().any(|e| binds(e, name)),
-        Expr::Starred(s) => binds(&s.value, name),
-        _ => false,
-    }
-}
-
 /// Why a name is not at the top level, when it is defined one level down.
-fn nested_hint(body: &[Stmt], name: &str) -> Option<String> {
-    let defines = |stmts: &[Stmt]| {
-        stmts.iter().any(|s| match s {
-            Stmt::FunctionDef(d) => d.name.as_str() == name,
-            Stmt::AsyncFunctionDef(d) => d.name.as_str() == name,
-            _ => false,
-        })
-    };
+fn nested_hint(body: &[Statement], name: &str) -> Option<String> {
+    let defines = |functions: &[String]| functions.iter().any(|f| f == name);
     for stmt in body {
         let place = match stmt {
-            Stmt::ClassDef(c) if defines(&c.body) => {
-                format!("is a method of class {}", c.name.as_str())
+            Statement::Class {
+                name: class,
+                defines: functions,
+                ..
+            } if defines(functions) => format!("is a method of class {class}"),
+            Statement::Def {
+                name: function,
+                defines: functions,
+                ..
+            } if defines(functions) => format!("is nested inside function {function}"),
+            Statement::Block {
+                block,
+                defines: functions,
+                ..
+            } if defines(functions) => {
+                let article = if block == "if" { "an" } else { "a" };
+                format!("is defined inside {article} `{block}` block")
             }
-            Stmt::FunctionDef(f) if defines(&f.body) => {
-                format!("is nested inside function {}", f.name.as_str())
-            }
-            Stmt::AsyncFunctionDef(f) if defines(&f.body) => {
-                format!("is nested inside function {}", f.name.as_str())
-            }
-            Stmt::If(s) if defines(&s.body) || defines(&s.orelse) => {
-                "is defined inside an `if` block".to_string()
-            }
-            Stmt::Try(s) if defines(&s.body) || defines(&s.orelse) || defines(&s.finalbody) => {
-                "is defined inside a `try` block".to_string()
-            }
-            Stmt::With(s) if defines(&s.body) => "is defined inside a `with` block".to_string(),
             _ => continue,
         };
         return Some(format!(
@@ -257,11 +213,10 @@ fn nested_hint(body: &[Stmt], name: &str) -> Option<String> {
     None
 }
 
-fn top_level_functions(body: &[Stmt]) -> Vec<&str> {
+fn top_level_functions(body: &[Statement]) -> Vec<&str> {
     body.iter()
         .filter_map(|s| match s {
-            Stmt::FunctionDef(d) => Some(d.name.as_str()),
-            Stmt::AsyncFunctionDef(d) => Some(d.name.as_str()),
+            Statement::Def { name, .. } => Some(name.as_str()),
             _ => None,
         })
         .collect()
@@ -317,27 +272,52 @@ impl fmt::Display for HandlerError {
     }
 }
 
-/// The source's files by path, for looking modules up.
-pub(crate) struct SourceTree<'a> {
-    files: BTreeMap<&'a str, &'a [u8]>,
+/// The source's files by path, for looking modules up, and its Python files as the
+/// interpreter read them.
+pub(crate) struct SourceTree {
+    files: BTreeMap<String, Vec<u8>>,
+    /// Each `.py` file that is UTF-8 text, by path.
+    modules: BTreeMap<String, ModuleReport>,
 }
 
-impl<'a> SourceTree<'a> {
-    pub(crate) fn new(files: &'a [SourceFile]) -> Self {
-        Self {
-            files: files
-                .iter()
-                .map(|f| (f.path.as_str(), f.contents.as_slice()))
-                .collect(),
-        }
+impl SourceTree {
+    /// Reads the `.py` files that are UTF-8 text with `interpreter`, in one run of the
+    /// inspector. (A file that is not UTF-8 is only reported if it holds the handler: it may be
+    /// data, or declare another encoding.)
+    pub(crate) fn inspect(
+        files: Vec<SourceFile>,
+        inspector: &dyn HandlerInspector,
+        interpreter: &str,
+    ) -> Result<Self, InspectionError> {
+        let files: BTreeMap<String, Vec<u8>> =
+            files.into_iter().map(|f| (f.path, f.contents)).collect();
+        let python: Vec<(&str, &str)> = files
+            .iter()
+            .filter(|(path, _)| path.ends_with(".py"))
+            .filter_map(|(path, contents)| {
+                Some((path.as_str(), std::str::from_utf8(contents).ok()?))
+            })
+            .collect();
+        let modules = inspect::inspect(inspector, interpreter, &python)?;
+        Ok(Self { files, modules })
+    }
+
+    /// The syntax problems of the Python files, by path.
+    pub(crate) fn syntax_problems(&self) -> impl Iterator<Item = (&str, &SyntaxProblem)> {
+        self.modules
+            .iter()
+            .filter_map(|(path, report)| match report {
+                ModuleReport::Error(problem) => Some((path.as_str(), problem)),
+                ModuleReport::Statements(_) => None,
+            })
     }
 
     /// The file defining `module`, if the source has it.
-    pub(crate) fn module_file(&self, module: &str) -> Option<&'a str> {
+    pub(crate) fn module_file(&self, module: &str) -> Option<&str> {
         module_files(module).into_iter().find_map(|path| {
             self.files
                 .get_key_value(path.as_str())
-                .map(|(path, _)| *path)
+                .map(|(path, _)| path.as_str())
         })
     }
 
@@ -369,31 +349,51 @@ impl<'a> SourceTree<'a> {
                     self.some_modules()
                 )));
             };
-            let bytes = self.files.get(path).copied().unwrap_or_default();
-            let text = std::str::from_utf8(bytes).map_err(|_| {
-                HandlerError::Lookup(format!(
+            if std::str::from_utf8(&self.files[path]).is_err() {
+                return Err(HandlerError::Lookup(format!(
                     "{path} is not UTF-8 text; runplane reads Python sources as UTF-8"
-                ))
-            })?;
-            let text = strip_bom(text);
-            let body = parse_module(text, path).map_err(|problem| HandlerError::Syntax {
-                path: path.to_string(),
-                problem,
-            })?;
-            let at = |offset: usize| format!("{path}:{}", locate(text, offset).0);
-            match last_binding(&body, &function) {
+                )));
+            }
+            let body = match self.modules.get(path) {
+                Some(ModuleReport::Statements(body)) => body,
+                Some(ModuleReport::Error(problem)) => {
+                    return Err(HandlerError::Syntax {
+                        path: path.to_string(),
+                        problem: problem.clone(),
+                    })
+                }
+                None => {
+                    return Err(HandlerError::Lookup(format!(
+                        "{path} was not read by Python (a bug in runplane, please report it)"
+                    )))
+                }
+            };
+            let at = |line: usize| format!("{path}:{line}");
+            match last_binding(body, &function) {
                 Some(Binding::Def {
-                    args,
+                    line,
                     is_async,
-                    offset,
+                    parameters,
+                    var_positional,
+                    var_keyword,
                 }) => {
-                    return Ok(signature_of(args, is_async, at(offset)));
+                    let takes_context = parameters
+                        .iter()
+                        .any(|p| p.name == CONTEXT && p.kind != ParameterKind::PositionalOnly);
+                    return Ok(Signature {
+                        parameters: parameters.to_vec(),
+                        var_positional,
+                        var_keyword,
+                        takes_context,
+                        is_async,
+                        defined_at: at(line),
+                    });
                 }
                 Some(Binding::FromImport {
                     module: target,
                     level,
                     name,
-                    offset,
+                    line,
                 }) => {
                     let is_package = path.ends_with("__init__.py");
                     let resolved = absolute_module(&module, is_package, level, target);
@@ -406,21 +406,21 @@ impl<'a> SourceTree<'a> {
                             let dots = ".".repeat(level);
                             return Err(HandlerError::Lookup(format!(
                                 "{function} in {} is imported from {dots}{}, which is not in the source; define the handler in the function's own code",
-                                at(offset),
+                                at(line),
                                 target.unwrap_or_default()
                             )));
                         }
                     }
                 }
-                Some(Binding::Other { what, offset }) => {
+                Some(Binding::Other { what, line }) => {
                     return Err(HandlerError::Lookup(format!(
                         "{function} in {} is {what}, not a function defined with `def`; runplane reads a handler's parameters from its `def`",
-                        at(offset)
+                        at(line)
                     )));
                 }
                 None => {
-                    let hint = nested_hint(&body, &function).unwrap_or_else(|| {
-                        let functions = top_level_functions(&body);
+                    let hint = nested_hint(body, &function).unwrap_or_else(|| {
+                        let functions = top_level_functions(body);
                         if functions.is_empty() {
                             " (it defines no top-level functions)".to_string()
                         } else {
@@ -439,22 +439,13 @@ impl<'a> SourceTree<'a> {
     }
 }
 
-/// The handler of inline code (module `main`).
-pub(crate) fn find_inline(code: &str, handler: &HandlerRef) -> Result<Signature, HandlerError> {
-    let files = [SourceFile {
-        path: "main.py".to_string(),
-        mode: 0o644,
-        contents: code.as_bytes().to_vec(),
-    }];
-    SourceTree::new(&files).find_handler(handler)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::inspect::interpreter::{inspector, INTERPRETER};
     use super::*;
 
     fn inline(code: &str) -> Result<Signature, String> {
-        find_inline(code, &HandlerRef::parse("handler").unwrap()).map_err(|e| e.to_string())
+        find(&[("main.py", code)], "handler")
     }
 
     fn params(sig: &Signature) -> Vec<(String, ParameterKind, bool)> {
@@ -585,8 +576,8 @@ mod tests {
     }
 
     fn find(files: &[(&str, &str)], handler: &str) -> Result<Signature, String> {
-        let files = tree(files);
-        SourceTree::new(&files)
+        SourceTree::inspect(tree(files), &inspector(), INTERPRETER)
+            .unwrap()
             .find_handler(&HandlerRef::parse(handler).unwrap())
             .map_err(|e| e.to_string())
     }
@@ -685,7 +676,8 @@ mod tests {
             mode: 0o644,
             contents: vec![0xff, 0xfe, b'x'],
         }];
-        let error = SourceTree::new(&files)
+        let error = SourceTree::inspect(files, &inspector(), INTERPRETER)
+            .unwrap()
             .find_handler(&HandlerRef::parse("handler").unwrap())
             .unwrap_err();
         assert!(error.to_string().contains("not UTF-8"), "{error}");

@@ -28,11 +28,11 @@
 //! input (and recomputed) so that a stored spec can be applied again as it is.
 
 use super::handler::{is_identifier, HandlerRef, MAIN_MODULE};
+use super::inspect::{strip_bom, HandlerInspector};
 use super::params;
 use super::requirements::{self, BuiltFrom, LockSpec};
 use super::serve;
-use super::signature::{find_inline, HandlerError, ParameterKind, Signature, SourceTree};
-use super::source::{parse_module, strip_bom};
+use super::signature::{HandlerError, ParameterKind, Signature, SourceTree};
 use super::PythonConfig;
 use crate::archive::{self, SourceFile};
 use runplane_domain::invalid::Problems;
@@ -230,7 +230,11 @@ fn valid_python_version(version: &str) -> bool {
 }
 
 /// Validates a submitted spec and returns its normalized form. See the module documentation.
-pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, Invalid> {
+pub(crate) fn normalize(
+    spec: &Value,
+    config: &PythonConfig,
+    inspector: &dyn HandlerInspector,
+) -> Result<Value, Invalid> {
     let input = read_input(spec)?;
     let mut problems = Problems::new();
 
@@ -269,20 +273,14 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
                     "only a packed source (`archive`) has a digest",
                 );
             }
-            check_inline(code, handler.as_ref(), config, &mut problems).map(|signature| {
-                let files = vec![SourceFile {
-                    path: "main.py".to_string(),
-                    mode: 0o644,
-                    contents: strip_bom(code).as_bytes().to_vec(),
-                }];
-                (Source::Code { code: code.clone() }, signature, files)
-            })
+            check_inline(code, handler.as_ref(), config, inspector, &mut problems)
+                .map(|(signature, tree)| (Source::Code { code: code.clone() }, signature, tree))
         }
         (None, Some(archive)) => check_archive(
             archive,
             source.digest.as_deref(),
             handler.as_ref(),
-            config,
+            (config, inspector),
             &mut problems,
         ),
         _ => {
@@ -293,7 +291,7 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
             None
         }
     };
-    let (Some((normalized_source, signature, files)), Some(handler)) = (checked, handler) else {
+    let (Some((normalized_source, signature, tree)), Some(handler)) = (checked, handler) else {
         return Err(finish_with_problem(problems));
     };
     check_signature_usable(&handler, &signature, &mut problems);
@@ -303,15 +301,9 @@ pub(crate) fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, In
         &input.default_parameters,
         "default_parameters",
     ));
-    let init_signature = init_function.as_ref().and_then(|init| {
-        check_init(
-            &SourceTree::new(&files),
-            &handler,
-            init,
-            &input.init_parameters,
-            &mut problems,
-        )
-    });
+    let init_signature = init_function
+        .as_ref()
+        .and_then(|init| check_init(&tree, &handler, init, &input.init_parameters, &mut problems));
     problems.finish()?;
 
     let normalized = PythonSpec {
@@ -345,8 +337,9 @@ fn check_inline(
     code: &str,
     handler: Option<&HandlerRef>,
     config: &PythonConfig,
+    inspector: &dyn HandlerInspector,
     problems: &mut Problems,
-) -> Option<Signature> {
+) -> Option<(Signature, SourceTree)> {
     if code.len() > config.max_source_bytes {
         problems.add(
             "source.code",
@@ -358,11 +351,16 @@ fn check_inline(
         );
         return None;
     }
-    // The code is parsed once: by the handler's lookup when there is a handler to look up.
+    let files = vec![SourceFile {
+        path: "main.py".to_string(),
+        mode: 0o644,
+        contents: strip_bom(code).as_bytes().to_vec(),
+    }];
+    let tree = inspect_or_report(files, config, inspector, "source.code", problems)?;
     let handler = match handler {
         Some(handler) if handler.module == MAIN_MODULE => handler,
         other => {
-            if let Err(problem) = parse_module(code, "main.py") {
+            if let Some((_, problem)) = tree.syntax_problems().next() {
                 problems.add("source.code", problem.to_string());
             } else if let Some(handler) = other {
                 problems.add(
@@ -376,8 +374,8 @@ fn check_inline(
             return None;
         }
     };
-    match find_inline(strip_bom(code), handler) {
-        Ok(signature) => Some(signature),
+    match tree.find_handler(handler) {
+        Ok(signature) => Some((signature, tree)),
         Err(HandlerError::Syntax { problem, .. }) => {
             problems.add("source.code", problem.to_string());
             None
@@ -389,15 +387,33 @@ fn check_inline(
     }
 }
 
+/// Reads the source's Python files with the function's interpreter; `None` when that failed
+/// (a problem of `field`, the whole source).
+fn inspect_or_report(
+    files: Vec<SourceFile>,
+    config: &PythonConfig,
+    inspector: &dyn HandlerInspector,
+    field: &str,
+    problems: &mut Problems,
+) -> Option<SourceTree> {
+    match SourceTree::inspect(files, inspector, &config.interpreter) {
+        Ok(tree) => Some(tree),
+        Err(error) => {
+            problems.add(field, format!("could not be checked: {error}"));
+            None
+        }
+    }
+}
+
 /// A packed source: safe to unpack, matching its digest if one is given, every `.py` file
 /// parses, and the handler is found. `None` when a problem was added.
 fn check_archive(
     archive: &str,
     digest: Option<&str>,
     handler: Option<&HandlerRef>,
-    config: &PythonConfig,
+    (config, inspector): (&PythonConfig, &dyn HandlerInspector),
     problems: &mut Problems,
-) -> Option<(Source, Signature, Vec<SourceFile>)> {
+) -> Option<(Source, Signature, SourceTree)> {
     let files = match archive::unpack(archive, config.max_source_bytes) {
         Ok(files) => files,
         Err(error) => {
@@ -418,14 +434,14 @@ fn check_archive(
         archive: archive::clean_base64(archive).into_owned(),
         digest: computed,
     };
-    // The handler's own module is parsed by its lookup, every other `.py` file here.
-    let tree = SourceTree::new(&files);
+    let tree = inspect_or_report(files, config, inspector, "source.archive", problems)?;
+    // The handler's own module's problem is reported by its lookup, every other file's here.
     let handler_file = handler.and_then(|handler| tree.module_file(&handler.module));
-    let failed = check_python_files(&files, handler_file, problems);
+    let failed = report_syntax_problems(&tree, handler_file, problems);
     let signature = match handler.map(|handler| tree.find_handler(handler)) {
         Some(Ok(signature)) => Some(signature),
         Some(Err(HandlerError::Syntax { path, problem })) => {
-            if !failed.contains(&path.as_str()) {
+            if !failed.contains(&path) {
                 problems.add("source.archive", format!("{path}, {problem}"));
             }
             None
@@ -437,31 +453,25 @@ fn check_archive(
         None => None,
     };
     let signature = signature.filter(|_| failed.is_empty())?;
-    Some((source, signature, files))
+    Some((source, signature, tree))
 }
 
-/// Parses the UTF-8 `.py` files of a packed source but `skip`, and returns those that do not
-/// parse. (A file that is not UTF-8 is only reported if it holds the handler: it may be data, or
-/// declare another encoding.)
-fn check_python_files<'a>(
-    files: &'a [SourceFile],
+/// Reports the syntax problems of a packed source's Python files but `skip`, and returns the
+/// files that have one.
+fn report_syntax_problems(
+    tree: &SourceTree,
     skip: Option<&str>,
     problems: &mut Problems,
-) -> Vec<&'a str> {
+) -> Vec<String> {
     let mut failed = Vec::new();
-    let python = files
-        .iter()
-        .filter(|f| f.path.ends_with(".py") && Some(f.path.as_str()) != skip);
-    for file in python {
-        let Ok(text) = std::str::from_utf8(&file.contents) else {
-            continue;
-        };
-        if let Err(problem) = parse_module(text, &file.path) {
-            if failed.len() < MAX_SYNTAX_ERRORS {
-                problems.add("source.archive", format!("{}, {problem}", file.path));
-            }
-            failed.push(file.path.as_str());
+    for (path, problem) in tree
+        .syntax_problems()
+        .filter(|(path, _)| Some(*path) != skip)
+    {
+        if failed.len() < MAX_SYNTAX_ERRORS {
+            problems.add("source.archive", format!("{path}, {problem}"));
         }
+        failed.push(path.to_string());
     }
     if failed.len() > MAX_SYNTAX_ERRORS {
         problems.add(
@@ -566,6 +576,7 @@ pub(crate) fn hash_input(normalized: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    use super::super::inspect::interpreter::inspector;
     use super::*;
     use crate::archive::tests::{b64, tar_gz, Item};
     use base64::engine::general_purpose::STANDARD;
@@ -575,6 +586,11 @@ mod tests {
 
     fn config() -> PythonConfig {
         PythonConfig::default()
+    }
+
+    /// Normalizes with the real interpreter reading the code.
+    fn normalize(spec: &Value, config: &PythonConfig) -> Result<Value, Invalid> {
+        super::normalize(spec, config, &inspector())
     }
 
     fn fields(result: Result<Value, Invalid>) -> Vec<(String, String)> {

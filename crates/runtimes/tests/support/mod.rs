@@ -2,12 +2,16 @@
 #![allow(dead_code)] // each test crate uses its own subset
 
 use runplane_domain::{FileEntry, Run, RunMetadata, RunSettings, RunSpec, RunState, RunStatus};
+pub use runplane_runtimes::python::{HandlerInspector, Inspection, InspectionError};
 use runplane_runtimes::python::{PythonConfig, PythonRuntime};
 use runplane_runtimes::Runtime;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::sync::Arc;
+
+pub mod interpreter;
 
 pub const PYTHON: &str = "/usr/bin/python3";
 
@@ -20,10 +24,18 @@ pub fn python_missing() -> bool {
 }
 
 pub fn runtime() -> PythonRuntime {
-    PythonRuntime::new(PythonConfig {
-        interpreter: PYTHON.to_string(),
-        ..PythonConfig::default()
-    })
+    PythonRuntime::new(
+        PythonConfig {
+            interpreter: PYTHON.to_string(),
+            ..PythonConfig::default()
+        },
+        inspector(),
+    )
+}
+
+/// Reads sources with the real interpreter, as the server does.
+pub fn inspector() -> Arc<dyn HandlerInspector> {
+    Arc::new(interpreter::inspector())
 }
 
 pub fn run_of(spec: Value, parameters: Value) -> Run {
