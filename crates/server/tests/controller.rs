@@ -39,10 +39,13 @@ async fn harness(max_concurrent_runs: u32) -> Harness {
     let (events, framework_events) = tokio::sync::mpsc::unbounded_channel();
     let (framework, script) = scripted("local", events);
     let runtimes = Runtimes::new()
-        .with(Arc::new(PythonRuntime::new(PythonConfig {
-            environments_dir: home.path().join("envs").display().to_string(),
-            ..PythonConfig::default()
-        })))
+        .with(Arc::new(PythonRuntime::new(
+            PythonConfig {
+                environments_dir: home.path().join("envs").display().to_string(),
+                ..PythonConfig::default()
+            },
+            Arc::new(runplane_server::inspector::InterpreterInspector::new(None)),
+        )))
         .with(Arc::new(PipelineRuntime::new()));
     let artifacts = runplane_server::artifacts::ArtifactStore::local(
         &home.path().join("artifacts"),
