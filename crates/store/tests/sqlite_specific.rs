@@ -3,8 +3,9 @@
 
 use runplane_domain::RunState;
 use runplane_store::conformance::{function_version, request, service_status, task, RunBuilder};
+use runplane_store::prelude::*;
 use runplane_store::sqlite::SqliteStore;
-use runplane_store::{AttemptUpdate, Store, StoreError};
+use runplane_store::{AttemptUpdate, StoreError};
 use serde_json::json;
 
 #[tokio::test]
