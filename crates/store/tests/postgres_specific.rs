@@ -628,11 +628,13 @@ async fn corrupt_rows_are_database_errors_not_panics() {
     ] {
         let fresh = RunBuilder::new("demo", "hello").build();
         store.create_run(fresh.clone(), None).await.expect("run");
-        sqlx::query(&format!("UPDATE runs SET {column} = {value} WHERE id = $1"))
-            .bind(&fresh.metadata.id)
-            .execute(store.pool())
-            .await
-            .expect("corrupt it");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET {column} = {value} WHERE id = $1"
+        )))
+        .bind(&fresh.metadata.id)
+        .execute(store.pool())
+        .await
+        .expect("corrupt it");
         match store.get_run("demo", &fresh.metadata.id).await {
             Err(StoreError::Database(message)) => assert!(message.contains(column), "{message}"),
             other => panic!("{column}: expected a database error, got {other:?}"),

@@ -79,7 +79,7 @@ pub(super) fn run_changed_row(
 /// (CREATED, and BUILT/READY when it is created already built): one row each, ids in the
 /// rows' order. Nothing when it has none.
 pub(super) fn push_run_created<'q>(
-    query: &mut QueryBuilder<'q, Sqlite>,
+    query: &mut QueryBuilder<Sqlite>,
     run: &'q Run,
 ) -> StoreResult<()> {
     let transitions = &run.status.transitions;
