@@ -197,7 +197,7 @@ pub(super) async fn run_state(
 }
 
 /// Appends the statement reading run `id`, for batches that end with it.
-pub(super) fn push_select_run<'q>(query: &mut QueryBuilder<Sqlite>, id: &'q str) {
+pub(super) fn push_select_run(query: &mut QueryBuilder<Sqlite>, id: &str) {
     query
         .push(format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = "))
         .push_bind(id);
