@@ -57,6 +57,9 @@ pub enum ServerError {
     KubernetesProfiles { path: String, message: String },
     #[error("--store {0:?}: expected postgres://user@host:port/database or sqlite:PATH")]
     StoreUrl(String),
+    #[cfg(not(feature = "postgres"))]
+    #[error("--store {0:?}: this runplane was built without PostgreSQL support (cargo feature `postgres`)")]
+    PostgresNotBuilt(String),
 }
 
 /// A bound, running server.
@@ -302,9 +305,14 @@ async fn open_store(options: &ServerOptions) -> Result<Arc<dyn Store>, ServerErr
                 SqliteStore::open(std::path::Path::new(path)).await?,
             ))
         }
+        #[cfg(feature = "postgres")]
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
             Arc::new(runplane_store::postgres::PostgresStore::connect(url).await?),
         ),
+        #[cfg(not(feature = "postgres"))]
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Err(ServerError::PostgresNotBuilt(url.to_string()))
+        }
         Some(url) => Err(ServerError::StoreUrl(url.to_string())),
     }
 }
