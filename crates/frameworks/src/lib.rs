@@ -8,13 +8,31 @@
 //! server process started, capture logs into the log store, and collect the outputs folder
 //! when a process ends.
 
+// The frameworks, each in its own folder; a framework uses the shared modules below and
+// never another framework's.
+#[cfg(feature = "engine")]
 pub mod engine;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod local;
 
+// What frameworks share.
+mod attempt;
+#[cfg(any(feature = "engine", feature = "kubernetes"))]
+mod copied_log;
+pub mod events;
+#[cfg(any(feature = "engine", feature = "kubernetes"))]
+mod exit_code;
+mod files;
+mod log_records;
+#[cfg(any(feature = "engine", feature = "kubernetes"))]
+mod log_thread;
+pub mod outputs;
+mod replica_policy;
+pub mod uploads;
+
 use async_trait::async_trait;
 use runplane_domain::{ExitOutcome, ReplicaStatus, Runnable};
-use tokio::sync::mpsc;
 
 /// One attempt of one run, as a framework sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -52,7 +70,7 @@ pub enum EventKind {
     NeverStarted { message: String },
 }
 
-pub type EventSender = mpsc::UnboundedSender<FrameworkEvent>;
+pub use events::{EventReceiver, EventSender};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameworkError {

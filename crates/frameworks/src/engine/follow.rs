@@ -1,9 +1,10 @@
 //! Following one container: its stdout/stderr into the run's log as line records, then its
 //! exit, then the outputs folder — and the events that tell the controller.
 
-use super::copied::CopiedLog;
-use crate::local::capture::{split_records, Redactor};
-use crate::local::monitor::collect_outputs;
+use crate::copied_log::CopiedLog;
+use crate::exit_code::split_code;
+use crate::log_records::{split_records, Redactor};
+use crate::outputs::collect_outputs;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
@@ -31,11 +32,14 @@ pub struct Follow {
 }
 
 impl Follow {
-    fn emit(&self, kind: EventKind) {
-        let _ = self.events.send(FrameworkEvent {
-            execution: self.execution.clone(),
-            kind,
-        });
+    async fn emit(&self, kind: EventKind) {
+        let _ = self
+            .events
+            .send(FrameworkEvent {
+                execution: self.execution.clone(),
+                kind,
+            })
+            .await;
     }
 
     /// Runs until the container has exited and its outcome is reported (`Exited`), or it
@@ -45,7 +49,7 @@ impl Follow {
             Ok(outcome) => EventKind::Exited(outcome),
             Err(message) => EventKind::Lost { message },
         };
-        self.emit(kind);
+        self.emit(kind).await;
     }
 
     async fn follow(&self) -> Result<ExitOutcome, String> {
@@ -81,7 +85,7 @@ impl Follow {
             .sync()
             .map_err(|e| format!("cannot sync the log: {e}"))?;
         if let Some(end) = lines.take_news() {
-            self.emit(EventKind::LogAppended { end_offset: end });
+            self.emit(EventKind::LogAppended { end_offset: end }).await;
         }
         drop(writer);
 
@@ -202,18 +206,19 @@ impl Follow {
         lines: &mut Lines<'_>,
         cursor: &mut LogCursor,
     ) -> Result<u64, String> {
-        cursor
+        let read = cursor
             .read(&self.docker, &self.container, |kind, time, data| {
                 if lines.copied.as_ref().is_some_and(|c| c.is_old(time)) {
                     return Ok(());
                 }
-                lines.push(writer, kind, time, data, false)?;
-                if let Some(end) = lines.take_news() {
-                    self.emit(EventKind::LogAppended { end_offset: end });
-                }
-                Ok(())
+                lines.push(writer, kind, time, data, false)
             })
-            .await
+            .await;
+        // One report per read: the log's end after everything it brought.
+        if let Some(end) = lines.take_news() {
+            self.emit(EventKind::LogAppended { end_offset: end }).await;
+        }
+        read
     }
 }
 
@@ -229,15 +234,6 @@ fn log_options(since: Option<DateTime<Utc>>) -> LogsOptions {
         options = options.since(i32::try_from(seconds).unwrap_or(0));
     }
     options.build()
-}
-
-/// The engine reports a process killed by a signal as 128 + the signal (Docker's convention,
-/// which the init process keeps): `(exit code, signal)`.
-pub(super) fn split_code(code: i32) -> (Option<i32>, Option<i32>) {
-    match code {
-        129..=192 => (None, Some(code - 128)),
-        _ => (Some(code), None),
-    }
 }
 
 /// Waits for `container` to stop running; its exit code.
