@@ -47,7 +47,7 @@ pub fn channel(capacity: usize) -> (EventSender, EventReceiver) {
 /// The receiver is gone; the event that could not be sent.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("the framework event receiver is gone")]
-pub struct SendError(pub FrameworkEvent);
+pub struct SendError(pub Box<FrameworkEvent>);
 
 /// Why [`EventReceiver::try_recv`] returned nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -113,7 +113,7 @@ impl EventSender {
     /// Queues `event`, waiting while the channel is full (a log append that can be merged into
     /// the execution's queued one never waits). Fails only once the receiver is gone.
     pub async fn send(&self, event: FrameworkEvent) -> Result<(), SendError> {
-        let mut event = event;
+        let mut event = Box::new(event);
         loop {
             let writable = self.shared.writable.notified();
             tokio::pin!(writable);
@@ -133,7 +133,7 @@ impl EventSender {
         futures::executor::block_on(self.send(event))
     }
 
-    fn try_send(&self, event: FrameworkEvent) -> Result<(), Full> {
+    fn try_send(&self, event: Box<FrameworkEvent>) -> Result<(), Full> {
         let mut state = self.shared.lock();
         if !state.receiver_alive {
             return Err(Full::Closed(event));
@@ -158,7 +158,7 @@ impl EventSender {
         } else {
             state.log_tail.remove(&event.execution);
         }
-        state.queue.push_back(event);
+        state.queue.push_back(*event);
         drop(state);
         self.shared.readable.notify_one();
         Ok(())
@@ -194,13 +194,13 @@ impl Outbox {
 
     pub(crate) fn push(&self, event: FrameworkEvent) {
         // Never full: its capacity is unbounded.
-        let _ = self.queue.try_send(event);
+        let _ = self.queue.try_send(Box::new(event));
     }
 }
 
 enum Full {
-    Waiting(FrameworkEvent),
-    Closed(FrameworkEvent),
+    Waiting(Box<FrameworkEvent>),
+    Closed(Box<FrameworkEvent>),
 }
 
 /// Receives framework events, in the order they were queued.
@@ -444,7 +444,10 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(20)).await;
         drop(receiver);
-        assert_eq!(waiting.await.unwrap(), Err(SendError(lost("a", "waiting"))));
+        assert_eq!(
+            waiting.await.unwrap(),
+            Err(SendError(Box::new(lost("a", "waiting"))))
+        );
         assert!(sender.send(log("a", 1)).await.is_err());
     }
 }
