@@ -128,6 +128,18 @@ impl EventSender {
         }
     }
 
+    /// Sends `kind` about `execution`; an event nobody receives any more (the server is
+    /// shutting down) is dropped.
+    pub async fn emit(&self, execution: &ExecutionId, kind: EventKind) {
+        let event = FrameworkEvent {
+            execution: execution.clone(),
+            kind,
+        };
+        if self.send(event).await.is_err() {
+            tracing::debug!(?execution, "event receiver gone; dropping event");
+        }
+    }
+
     /// [`send`](Self::send) from a thread that is not a tokio worker (a log writer's).
     pub fn blocking_send(&self, event: FrameworkEvent) -> Result<(), SendError> {
         futures::executor::block_on(self.send(event))

@@ -1,12 +1,22 @@
 //! Frameworks (DESIGN.md §3) execute [`Runnable`]s on one kind of infrastructure — `local`
 //! OS processes, `engine` containers on a Docker-API engine, `kubernetes` Jobs, Deployments
 //! and Kaniko builds on a cluster (state from watches, objects found again by label) — and
-//! report what happens to them as [`FrameworkEvent`]s on a channel the controller reads.
+//! report what happens to them as [`FrameworkEvent`]s on a bounded channel the controller
+//! reads ([`events`]).
 //!
 //! Frameworks know nothing about functions, runtimes, the store or run states: they start,
 //! stop and clean up executions identified by (run id, attempt), take over those a previous
 //! server process started, capture logs into the log store, and collect the outputs folder
-//! when a process ends.
+//! when a process ends. This crate depends on `runplane-domain` and `runplane-logstore` only,
+//! never on the store, the runtimes or the server.
+//!
+//! Each framework is a folder; `engine` and `kubernetes` are cargo features (on by default),
+//! so that `--no-default-features` builds and tests `local` alone. A framework uses the shared
+//! modules below (attempt folders, state files, outputs, log records, replica supervision
+//! policy, log writer threads) and never another framework's module. Log writers shared by
+//! several followers (a kubernetes attempt's, an engine service's) append and fsync on threads
+//! of their own (`log_thread.rs`), never on a tokio worker; the local framework's write in its
+//! supervisor process.
 
 // The frameworks, each in its own folder; a framework uses the shared modules below and
 // never another framework's.

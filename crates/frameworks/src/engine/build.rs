@@ -13,7 +13,7 @@ use self::log::BuildLog;
 use super::{message, EngineFramework};
 use crate::attempt::attempt_dir;
 use crate::files::describe;
-use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use crate::{EventKind, EventSender, ExecutionId};
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptions};
 use bollard::{body_try_stream, Docker};
@@ -210,13 +210,7 @@ struct Runner {
 
 impl Runner {
     async fn emit(&self, kind: EventKind) {
-        let _ = self
-            .events
-            .send(FrameworkEvent {
-                execution: self.execution.clone(),
-                kind,
-            })
-            .await;
+        self.events.emit(&self.execution, kind).await;
     }
 
     async fn report_log(&mut self) {

@@ -5,7 +5,7 @@ use crate::copied_log::CopiedLog;
 use crate::exit_code::split_code;
 use crate::log_records::{split_records, Redactor};
 use crate::outputs::collect_outputs;
-use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use crate::{EventKind, EventSender, ExecutionId};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::ContainerStateStatusEnum;
@@ -33,13 +33,7 @@ pub struct Follow {
 
 impl Follow {
     async fn emit(&self, kind: EventKind) {
-        let _ = self
-            .events
-            .send(FrameworkEvent {
-                execution: self.execution.clone(),
-                kind,
-            })
-            .await;
+        self.events.emit(&self.execution, kind).await;
     }
 
     /// Runs until the container has exited and its outcome is reported (`Exited`), or it

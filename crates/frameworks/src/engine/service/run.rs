@@ -8,7 +8,7 @@ use crate::engine::service_log::ServiceLog;
 use crate::exit_code::split_code;
 use crate::files::{describe, write_atomically};
 use crate::replica_policy::{ExitHistory, RestartBackoff};
-use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use crate::{EventKind, EventSender, ExecutionId};
 use bollard::query_parameters::StopContainerOptions;
 use bollard::Docker;
 use runplane_domain::{reason, ExitOutcome, Failure, ReplicaStatus, Service};
@@ -127,13 +127,7 @@ impl ServiceRun {
     }
 
     async fn emit(&self, kind: EventKind) {
-        let _ = self
-            .events
-            .send(FrameworkEvent {
-                execution: self.execution.clone(),
-                kind,
-            })
-            .await;
+        self.events.emit(&self.execution, kind).await;
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
