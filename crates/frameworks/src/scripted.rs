@@ -230,11 +230,12 @@ impl Script {
     }
 
     /// The execution was killed by `signal` (after a stop, or the kernel's OOM killer).
-    pub fn killed(&self, execution: &ExecutionId, signal: i32) {
+    pub async fn killed(&self, execution: &ExecutionId, signal: i32) {
         self.send(
             execution,
             EventKind::Exited(outcome(None, Some(signal), &[])),
-        );
+        )
+        .await;
     }
 }
 

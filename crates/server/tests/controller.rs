@@ -72,7 +72,7 @@ async fn harness(max_concurrent_runs: u32) -> Harness {
             },
             artifacts,
             replica: Default::default(),
-            kubernetes: None,
+            outputs_uploads: None,
         },
     );
     Harness {
