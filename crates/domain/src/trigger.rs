@@ -447,13 +447,12 @@ mod tests {
     fn dialect_is_five_or_six_fields_with_sloppy_steps() {
         // `5/5` is `5-59/5`, as croner 2 read it.
         let s = Schedule::parse("5/5 * * * *", None).unwrap();
-        assert_eq!(
-            s.next_after(utc(2026, 1, 1, 0, 0, 0)),
-            Some(utc(2026, 1, 1, 0, 5, 0))
-        );
-        assert_eq!(
-            s.next_after(utc(2026, 1, 1, 0, 55, 0)),
-            Some(utc(2026, 1, 1, 1, 5, 0))
+        assert_next_ticks(
+            &s,
+            &[
+                (utc(2026, 1, 1, 0, 0, 0), utc(2026, 1, 1, 0, 5, 0)),
+                (utc(2026, 1, 1, 0, 55, 0), utc(2026, 1, 1, 1, 5, 0)),
+            ],
         );
         // No year field.
         assert!(Schedule::parse("0 30 23 * * FRI 2026", None).is_err());
@@ -463,14 +462,20 @@ mod tests {
     fn hourly_fires_through_both_copies_of_a_repeated_hour() {
         // Rome goes from 03:00 CEST back to 02:00 CET on 2026-10-25 (01:00 UTC).
         let s = Schedule::parse("@hourly", Some("Europe/Rome")).unwrap();
-        assert_eq!(
-            s.next_after(utc(2026, 10, 25, 0, 0, 0)),
-            Some(utc(2026, 10, 25, 1, 0, 0))
+        assert_next_ticks(
+            &s,
+            &[
+                (utc(2026, 10, 25, 0, 0, 0), utc(2026, 10, 25, 1, 0, 0)),
+                (utc(2026, 10, 25, 1, 0, 0), utc(2026, 10, 25, 2, 0, 0)),
+            ],
         );
-        assert_eq!(
-            s.next_after(utc(2026, 10, 25, 1, 0, 0)),
-            Some(utc(2026, 10, 25, 2, 0, 0))
-        );
+    }
+
+    /// Each `(after, next)`: the first tick after `after` is `next`.
+    fn assert_next_ticks(s: &Schedule, expected: &[(DateTime<Utc>, DateTime<Utc>)]) {
+        for &(after, next) in expected {
+            assert_eq!(s.next_after(after), Some(next), "after {after}");
+        }
     }
 
     proptest::proptest! {
