@@ -1,22 +1,50 @@
 //! Frameworks (ARCHITECTURE.md) execute [`Runnable`]s on one kind of infrastructure — `local`
 //! OS processes, `engine` containers on a Docker-API engine, `kubernetes` Jobs, Deployments
 //! and Kaniko builds on a cluster (state from watches, objects found again by label) — and
-//! report what happens to them as [`FrameworkEvent`]s on a channel the controller reads.
+//! report what happens to them as [`FrameworkEvent`]s on a bounded channel the controller
+//! reads ([`events`]).
 //!
 //! Frameworks know nothing about functions, runtimes, the store or run states: they start,
 //! stop and clean up executions identified by (run id, attempt), take over those a previous
 //! server process started, capture logs into the log store, and collect the outputs folder
-//! when a process ends.
+//! when a process ends. This crate depends on `runplane-domain` and `runplane-logstore` only,
+//! never on the store, the runtimes or the server.
+//!
+//! Each framework is a folder; `engine` and `kubernetes` are cargo features (on by default),
+//! so that `--no-default-features` builds and tests `local` alone. A framework uses the shared
+//! modules below (attempt folders, state files, outputs, log records, replica supervision
+//! policy, log writer threads) and never another framework's module. Log writers shared by
+//! several followers (a kubernetes attempt's, an engine service's) append and fsync on threads
+//! of their own (`log_thread.rs`), never on a tokio worker; the local framework's write in its
+//! supervisor process.
 
+// The frameworks, each in its own folder; a framework uses the shared modules below and
+// never another framework's.
+#[cfg(feature = "engine")]
 pub mod engine;
+#[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod local;
 #[cfg(feature = "scripted")]
 pub mod scripted;
 
+// What frameworks share.
+mod attempt;
+#[cfg(any(feature = "engine", feature = "kubernetes"))]
+mod copied_log;
+pub mod events;
+#[cfg(any(feature = "engine", feature = "kubernetes"))]
+mod exit_code;
+mod files;
+mod log_records;
+#[cfg(any(feature = "engine", feature = "kubernetes"))]
+mod log_thread;
+pub mod outputs;
+mod replica_policy;
+pub mod uploads;
+
 use async_trait::async_trait;
 use runplane_domain::{ExitOutcome, ReplicaStatus, Runnable};
-use tokio::sync::mpsc;
 
 /// One attempt of one run, as a framework sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -54,7 +82,7 @@ pub enum EventKind {
     NeverStarted { message: String },
 }
 
-pub type EventSender = mpsc::UnboundedSender<FrameworkEvent>;
+pub use events::{EventReceiver, EventSender};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FrameworkError {

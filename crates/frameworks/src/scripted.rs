@@ -206,34 +206,36 @@ impl Script {
     }
 
     /// Sends one event about `execution`, as the framework would.
-    pub fn send(&self, execution: &ExecutionId, kind: EventKind) {
+    pub async fn send(&self, execution: &ExecutionId, kind: EventKind) {
         let event = FrameworkEvent {
             execution: execution.clone(),
             kind,
         };
-        if self.events.send(event).is_err() {
+        if self.events.send(event).await.is_err() {
             panic!("the controller stopped reading framework events");
         }
     }
 
-    pub fn started(&self, execution: &ExecutionId) {
-        self.send(execution, EventKind::Started);
+    pub async fn started(&self, execution: &ExecutionId) {
+        self.send(execution, EventKind::Started).await;
     }
 
     /// The execution exited with `exit_code`, leaving `outputs` (file name → contents).
-    pub fn exited(&self, execution: &ExecutionId, exit_code: i32, outputs: &[(&str, &[u8])]) {
+    pub async fn exited(&self, execution: &ExecutionId, exit_code: i32, outputs: &[(&str, &[u8])]) {
         self.send(
             execution,
             EventKind::Exited(outcome(Some(exit_code), None, outputs)),
-        );
+        )
+        .await;
     }
 
     /// The execution was killed by `signal` (after a stop, or the kernel's OOM killer).
-    pub fn killed(&self, execution: &ExecutionId, signal: i32) {
+    pub async fn killed(&self, execution: &ExecutionId, signal: i32) {
         self.send(
             execution,
             EventKind::Exited(outcome(None, Some(signal), &[])),
-        );
+        )
+        .await;
     }
 }
 

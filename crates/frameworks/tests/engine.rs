@@ -7,10 +7,9 @@ use bollard::query_parameters::ListContainersOptions;
 use bollard::Docker;
 use runplane_domain::{Job, Runnable};
 use runplane_frameworks::engine::{EngineFramework, EngineOptions, DEFAULT_SOCKET, LABEL_HOME};
-use runplane_frameworks::{ExecutionId, Framework, FrameworkError, FrameworkEvent};
+use runplane_frameworks::{ExecutionId, Framework, FrameworkError};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use tokio::sync::mpsc;
 
 const BUSYBOX: &str = "localhost/runplane-busybox:latest";
 
@@ -23,7 +22,7 @@ fn socket() -> PathBuf {
 struct Harness {
     tmp: tempfile::TempDir,
     framework: EngineFramework,
-    _events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    _events: runplane_frameworks::EventReceiver,
 }
 
 fn options(tmp: &tempfile::TempDir) -> EngineOptions {
@@ -35,10 +34,9 @@ fn options(tmp: &tempfile::TempDir) -> EngineOptions {
     }
 }
 
-async fn connect(
-    tmp: &tempfile::TempDir,
-) -> (EngineFramework, mpsc::UnboundedReceiver<FrameworkEvent>) {
-    let (tx, events) = mpsc::unbounded_channel();
+async fn connect(tmp: &tempfile::TempDir) -> (EngineFramework, runplane_frameworks::EventReceiver) {
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     match EngineFramework::connect(options(tmp), tx).await {
         Ok(framework) => (framework, events),
         Err(e) => panic!(

@@ -8,14 +8,13 @@ use runplane_domain::{
     reason, Build, BuiltImage, ContextDir, ExitOutcome, FileEntry, Job, Runnable, BUILD_OUTPUT,
 };
 use runplane_frameworks::engine::{EngineFramework, EngineOptions, DEFAULT_SOCKET};
-use runplane_frameworks::{EventKind, ExecutionId, Framework, FrameworkError, FrameworkEvent};
+use runplane_frameworks::{EventKind, ExecutionId, Framework, FrameworkError};
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::{LogStore, Stream};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 const BUSYBOX: &str = "localhost/runplane-busybox:latest";
 const REGISTRY: &str = "127.0.0.1:5000";
@@ -31,7 +30,7 @@ fn socket() -> PathBuf {
 struct Harness {
     tmp: tempfile::TempDir,
     framework: EngineFramework,
-    events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    events: runplane_frameworks::EventReceiver,
     logs: FileLogStore,
     docker: Docker,
     /// Images to remove when the test ends, however it ends.
@@ -61,8 +60,9 @@ impl Drop for Harness {
     }
 }
 
-async fn connect(dir: &Path) -> (EngineFramework, mpsc::UnboundedReceiver<FrameworkEvent>) {
-    let (tx, events) = mpsc::unbounded_channel();
+async fn connect(dir: &Path) -> (EngineFramework, runplane_frameworks::EventReceiver) {
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let options = EngineOptions {
         socket: socket(),
         runs_dir: dir.join("runs"),
@@ -138,7 +138,7 @@ fn build(containerfile: &str, image: &str) -> Build {
 
 /// The events of `execution` until it ends (`Exited` or `Lost`).
 async fn until_end(
-    events: &mut mpsc::UnboundedReceiver<FrameworkEvent>,
+    events: &mut runplane_frameworks::EventReceiver,
     execution: &ExecutionId,
 ) -> Vec<EventKind> {
     let mut seen = Vec::new();

@@ -10,14 +10,13 @@ use runplane_domain::{
 use runplane_frameworks::engine::{
     EngineFramework, EngineOptions, DEFAULT_SOCKET, LABEL_HOME, LABEL_REPLICA,
 };
-use runplane_frameworks::{EventKind, ExecutionId, Framework, FrameworkError, FrameworkEvent};
+use runplane_frameworks::{EventKind, ExecutionId, Framework, FrameworkError};
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::{LogStore, Stream};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
 
 const BUSYBOX: &str = "localhost/runplane-busybox:latest";
 const PYTHON: &str = "localhost/runplane-python:latest";
@@ -64,14 +63,13 @@ fn socket() -> PathBuf {
 struct Harness {
     tmp: tempfile::TempDir,
     framework: EngineFramework,
-    events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    events: runplane_frameworks::EventReceiver,
     logs: FileLogStore,
 }
 
-async fn connect(
-    tmp: &tempfile::TempDir,
-) -> (EngineFramework, mpsc::UnboundedReceiver<FrameworkEvent>) {
-    let (tx, events) = mpsc::unbounded_channel();
+async fn connect(tmp: &tempfile::TempDir) -> (EngineFramework, runplane_frameworks::EventReceiver) {
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let options = EngineOptions {
         socket: socket(),
         runs_dir: tmp.path().join("runs"),
@@ -176,7 +174,7 @@ async fn containers_of(framework: &EngineFramework) -> Vec<(String, Option<Strin
 /// Waits for an event of `execution` that `want` accepts; the latest replica list is kept
 /// in `replicas` on the way. Panics on `Exited`/`Lost` unless `want` takes them.
 async fn wait_for(
-    events: &mut mpsc::UnboundedReceiver<FrameworkEvent>,
+    events: &mut runplane_frameworks::EventReceiver,
     execution: &ExecutionId,
     replicas: &mut Vec<ReplicaStatus>,
     what: &str,

@@ -13,19 +13,19 @@ use http::Method;
 use runplane_domain::{reason, Build, ExitOutcome, FileEntry, Job, Limits, Runnable, Service};
 use runplane_frameworks::kubernetes::manifests::job_objects;
 use runplane_frameworks::kubernetes::{BuildSettings, KubernetesFramework, KubernetesSettings};
+use runplane_frameworks::uploads::OutputsUploads;
 use runplane_frameworks::{EventKind, ExecutionId, Framework, FrameworkError, FrameworkEvent};
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::{LogStore, LogWriter, Stream};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 struct Harness {
     tmp: tempfile::TempDir,
     fake: Fake,
     framework: KubernetesFramework,
-    events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    events: runplane_frameworks::EventReceiver,
     /// Events of other executions, received while waiting for one's.
     backlog: Vec<FrameworkEvent>,
 }
@@ -48,7 +48,8 @@ async fn harness_with(tweak: impl FnOnce(&mut KubernetesSettings)) -> Harness {
     let fake = Fake::default();
     let mut settings = settings(&tmp);
     tweak(&mut settings);
-    let (tx, events) = mpsc::unbounded_channel();
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let framework = KubernetesFramework::new(fake.client(), settings, tx);
     // Jobs, Pods and Deployments: nothing created from here on is missed.
     fake.wait_watchers(3).await;
@@ -478,7 +479,8 @@ async fn an_unreachable_api_server_is_a_clear_start_failure() {
         ))
     });
     let client = kube::Client::new(service, fake::NAMESPACE);
-    let (tx, _events) = mpsc::unbounded_channel();
+    let (tx, _events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let framework = KubernetesFramework::new(client, settings(&tmp), tx);
     match framework.start(exec("u"), Runnable::Job(job())).await {
         Err(FrameworkError::StartFailed { message, .. }) => assert!(
@@ -672,7 +674,8 @@ async fn a_restarted_server_finds_its_objects_by_label() {
     }
     fake.log(&pod, "written while no server watched");
 
-    let (tx, events) = mpsc::unbounded_channel();
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let framework = KubernetesFramework::new(fake.client(), settings, tx);
     fake.wait_watchers(3).await;
     let mut h = Harness {
@@ -731,7 +734,8 @@ async fn connect_reads_a_kubeconfig_and_a_server_that_is_down_fails_starts_clear
     .unwrap();
     let mut settings = settings(&tmp);
     settings.kubeconfig = Some(kubeconfig);
-    let (tx, _events) = mpsc::unbounded_channel();
+    let (tx, _events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let framework = KubernetesFramework::connect(settings, tx)
         .await
         .expect("a client from the kubeconfig");
@@ -745,7 +749,8 @@ async fn connect_reads_a_kubeconfig_and_a_server_that_is_down_fails_starts_clear
 
     let mut settings = self::settings(&tmp);
     settings.kubeconfig = Some(tmp.path().join("missing"));
-    let (tx, _events) = mpsc::unbounded_channel();
+    let (tx, _events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     match KubernetesFramework::connect(settings, tx).await {
         Err(error) => assert!(error.to_string().contains("cannot read"), "{error}"),
         Ok(_) => panic!("a missing kubeconfig must be an error"),

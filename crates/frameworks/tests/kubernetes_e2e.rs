@@ -13,17 +13,16 @@
 
 use runplane_domain::{reason, Job, Runnable, Service};
 use runplane_frameworks::kubernetes::{KubernetesFramework, KubernetesSettings};
-use runplane_frameworks::{EventKind, ExecutionId, Framework, FrameworkEvent};
+use runplane_frameworks::{EventKind, ExecutionId, Framework};
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::LogStore;
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 struct Cluster {
     tmp: tempfile::TempDir,
     framework: KubernetesFramework,
-    events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    events: runplane_frameworks::EventReceiver,
     image: String,
     run: String,
 }
@@ -41,7 +40,8 @@ async fn cluster() -> Option<Cluster> {
     settings.kubeconfig = Some(kubeconfig.into());
     settings.instance = format!("e2e-{}", std::process::id());
     settings.default_image = image.clone();
-    let (tx, events) = mpsc::unbounded_channel();
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let framework = KubernetesFramework::connect(settings, tx)
         .await
         .expect("connect to the test cluster");

@@ -7,6 +7,7 @@
 use runplane_domain::{FileEntry, Job};
 use runplane_frameworks::kubernetes::manifests::{job_objects, FILES_CONTAINER, MAIN_CONTAINER};
 use runplane_frameworks::kubernetes::KubernetesSettings;
+use runplane_frameworks::uploads::OutputsUploads;
 use runplane_frameworks::ExecutionId;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -257,7 +258,8 @@ async fn the_job_pod_uploads_its_outputs_with_its_run_scoped_token() {
             "no cluster in this test",
         ))
     });
-    let (tx, _events) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, _events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let framework =
         KubernetesFramework::new(kube::Client::new(offline, "runs"), settings.clone(), tx);
     let token = framework.run_token(&execution);

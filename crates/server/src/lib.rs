@@ -10,6 +10,7 @@ pub mod artifacts;
 pub mod catalog;
 pub mod controller;
 pub mod failpoints;
+mod frameworks;
 pub mod gateway;
 pub mod inspector;
 pub mod options;

@@ -2,14 +2,10 @@
 //! the controller, and serves the API until shut down. Jobs are left running on shutdown (each
 //! local run lives under its own supervisor, in its own session).
 
-use crate::controller::{Controller, ControllerOptions, Frameworks};
+use crate::controller::{Controller, ControllerOptions};
 use crate::inspector::InterpreterInspector;
 use crate::options::{ServerOptions, DEFAULT_ENGINE_IMAGE};
 use nix::fcntl::{Flock, FlockArg};
-use runplane_frameworks::engine::{EngineFramework, EngineOptions};
-use runplane_frameworks::kubernetes::profiles::Profiles;
-use runplane_frameworks::kubernetes::{BuildSettings, KubernetesFramework, KubernetesSettings};
-use runplane_frameworks::local::{LocalFramework, LocalOptions};
 use runplane_frameworks::FrameworkError;
 use runplane_logstore::file::FileLogStore;
 use runplane_runtimes::container::{ContainerConfig, ContainerRuntime};
@@ -55,8 +51,13 @@ pub enum ServerError {
     Kubernetes(FrameworkError),
     #[error("--kubernetes-profiles {path}: {message}")]
     KubernetesProfiles { path: String, message: String },
+    #[error("this runplane was built without the {0} framework (cargo feature `{0}`)")]
+    NotBuilt(&'static str),
     #[error("--store {0:?}: expected postgres://user@host:port/database or sqlite:PATH")]
     StoreUrl(String),
+    #[cfg(not(feature = "postgres"))]
+    #[error("--store {0:?}: this runplane was built without PostgreSQL support (cargo feature `postgres`)")]
+    PostgresNotBuilt(String),
 }
 
 /// A bound, running server.
@@ -82,45 +83,12 @@ impl Server {
         let secret_key = crate::secrets::SecretKey::load_or_create(&key_path, create_key)?;
         let store = open_store(&options).await?;
         let logs = Arc::new(FileLogStore::new(options.logs_dir()));
-        let (events, framework_events) = tokio::sync::mpsc::unbounded_channel();
-        let events_for_kubernetes = events.clone();
-        let local = LocalFramework::new(
-            LocalOptions {
-                runs_dir: options.runs_dir(),
-                logs_dir: options.logs_dir(),
-                supervisor: options.supervisor.clone(),
-                shared_runs_dir: store.is_shared(),
-            },
-            events.clone(),
-        );
-        let mut frameworks = Frameworks::default().with(Arc::new(local));
-        if let Some(engine) = &options.engine {
-            let engine = EngineFramework::connect(
-                EngineOptions {
-                    socket: engine.socket.clone(),
-                    runs_dir: options.engine_runs_dir(),
-                    logs_dir: options.logs_dir(),
-                    default_image: engine.image.clone(),
-                },
-                events,
-            )
-            .await
-            .map_err(ServerError::Engine)?;
-            frameworks = frameworks.with(Arc::new(engine));
-        }
-        let mut kubernetes = None;
-        if let Some(kube) = &options.kubernetes {
-            let framework = Arc::new(
-                KubernetesFramework::connect(
-                    kubernetes_settings(&options, kube, &secret_key)?,
-                    events_for_kubernetes,
-                )
-                .await
-                .map_err(ServerError::Kubernetes)?,
-            );
-            frameworks = frameworks.with(framework.clone());
-            kubernetes = Some(framework);
-        }
+        let (events, framework_events) =
+            runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
+        let crate::frameworks::Enabled {
+            frameworks,
+            outputs_uploads,
+        } = crate::frameworks::enable(&options, store.is_shared(), &secret_key, events).await?;
         if frameworks.get(&options.default_framework).is_none() {
             return Err(ServerError::DefaultFramework {
                 name: options.default_framework.clone(),
@@ -157,12 +125,16 @@ impl Server {
             })))
             .with(Arc::new(PipelineRuntime::new()));
         // Before the controller starts: every execution is followed (and stoppable) before any
-        // controller task or request can act on its run. The event channel is unbounded, so
-        // what recovery reports waits for the reconciler.
+        // controller task or request can act on its run. What recovery reports waits for the
+        // reconciler in the event channel, which holds it all meanwhile (a framework's
+        // `recover` reports at most a couple of events per execution without waiting for room).
         let owned = crate::controller::replicas::adopt_at_startup(&store, &options.replica).await?;
         let taken = owned.len();
         let started = std::time::Instant::now();
+        let capacity = runplane_frameworks::events::DEFAULT_CAPACITY;
+        framework_events.set_capacity(capacity.saturating_add(taken.saturating_mul(2)));
         crate::controller::replicas::take_over(&store, &frameworks, owned).await?;
+        framework_events.set_capacity(capacity);
         if taken > 0 {
             tracing::info!(
                 runs = taken,
@@ -188,7 +160,7 @@ impl Server {
                 },
                 artifacts: options.artifact_store()?,
                 replica: options.replica.clone(),
-                kubernetes,
+                outputs_uploads,
             },
         );
         // Workflow runs have no framework to recover them: the engine takes them up again.
@@ -253,45 +225,6 @@ impl Server {
     }
 }
 
-/// The kubernetes framework's settings from the server's options.
-fn kubernetes_settings(
-    options: &ServerOptions,
-    kube: &crate::options::KubernetesOptions,
-    secret_key: &crate::secrets::SecretKey,
-) -> Result<KubernetesSettings, ServerError> {
-    let mut settings = KubernetesSettings::new(
-        &kube.namespace,
-        options
-            .shared_dir
-            .as_ref()
-            .unwrap_or(&options.home)
-            .join("kubernetes"),
-        options.logs_dir(),
-    );
-    settings.default_image = kube.image.clone();
-    settings.instance = kube.instance.clone();
-    settings.outputs_url = kube.outputs_url.clone();
-    settings.kubeconfig = kube.kubeconfig.clone();
-    settings.token_key = secret_key.derive("kubernetes outputs tokens");
-    if let Some(path) = &kube.profiles_file {
-        let bad = |message: String| ServerError::KubernetesProfiles {
-            path: path.display().to_string(),
-            message,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-        settings.profiles = Profiles::from_yaml(&text).map_err(|e| bad(e.to_string()))?;
-    }
-    if let (Some(kaniko), Some(registry)) = (&kube.kaniko_image, &kube.registry) {
-        settings.build = Some(BuildSettings {
-            registry: registry.clone(),
-            kaniko_image: kaniko.clone(),
-            insecure: false,
-            push_secret: None,
-        });
-    }
-    Ok(settings)
-}
-
 /// The store `--store` names (SQLite in the home by default).
 async fn open_store(options: &ServerOptions) -> Result<Arc<dyn Store>, ServerError> {
     match options.store.as_deref() {
@@ -302,9 +235,14 @@ async fn open_store(options: &ServerOptions) -> Result<Arc<dyn Store>, ServerErr
                 SqliteStore::open(std::path::Path::new(path)).await?,
             ))
         }
+        #[cfg(feature = "postgres")]
         Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => Ok(
             Arc::new(runplane_store::postgres::PostgresStore::connect(url).await?),
         ),
+        #[cfg(not(feature = "postgres"))]
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Err(ServerError::PostgresNotBuilt(url.to_string()))
+        }
         Some(url) => Err(ServerError::StoreUrl(url.to_string())),
     }
 }

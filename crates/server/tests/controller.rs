@@ -36,7 +36,8 @@ async fn harness(max_concurrent_runs: u32) -> Harness {
             .unwrap(),
     );
     let logs = Arc::new(FileLogStore::new(home.path().join("logs")));
-    let (events, framework_events) = tokio::sync::mpsc::unbounded_channel();
+    let (events, framework_events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let (framework, script) = scripted("local", events);
     let runtimes = Runtimes::new()
         .with(Arc::new(PythonRuntime::new(
@@ -71,7 +72,7 @@ async fn harness(max_concurrent_runs: u32) -> Harness {
             },
             artifacts,
             replica: Default::default(),
-            kubernetes: None,
+            outputs_uploads: None,
         },
     );
     Harness {
@@ -162,13 +163,15 @@ async fn a_run_is_started_on_its_framework_and_completes_with_its_results() {
     let (execution, _runnable) = h.script.expect_start().await;
     assert_eq!(execution, execution_of(&id, 1));
     assert_eq!(h.run(&id).await.status.state, RunState::Pending);
-    h.script.started(&execution);
+    h.script.started(&execution).await;
     h.wait_state(&id, RunState::Running).await;
-    h.script.exited(
-        &execution,
-        0,
-        &[("results.json", &results(json!({"v": 3})))],
-    );
+    h.script
+        .exited(
+            &execution,
+            0,
+            &[("results.json", &results(json!({"v": 3})))],
+        )
+        .await;
     let run = h.wait_state(&id, RunState::Completed).await;
     assert_eq!(run.status.results, Some(json!({"v": 3})));
     assert_eq!(run.status.attempts.len(), 1);
@@ -186,12 +189,13 @@ async fn runs_wait_for_a_free_slot() {
 
     let (execution, _) = h.script.expect_start().await;
     assert_eq!(execution.run_id, first, "runs start in submission order");
-    h.script.started(&execution);
+    h.script.started(&execution).await;
     h.wait_state(&first, RunState::Running).await;
     assert_eq!(h.run(&second).await.status.state, RunState::Ready);
 
     h.script
-        .exited(&execution, 0, &[("results.json", b"null".as_slice())]);
+        .exited(&execution, 0, &[("results.json", b"null".as_slice())])
+        .await;
     let (next, _) = h.script.expect_start().await;
     assert_eq!(next, execution_of(&second, 1));
     assert_eq!(
@@ -211,8 +215,8 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
         .await;
 
     let (first, _) = h.script.expect_start().await;
-    h.script.started(&first);
-    h.script.exited(&first, 1, &[]);
+    h.script.started(&first).await;
+    h.script.exited(&first, 1, &[]).await;
     let ended = Instant::now();
     let (second, _) = h.script.expect_start().await;
     assert_eq!(second, execution_of(&id, 2));
@@ -221,9 +225,10 @@ async fn a_failed_attempt_is_retried_after_its_backoff() {
         "the second attempt waited for its backoff ({:?})",
         ended.elapsed()
     );
-    h.script.started(&second);
+    h.script.started(&second).await;
     h.script
-        .exited(&second, 0, &[("results.json", b"7".as_slice())]);
+        .exited(&second, 0, &[("results.json", b"7".as_slice())])
+        .await;
     let run = h.wait_state(&id, RunState::Completed).await;
     assert_eq!(run.status.attempt, 2);
     assert_eq!(run.status.results, Some(json!(7)));
@@ -239,9 +244,9 @@ async fn an_attempt_past_its_timeout_is_stopped_and_the_run_ends_timeout() {
         .submit(json!({"function": "f", "timeout_seconds": 1}))
         .await;
     let (execution, _) = h.script.expect_start().await;
-    h.script.started(&execution);
+    h.script.started(&execution).await;
     h.script.expect_stop(&execution).await;
-    h.script.killed(&execution, 15);
+    h.script.killed(&execution, 15).await;
     let run = h.wait_state(&id, RunState::Error).await;
     assert_eq!(run.status.reason.as_deref(), Some(reason::TIMEOUT));
     assert_eq!(run.status.attempt, 1, "a timeout is not retried");
@@ -253,21 +258,22 @@ async fn a_stopped_run_ends_stopped_and_resumes_as_a_new_attempt() {
     h.function("f").await;
     let id = h.submit(json!({"function": "f"})).await;
     let (execution, _) = h.script.expect_start().await;
-    h.script.started(&execution);
+    h.script.started(&execution).await;
     h.wait_state(&id, RunState::Running).await;
 
     h.controller.stop_run(PROJECT, &id, "user").await.unwrap();
     h.script.expect_stop(&execution).await;
-    h.script.killed(&execution, 15);
+    h.script.killed(&execution, 15).await;
     let run = h.wait_state(&id, RunState::Stopped).await;
     assert_eq!(run.status.reason.as_deref(), Some(reason::USER));
 
     h.controller.resume_run(PROJECT, &id).await.unwrap();
     let (resumed, _) = h.script.expect_start().await;
     assert_eq!(resumed, execution_of(&id, 2));
-    h.script.started(&resumed);
+    h.script.started(&resumed).await;
     h.script
-        .exited(&resumed, 0, &[("results.json", b"1".as_slice())]);
+        .exited(&resumed, 0, &[("results.json", b"1".as_slice())])
+        .await;
     let run = h.wait_state(&id, RunState::Completed).await;
     assert_eq!(run.status.attempts.len(), 2);
 }
@@ -295,13 +301,15 @@ async fn a_start_failure_and_a_lost_execution_end_their_runs_with_the_reason() {
         .submit(json!({"function": "f", "retry": {"max_attempts": 1}}))
         .await;
     let (execution, _) = h.script.expect_start().await;
-    h.script.started(&execution);
-    h.script.send(
-        &execution,
-        EventKind::Lost {
-            message: "the node went away".to_string(),
-        },
-    );
+    h.script.started(&execution).await;
+    h.script
+        .send(
+            &execution,
+            EventKind::Lost {
+                message: "the node went away".to_string(),
+            },
+        )
+        .await;
     let run = h.wait_state(&lost, RunState::Error).await;
     assert_eq!(run.status.reason.as_deref(), Some(reason::LOST));
 }
@@ -312,17 +320,20 @@ async fn an_execution_that_never_started_is_started_again() {
     h.function("f").await;
     let id = h.submit(json!({"function": "f"})).await;
     let (execution, _) = h.script.expect_start().await;
-    h.script.send(
-        &execution,
-        EventKind::NeverStarted {
-            message: "the server died before the start".to_string(),
-        },
-    );
+    h.script
+        .send(
+            &execution,
+            EventKind::NeverStarted {
+                message: "the server died before the start".to_string(),
+            },
+        )
+        .await;
     let (again, _) = h.script.expect_start().await;
     assert_eq!(again.run_id, id);
-    h.script.started(&again);
+    h.script.started(&again).await;
     h.script
-        .exited(&again, 0, &[("results.json", b"2".as_slice())]);
+        .exited(&again, 0, &[("results.json", b"2".as_slice())])
+        .await;
     let run = h.wait_state(&id, RunState::Completed).await;
     assert_eq!(run.status.results, Some(json!(2)));
 }
@@ -347,9 +358,10 @@ async fn workflow_steps_start_when_their_dependencies_end_with_their_results() {
         h.run(&a.run_id).await.spec.parameters.get("v"),
         Some(&json!(1))
     );
-    h.script.started(&a);
+    h.script.started(&a).await;
     h.script
-        .exited(&a, 0, &[("results.json", &results(json!({"n": 41})))]);
+        .exited(&a, 0, &[("results.json", &results(json!({"n": 41})))])
+        .await;
     let (b, _) = h.script.expect_start().await;
     assert_ne!(b.run_id, a.run_id);
     assert_eq!(
@@ -357,9 +369,10 @@ async fn workflow_steps_start_when_their_dependencies_end_with_their_results() {
         Some(&json!(42)),
         "b's parameter is rendered from a's results"
     );
-    h.script.started(&b);
+    h.script.started(&b).await;
     h.script
-        .exited(&b, 0, &[("results.json", b"\"done\"".as_slice())]);
+        .exited(&b, 0, &[("results.json", b"\"done\"".as_slice())])
+        .await;
     let run = h.wait_state(&workflow, RunState::Completed).await;
     assert_eq!(run.status.results.unwrap()["steps"]["b"], json!("done"));
 }
@@ -396,8 +409,8 @@ async fn a_redeployed_service_rolls_in_replica_by_replica_then_replaces_the_old_
         .await;
     let (old_execution, runnable) = h.script.expect_start().await;
     assert!(matches!(runnable, runplane_domain::Runnable::Service(_)));
-    h.script.send(&old_execution, replicas(&[true, true]));
-    h.script.started(&old_execution);
+    h.script.send(&old_execution, replicas(&[true, true])).await;
+    h.script.started(&old_execution).await;
     h.wait_state(&old, RunState::Running).await;
 
     // A new version: its run starts beside the old one.
@@ -413,16 +426,18 @@ async fn a_redeployed_service_rolls_in_replica_by_replica_then_replaces_the_old_
     let (new_execution, _) = h.script.expect_start().await;
     assert_eq!(new_execution.run_id, new);
     // Each new ready replica retires an old one, the last old one excepted...
-    h.script.send(&new_execution, replicas(&[true, false]));
+    h.script
+        .send(&new_execution, replicas(&[true, false]))
+        .await;
     assert_eq!(h.script.expect_scale(&old_execution).await, 1);
-    h.script.send(&old_execution, replicas(&[true]));
+    h.script.send(&old_execution, replicas(&[true])).await;
     // ...which stays until the new run has taken the name over, then is replaced.
-    h.script.send(&new_execution, replicas(&[true, true]));
-    h.script.started(&new_execution);
+    h.script.send(&new_execution, replicas(&[true, true])).await;
+    h.script.started(&new_execution).await;
     h.wait_state(&new, RunState::Running).await;
     h.script.expect_stop(&old_execution).await;
-    h.script.send(&old_execution, replicas(&[]));
-    h.script.killed(&old_execution, 15);
+    h.script.send(&old_execution, replicas(&[])).await;
+    h.script.killed(&old_execution, 15).await;
     let old_run = h.wait_state(&old, RunState::Stopped).await;
     assert_eq!(old_run.status.reason.as_deref(), Some(reason::REPLACED));
     assert_eq!(h.run(&new).await.status.state, RunState::Running);

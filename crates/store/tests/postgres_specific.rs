@@ -6,6 +6,8 @@
 //! Every test gets a fresh database on the server of `RUNPLANE_TEST_PG_URL` (default: the one
 //! `scripts/setup-postgres` starts); without one the tests fail, saying so.
 
+#![cfg(feature = "postgres")]
+
 use chrono::{Duration, SubsecRound, Utc};
 use runplane_domain::trigger::{Fire, Trigger, TriggerMetadata, TriggerSpec, TriggerStatus};
 use runplane_domain::workflow::{NodeState, NodeStatus, WorkflowStatus};
@@ -15,10 +17,9 @@ use runplane_store::conformance::{
 };
 use runplane_store::postgres::testing::fresh_database;
 use runplane_store::postgres::{PostgresOptions, PostgresStore, EVENT_LOG_LOCK};
+use runplane_store::prelude::*;
 use runplane_store::sqlite::SqliteStore;
-use runplane_store::{
-    AttemptUpdate, FireBatch, IdempotencyKey, RunQuery, Store, StoreError, StoredEvent,
-};
+use runplane_store::{AttemptUpdate, FireBatch, IdempotencyKey, RunQuery, StoreError, StoredEvent};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -627,11 +628,13 @@ async fn corrupt_rows_are_database_errors_not_panics() {
     ] {
         let fresh = RunBuilder::new("demo", "hello").build();
         store.create_run(fresh.clone(), None).await.expect("run");
-        sqlx::query(&format!("UPDATE runs SET {column} = {value} WHERE id = $1"))
-            .bind(&fresh.metadata.id)
-            .execute(store.pool())
-            .await
-            .expect("corrupt it");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET {column} = {value} WHERE id = $1"
+        )))
+        .bind(&fresh.metadata.id)
+        .execute(store.pool())
+        .await
+        .expect("corrupt it");
         match store.get_run("demo", &fresh.metadata.id).await {
             Err(StoreError::Database(message)) => assert!(message.contains(column), "{message}"),
             other => panic!("{column}: expected a database error, got {other:?}"),

@@ -3,8 +3,9 @@
 
 use runplane_domain::RunState;
 use runplane_store::conformance::{function_version, request, service_status, task, RunBuilder};
+use runplane_store::prelude::*;
 use runplane_store::sqlite::SqliteStore;
-use runplane_store::{AttemptUpdate, Store, StoreError};
+use runplane_store::{AttemptUpdate, StoreError};
 use serde_json::json;
 
 #[tokio::test]
@@ -127,12 +128,14 @@ async fn corrupt_rows_are_database_errors_not_panics() {
     ] {
         let fresh = RunBuilder::new("demo", "hello").build();
         store.create_run(fresh.clone(), None).await.expect("run");
-        sqlx::query(&format!("UPDATE runs SET {column} = ? WHERE id = ?"))
-            .bind(value)
-            .bind(&fresh.metadata.id)
-            .execute(store.pool())
-            .await
-            .expect("corrupt it");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE runs SET {column} = ? WHERE id = ?"
+        )))
+        .bind(value)
+        .bind(&fresh.metadata.id)
+        .execute(store.pool())
+        .await
+        .expect("corrupt it");
         match store.get_run("demo", &fresh.metadata.id).await {
             Err(StoreError::Database(message)) => assert!(message.contains(column), "{message}"),
             other => panic!("{column}: expected a database error, got {other:?}"),

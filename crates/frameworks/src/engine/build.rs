@@ -11,9 +11,9 @@ mod push;
 
 use self::log::BuildLog;
 use super::{message, EngineFramework};
-use crate::local::prepare::attempt_dir;
-use crate::local::protocol::describe;
-use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use crate::attempt::attempt_dir;
+use crate::files::describe;
+use crate::{EventKind, EventSender, ExecutionId};
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::{BuildImageOptionsBuilder, RemoveImageOptions};
 use bollard::{body_try_stream, Docker};
@@ -128,7 +128,7 @@ impl EngineFramework {
             ),
             ended: ended.clone(),
         };
-        self.emit(execution, EventKind::Started);
+        self.emit(execution, EventKind::Started).await;
         let mut builds = self.builds.lock();
         let task = tokio::spawn(runner.run()).abort_handle();
         builds.insert(
@@ -145,17 +145,18 @@ impl EngineFramework {
     /// Stops a build this instance runs: the builder is abandoned (the engine ends it after
     /// its current step and tags nothing), whatever got tagged is removed, `Exited` is sent
     /// now. False when `execution` is not a build of this instance.
-    pub(super) fn stop_build(&self, execution: &ExecutionId) -> bool {
-        let builds = self.builds.lock();
-        let Some(handle) = builds.get(execution) else {
-            return false;
+    pub(super) async fn stop_build(&self, execution: &ExecutionId) -> bool {
+        let image = {
+            let builds = self.builds.lock();
+            let Some(handle) = builds.get(execution) else {
+                return false;
+            };
+            if handle.ended.swap(true, Ordering::SeqCst) {
+                return true;
+            }
+            handle.task.abort();
+            handle.image.clone()
         };
-        if handle.ended.swap(true, Ordering::SeqCst) {
-            return true;
-        }
-        handle.task.abort();
-        let image = handle.image.clone();
-        drop(builds);
         self.emit(
             execution,
             EventKind::Exited(ExitOutcome {
@@ -165,7 +166,8 @@ impl EngineFramework {
                 failure: None,
                 outputs_dir: None,
             }),
-        );
+        )
+        .await;
         let docker = self.docker.clone();
         tokio::spawn(async move { untag(&docker, &image).await });
         true
@@ -207,17 +209,14 @@ struct Runner {
 }
 
 impl Runner {
-    fn emit(&self, kind: EventKind) {
-        let _ = self.events.send(FrameworkEvent {
-            execution: self.execution.clone(),
-            kind,
-        });
+    async fn emit(&self, kind: EventKind) {
+        self.events.emit(&self.execution, kind).await;
     }
 
-    fn report_log(&mut self) {
+    async fn report_log(&mut self) {
         if let Some(end) = self.log.take_news() {
             if !self.ended.load(Ordering::SeqCst) {
-                self.emit(EventKind::LogAppended { end_offset: end });
+                self.emit(EventKind::LogAppended { end_offset: end }).await;
             }
         }
     }
@@ -246,9 +245,9 @@ impl Runner {
         if let Err(e) = self.log.finish() {
             tracing::warn!(execution = ?self.execution, "{e}");
         }
-        self.report_log();
+        self.report_log().await;
         if !self.ended.swap(true, Ordering::SeqCst) {
-            self.emit(EventKind::Exited(outcome));
+            self.emit(EventKind::Exited(outcome)).await;
         }
     }
 
@@ -301,7 +300,7 @@ impl Runner {
                 Ok(info) => {
                     if let Some(text) = info.stream {
                         self.log.output(&text)?;
-                        self.report_log();
+                        self.report_log().await;
                     }
                 }
                 // The builder's own error (a failed step, a bad Containerfile, a missing base).

@@ -1,8 +1,8 @@
 //! What the engine is asked for: the container of one execution (image, command, mounts,
 //! labels) and the attempt folder it mounts. Pure apart from writing the job's files.
 
-use crate::local::prepare::{check_file_path, write_job_file};
-use crate::local::protocol::describe;
+use crate::attempt::{check_file_path, write_job_file};
+use crate::files::describe;
 use crate::ExecutionId;
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use runplane_domain::{Job, Limits, Volume};

@@ -5,10 +5,11 @@
 //! every `POLL` only while a read brought nothing new: Podman's follow stream can skip frames of
 //! a fast writer. This is the one poll on a hot path, forced by the engine.
 
-use super::copied::CopiedLog;
-use crate::local::capture::{split_records, Redactor};
-use crate::local::monitor::collect_outputs;
-use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use crate::copied_log::CopiedLog;
+use crate::exit_code::split_code;
+use crate::log_records::{split_records, Redactor};
+use crate::outputs::collect_outputs;
+use crate::{EventKind, EventSender, ExecutionId};
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
 use bollard::models::ContainerStateStatusEnum;
@@ -35,11 +36,8 @@ pub struct Follow {
 }
 
 impl Follow {
-    fn emit(&self, kind: EventKind) {
-        let _ = self.events.send(FrameworkEvent {
-            execution: self.execution.clone(),
-            kind,
-        });
+    async fn emit(&self, kind: EventKind) {
+        self.events.emit(&self.execution, kind).await;
     }
 
     /// Runs until the container has exited and its outcome is reported (`Exited`), or it
@@ -49,7 +47,7 @@ impl Follow {
             Ok(outcome) => EventKind::Exited(outcome),
             Err(message) => EventKind::Lost { message },
         };
-        self.emit(kind);
+        self.emit(kind).await;
     }
 
     async fn follow(&self) -> Result<ExitOutcome, String> {
@@ -85,7 +83,7 @@ impl Follow {
             .sync()
             .map_err(|e| format!("cannot sync the log: {e}"))?;
         if let Some(end) = lines.take_news() {
-            self.emit(EventKind::LogAppended { end_offset: end });
+            self.emit(EventKind::LogAppended { end_offset: end }).await;
         }
         drop(writer);
 
@@ -206,18 +204,19 @@ impl Follow {
         lines: &mut Lines<'_>,
         cursor: &mut LogCursor,
     ) -> Result<u64, String> {
-        cursor
+        let read = cursor
             .read(&self.docker, &self.container, |kind, time, data| {
                 if lines.copied.as_ref().is_some_and(|c| c.is_old(time)) {
                     return Ok(());
                 }
-                lines.push(writer, kind, time, data, false)?;
-                if let Some(end) = lines.take_news() {
-                    self.emit(EventKind::LogAppended { end_offset: end });
-                }
-                Ok(())
+                lines.push(writer, kind, time, data, false)
             })
-            .await
+            .await;
+        // One report per read: the log's end after everything it brought.
+        if let Some(end) = lines.take_news() {
+            self.emit(EventKind::LogAppended { end_offset: end }).await;
+        }
+        read
     }
 }
 
@@ -233,15 +232,6 @@ fn log_options(since: Option<DateTime<Utc>>) -> LogsOptions {
         options = options.since(i32::try_from(seconds).unwrap_or(0));
     }
     options.build()
-}
-
-/// The engine reports a process killed by a signal as 128 + the signal (Docker's convention,
-/// which the init process keeps): `(exit code, signal)`.
-pub(super) fn split_code(code: i32) -> (Option<i32>, Option<i32>) {
-    match code {
-        129..=192 => (None, Some(code - 128)),
-        _ => (Some(code), None),
-    }
 }
 
 /// Waits for `container` to stop running; its exit code.

@@ -16,7 +16,6 @@
 
 mod build;
 mod container;
-pub(crate) mod copied;
 mod follow;
 mod oom;
 mod probe;
@@ -30,8 +29,8 @@ pub use container::{
     WORK_MOUNT,
 };
 
-use crate::local::capture::Redactor;
-use crate::local::prepare::attempt_dir;
+use crate::attempt::attempt_dir;
+use crate::log_records::Redactor;
 use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError, FrameworkEvent};
 use async_trait::async_trait;
 use bollard::errors::Error as DockerError;
@@ -251,7 +250,7 @@ impl EngineFramework {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(format!("cannot start the container: {}", message(&e)));
         }
-        self.emit(execution, EventKind::Started);
+        self.emit(execution, EventKind::Started).await;
         self.follow(
             execution.clone(),
             created.id,
@@ -261,11 +260,14 @@ impl EngineFramework {
         Ok(())
     }
 
-    fn emit(&self, execution: &ExecutionId, kind: EventKind) {
-        let _ = self.events.send(FrameworkEvent {
-            execution: execution.clone(),
-            kind,
-        });
+    async fn emit(&self, execution: &ExecutionId, kind: EventKind) {
+        let _ = self
+            .events
+            .send(FrameworkEvent {
+                execution: execution.clone(),
+                kind,
+            })
+            .await;
     }
 }
 
@@ -344,7 +346,7 @@ impl Framework for EngineFramework {
             }
             if self.is_service(&execution) {
                 if let Err(message) = self.recover_service(&execution).await {
-                    self.emit(&execution, EventKind::Lost { message });
+                    self.emit(&execution, EventKind::Lost { message }).await;
                 }
                 continue;
             }
@@ -361,11 +363,12 @@ impl Framework for EngineFramework {
                     EventKind::Lost {
                         message: message.into(),
                     },
-                );
+                )
+                .await;
                 continue;
             };
             if running {
-                self.emit(&execution, EventKind::Started);
+                self.emit(&execution, EventKind::Started).await;
             }
             // The job's log cap is not on the container: the default stands in.
             self.follow(execution, container, None, DEFAULT_LOG_LIMIT_BYTES);
@@ -374,7 +377,7 @@ impl Framework for EngineFramework {
     }
 
     async fn stop(&self, execution: &ExecutionId) -> Result<(), FrameworkError> {
-        if self.stop_build(execution) {
+        if self.stop_build(execution).await {
             return Ok(());
         }
         if let Some(service) = self.services().get(execution) {

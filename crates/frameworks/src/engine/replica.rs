@@ -7,10 +7,10 @@
 //! (`copied`). Like a job's, the log is copied by repeated reads, not the engine's follow
 //! stream, which can skip frames of a fast writer (see `follow.rs`).
 
-use super::copied::CopiedLog;
 use super::follow::{exit_code, is_running, oom_killed, LogCursor, POLL};
 use super::service_log::ServiceLog;
-use crate::local::capture::split_records;
+use crate::copied_log::CopiedLog;
+use crate::log_records::split_records;
 use bollard::Docker;
 use chrono::Utc;
 use runplane_logstore::Stream;

@@ -11,13 +11,13 @@ mod containers;
 mod run;
 
 use super::container;
-use super::copied::CopiedLog;
 use super::follow::open_writer;
 use super::service_log::ServiceLog;
 use super::{message, EngineFramework};
-use crate::local::capture::Redactor;
-use crate::local::prepare::{attempt_dir, check_readiness_path};
-use crate::local::protocol::read_json;
+use crate::attempt::{attempt_dir, check_readiness_path};
+use crate::copied_log::CopiedLog;
+use crate::files::read_json;
+use crate::log_records::Redactor;
 use crate::ExecutionId;
 use bollard::query_parameters::ListContainersOptions;
 use run::ServiceRun;
@@ -114,7 +114,7 @@ impl EngineFramework {
                 return Err(format!("replica {index}: {why}"));
             }
         }
-        run.publish();
+        run.publish().await;
         self.spawn_service(execution.clone(), run);
         Ok(())
     }
@@ -141,7 +141,7 @@ impl EngineFramework {
             "the server restarted: {} replica container(s) taken over",
             run.replicas.len()
         ));
-        run.publish();
+        run.publish().await;
         self.spawn_service(execution.clone(), run);
         Ok(())
     }
@@ -195,7 +195,8 @@ impl EngineFramework {
             writer,
             limit,
             Redactor::new(&container::redactions(dir)),
-        );
+        )
+        .map_err(|e| format!("cannot start the log writer: {e}"))?;
         let (reports_tx, reports) = mpsc::unbounded_channel();
         let timeout = Duration::from_secs(file.service.ready_timeout_seconds);
         Ok(ServiceRun {

@@ -2,23 +2,25 @@
 //!
 //! The log store allows one writer per attempt (an exclusive lock), and offsets must stay
 //! those of one append-only file: every replica's records go through this one writer, each
-//! follower assembling its own lines before handing them over whole.
+//! follower assembling its own lines before handing them over whole. The writer appends and
+//! fsyncs on a thread of its own (`log_thread.rs`), never on a tokio worker.
 
-use crate::local::capture::Redactor;
+use crate::log_records::Redactor;
+use crate::log_thread::LogThread;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use chrono::{DateTime, Utc};
 use runplane_logstore::file::FileLogWriter;
 use runplane_logstore::{LogWriter, Stream};
-use std::sync::{Mutex, MutexGuard};
 
 pub struct ServiceLog {
     execution: ExecutionId,
-    events: EventSender,
     redactor: Redactor,
-    state: Mutex<State>,
+    thread: LogThread<State>,
 }
 
 struct State {
+    execution: ExecutionId,
+    events: EventSender,
     writer: FileLogWriter,
     limit: u64,
     capped: bool,
@@ -35,49 +37,52 @@ impl ServiceLog {
         writer: FileLogWriter,
         limit: u64,
         redactor: Redactor,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let end = writer.end_offset();
-        ServiceLog {
-            execution,
+        let state = State {
+            execution: execution.clone(),
             events,
+            writer,
+            limit,
+            capped: end >= limit,
+            reported: end,
+            failed: false,
+        };
+        Ok(ServiceLog {
+            thread: LogThread::spawn(format!("log-{}", execution.run_id), state)?,
+            execution,
             redactor,
-            state: Mutex::new(State {
-                writer,
-                limit,
-                capped: end >= limit,
-                reported: end,
-                failed: false,
-            }),
-        }
+        })
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Appends a replica's complete records (redacted, within the attempt's cap).
+    /// Appends a replica's complete records (redacted, within the attempt's cap); does not
+    /// wait for the writer.
     pub fn append(&self, stream: Stream, time: DateTime<Utc>, records: Vec<Vec<u8>>) {
         if records.is_empty() {
             return;
         }
-        let mut state = self.state();
-        for record in records {
-            if state.capped || state.failed {
-                break;
+        let records: Vec<Vec<u8>> = records
+            .iter()
+            .map(|record| self.redactor.apply(record).into_owned())
+            .collect();
+        self.thread.run(move |state| {
+            for record in records {
+                if state.capped || state.failed {
+                    break;
+                }
+                if state.writer.end_offset() + record.len() as u64 > state.limit {
+                    state.capped = true;
+                    let note = format!(
+                        "log limit of {} bytes reached: the rest of the output is discarded\n",
+                        state.limit
+                    );
+                    write(state, Stream::System, Utc::now(), note.as_bytes());
+                    break;
+                }
+                write(state, stream, time, &record);
             }
-            let record = self.redactor.apply(&record);
-            if state.writer.end_offset() + record.len() as u64 > state.limit {
-                state.capped = true;
-                let note = format!(
-                    "log limit of {} bytes reached: the rest of the output is discarded\n",
-                    state.limit
-                );
-                write(&mut state, Stream::System, Utc::now(), note.as_bytes());
-                break;
-            }
-            write(&mut state, stream, time, &record);
-        }
-        self.report(state);
+            state.report();
+        });
     }
 
     /// `data` as it would be stored.
@@ -87,34 +92,35 @@ impl ServiceLog {
 
     /// A line of the framework's own (replica started, ready, exited...).
     pub fn system(&self, text: &str) {
-        let mut state = self.state();
-        if state.capped || state.failed {
-            return;
-        }
-        write(
-            &mut state,
-            Stream::System,
-            Utc::now(),
-            format!("{text}\n").as_bytes(),
-        );
-        self.report(state);
+        let line = format!("{text}\n");
+        let time = Utc::now();
+        self.thread.run(move |state| {
+            if state.capped || state.failed {
+                return;
+            }
+            write(state, Stream::System, time, line.as_bytes());
+            state.report();
+        });
     }
 
-    pub fn sync(&self) {
-        let mut state = self.state();
-        if let Err(e) = state.writer.sync() {
+    /// Makes the log durable, once everything handed over before is written and reported.
+    pub async fn sync(&self) {
+        let synced = self.thread.ask(|state| state.writer.sync()).await;
+        if let Some(Err(e)) = synced {
             tracing::warn!(execution = ?self.execution, "cannot sync the service log: {e}");
         }
     }
+}
 
-    fn report(&self, mut state: MutexGuard<'_, State>) {
-        let end = state.writer.end_offset();
-        if end == state.reported {
+impl State {
+    /// Tells the controller where the log ends, when it moved (on the writer's thread).
+    fn report(&mut self) {
+        let end = self.writer.end_offset();
+        if end == self.reported {
             return;
         }
-        state.reported = end;
-        drop(state);
-        let _ = self.events.send(FrameworkEvent {
+        self.reported = end;
+        let _ = self.events.blocking_send(FrameworkEvent {
             execution: self.execution.clone(),
             kind: EventKind::LogAppended { end_offset: end },
         });

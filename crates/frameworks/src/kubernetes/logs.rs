@@ -7,24 +7,25 @@
 //!
 //! The API merges stdout and stderr: every line is recorded as `stdout`.
 
-use crate::engine::copied::CopiedLog;
-use crate::local::capture::Redactor;
-use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use crate::copied_log::CopiedLog;
+use crate::events::Outbox;
+use crate::log_records::Redactor;
+use crate::log_thread::LogThread;
+use crate::{EventKind, ExecutionId, FrameworkEvent};
 use chrono::{DateTime, Utc};
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, LogParams};
 use runplane_logstore::file::FileLogWriter;
 use runplane_logstore::{LogWriter, Stream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::manifests::MAIN_CONTAINER;
 
-/// One attempt's log, shared by the followers of its pods (a service has several).
+/// One attempt's log writer state; it lives on its own thread ([`SharedSink`]).
 pub(crate) struct LogSink {
     execution: ExecutionId,
-    events: EventSender,
+    events: Outbox,
     writer: FileLogWriter,
     redactor: Redactor,
     limit: u64,
@@ -34,12 +35,50 @@ pub(crate) struct LogSink {
     copied: Option<CopiedLog>,
 }
 
-pub(crate) type SharedSink = Arc<Mutex<LogSink>>;
+/// One attempt's log, shared by the followers of its pods (a service has several). Its
+/// writer appends and fsyncs on a thread of its own, never on a tokio worker.
+#[derive(Clone)]
+pub(crate) struct SharedSink {
+    thread: LogThread<LogSink>,
+    /// Where a recovered execution's re-read starts (the last stored record's time).
+    since: Option<DateTime<Utc>>,
+}
+
+impl SharedSink {
+    pub(crate) fn new(sink: LogSink) -> std::io::Result<SharedSink> {
+        let since = sink.since();
+        let name = format!("log-{}", sink.execution.run_id);
+        Ok(SharedSink {
+            thread: LogThread::spawn(name, sink)?,
+            since,
+        })
+    }
+
+    pub(crate) fn since(&self) -> Option<DateTime<Utc>> {
+        self.since
+    }
+
+    /// Appends one line (see [`LogSink::line`]); does not wait.
+    pub(crate) fn line(&self, time: DateTime<Utc>, text: &[u8]) {
+        let text = text.to_vec();
+        self.thread.run(move |sink| sink.line(time, &text));
+    }
+
+    /// Makes the log durable and reports its end; does not wait.
+    pub(crate) fn flush(&self) {
+        self.thread.run(LogSink::flush);
+    }
+
+    /// [`flush`](Self::flush), waiting until it is done (and what was appended before it).
+    pub(crate) async fn flushed(&self) {
+        self.thread.ask(LogSink::flush).await;
+    }
+}
 
 impl LogSink {
     pub(crate) fn new(
         execution: ExecutionId,
-        events: EventSender,
+        events: Outbox,
         writer: FileLogWriter,
         redact: &[String],
         limit: u64,
@@ -100,16 +139,12 @@ impl LogSink {
                 tracing::warn!(execution = ?self.execution, "cannot sync the log: {e}");
             }
             self.reported = end;
-            let _ = self.events.send(FrameworkEvent {
+            self.events.push(FrameworkEvent {
                 execution: self.execution.clone(),
                 kind: EventKind::LogAppended { end_offset: end },
             });
         }
     }
-}
-
-fn lock(sink: &SharedSink) -> std::sync::MutexGuard<'_, LogSink> {
-    sink.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// How far one container's log was read: lines up to `time`, `count` of them at `time`.
@@ -168,7 +203,7 @@ pub(crate) async fn follow_pod(
 ) {
     let mut cursor = Cursor::default();
     let mut restarts = restarts_at_start;
-    let since = lock(&sink).since();
+    let since = sink.since();
     let mut idle = Duration::from_millis(200);
     loop {
         let read = read_once(&pods, &pod, &sink, &mut cursor, since, false).await;
@@ -197,7 +232,7 @@ pub(crate) async fn follow_pod(
             idle = Duration::from_millis(200);
         }
     }
-    lock(&sink).flush();
+    sink.flushed().await;
 }
 
 /// Reads the container's log (following it) past `cursor`; how many new lines.
@@ -237,7 +272,7 @@ async fn read_once(
             match tokio::time::timeout(FLUSH_AFTER, lines.next()).await {
                 Ok(next) => next,
                 Err(_) => {
-                    lock(sink).flush();
+                    sink.flushed().await;
                     unflushed = 0;
                     continue;
                 }
@@ -258,16 +293,16 @@ async fn read_once(
             continue;
         }
         new += 1;
-        let mut sink = lock(sink);
         sink.line(time, text.as_bytes());
         unflushed += 1;
         if unflushed >= FLUSH_EVERY {
-            sink.flush();
+            // Waiting here keeps the writer's queue short when the disk is slow.
+            sink.flushed().await;
             unflushed = 0;
         }
     }
     if unflushed > 0 {
-        lock(sink).flush();
+        sink.flush();
     }
     new
 }

@@ -16,7 +16,7 @@
 use super::profiles::{is_label_value, Profile, ProfileError};
 use super::quantity::{check_quantity, cpu_quantity, memory_quantity, QuantityError};
 use super::KubernetesSettings;
-use crate::local::prepare::check_file_path;
+use crate::attempt::check_file_path;
 use crate::ExecutionId;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,

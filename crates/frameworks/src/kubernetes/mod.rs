@@ -29,9 +29,11 @@ pub mod quantity;
 pub mod status;
 pub mod token;
 
-use crate::engine::copied::CopiedLog;
-use crate::local::monitor::collect_outputs;
-use crate::local::prepare::{attempt_dir, check_file_path, write_job_file};
+use crate::attempt::{attempt_dir, check_file_path, write_job_file};
+use crate::copied_log::CopiedLog;
+use crate::events::Outbox;
+use crate::outputs::collect_outputs;
+use crate::uploads::{OutputsError, OutputsUploads};
 use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError, FrameworkEvent};
 use api::{describe, is_conflict, is_not_found, retry};
 use async_trait::async_trait;
@@ -131,16 +133,6 @@ pub struct BuildSettings {
     pub push_secret: Option<String>,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum OutputsError {
-    #[error("the token does not belong to this run attempt")]
-    Forbidden,
-    #[error("invalid outputs upload: {0}")]
-    Invalid(String),
-    #[error("cannot store the outputs: {0}")]
-    Io(#[from] std::io::Error),
-}
-
 pub struct KubernetesFramework {
     shared: Arc<Shared>,
     watchers: Vec<AbortHandle>,
@@ -149,7 +141,8 @@ pub struct KubernetesFramework {
 struct Shared {
     client: Client,
     settings: KubernetesSettings,
-    events: EventSender,
+    /// Watcher handlers are synchronous: events go out through an ordered outbox.
+    events: Outbox,
     tracked: Mutex<HashMap<ExecutionId, Tracked>>,
 }
 
@@ -246,7 +239,7 @@ impl KubernetesFramework {
         let shared = Arc::new(Shared {
             client,
             settings,
-            events,
+            events: Outbox::new(events),
             tracked: Mutex::new(HashMap::new()),
         });
         let watchers = vec![
@@ -265,11 +258,12 @@ impl KubernetesFramework {
     pub fn run_token(&self, execution: &ExecutionId) -> String {
         token::run_token(&self.shared.settings.token_key, execution)
     }
+}
 
-    /// Stores an execution's uploaded outputs (the uploader's JSON document) in its attempt
-    /// folder, where `Exited` collects them. The API handler that receives the upload calls
-    /// this with the bearer token it was sent.
-    pub fn accept_outputs(
+/// The API handler that receives an upload calls this with the bearer token it was sent;
+/// the outputs land in the attempt folder.
+impl OutputsUploads for KubernetesFramework {
+    fn accept_outputs(
         &self,
         execution: &ExecutionId,
         token: &str,
@@ -384,8 +378,9 @@ impl Shared {
         self.tracked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Queues an event; watcher handlers cannot wait for room in the channel.
     fn emit(&self, execution: &ExecutionId, kind: EventKind) {
-        let _ = self.events.send(FrameworkEvent {
+        self.events.push(FrameworkEvent {
             execution: execution.clone(),
             kind,
         });
@@ -441,14 +436,15 @@ impl Shared {
         let writer = logs
             .open_writer(&execution.run_id, execution.attempt)
             .map_err(|e| format!("cannot open the log: {e}"))?;
-        Ok(Arc::new(Mutex::new(LogSink::new(
+        SharedSink::new(LogSink::new(
             execution.clone(),
             self.events.clone(),
             writer,
             redact,
             log_limit,
             copied,
-        ))))
+        ))
+        .map_err(|e| format!("cannot start the log writer: {e}"))
     }
 
     // ----- watch events -------------------------------------------------------------------
@@ -656,13 +652,23 @@ impl Shared {
         for (_, follower) in &ended.followers {
             follower.abort();
         }
-        if let Some(sink) = &ended.sink {
-            sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
-        }
-        if ended.had_replicas {
-            self.emit(&ended.execution, EventKind::Replicas(Vec::new()));
-        }
-        self.emit(&ended.execution, ending.into_kind());
+        let Some(sink) = ended.sink.clone() else {
+            if ended.had_replicas {
+                self.emit(&ended.execution, EventKind::Replicas(Vec::new()));
+            }
+            self.emit(&ended.execution, ending.into_kind());
+            return;
+        };
+        // The log's end goes out before the ending.
+        let shared = self.clone();
+        let (execution, had_replicas) = (ended.execution.clone(), ended.had_replicas);
+        tokio::spawn(async move {
+            sink.flushed().await;
+            if had_replicas {
+                shared.emit(&execution, EventKind::Replicas(Vec::new()));
+            }
+            shared.emit(&execution, ending.into_kind());
+        });
     }
 
     /// Ends a tracked execution once: its log followers are given time to read the end of
@@ -682,7 +688,7 @@ impl Shared {
                 }
             }
             if let Some(sink) = &ended.sink {
-                sink.lock().unwrap_or_else(|e| e.into_inner()).flush();
+                sink.flushed().await;
             }
             drop(ended.sink);
             let kind = match ending {

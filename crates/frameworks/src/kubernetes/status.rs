@@ -2,6 +2,7 @@
 //! status objects to what runplane makes of them (started, failed to start, ended how).
 
 use super::manifests::{FILES_CONTAINER, MAIN_CONTAINER};
+use crate::exit_code::split_code;
 use k8s_openapi::api::batch::v1::Job as K8sJob;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use runplane_domain::{reason, Failure, ReplicaStatus};
@@ -108,14 +109,6 @@ pub fn terminated(pod: &Pod) -> Option<Terminated> {
         reason: state.reason.clone().unwrap_or_default(),
         message: state.message.clone().unwrap_or_default(),
     })
-}
-
-/// Container runtimes report a process killed by a signal as 128 + the signal.
-pub fn split_code(code: i32) -> (Option<i32>, Option<i32>) {
-    match code {
-        129..=192 => (None, Some(code - 128)),
-        _ => (Some(code), None),
-    }
 }
 
 /// Why the pod will not start on its own, as a run's failure (`start_failed`): an image that

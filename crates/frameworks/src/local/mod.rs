@@ -29,15 +29,15 @@ mod standby;
 mod supervise;
 mod watch;
 
-pub use monitor::OUTPUT_CAP;
 pub use standby::{ACK as STANDBY_ACK, ACK_PATIENCE as STANDBY_ACK_PATIENCE, STANDBY_ARG};
 pub use supervise::supervise_main;
 
+use crate::files::{describe, read_json, write_atomically};
 use crate::{EventKind, EventSender, ExecutionId, Framework, FrameworkError};
 use async_trait::async_trait;
 use protocol::{
-    describe, read_json, write_atomically, DesiredFile, JobFile, ServiceFile, DESIRED_FILE,
-    EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE, WORK_DIR,
+    DesiredFile, JobFile, ServiceFile, DESIRED_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR,
+    SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use runplane_domain::Runnable;
 use runplane_logstore::file::FileLogStore;
@@ -145,7 +145,7 @@ impl LocalFramework {
 
     /// The folder holding an attempt's state (`job.json`, `exit.json`, `work/`, ...).
     pub fn attempt_dir(&self, execution: &ExecutionId) -> Result<PathBuf, FrameworkError> {
-        prepare::attempt_dir(&self.options.runs_dir, execution).map_err(|message| {
+        crate::attempt::attempt_dir(&self.options.runs_dir, execution).map_err(|message| {
             FrameworkError::Io(io::Error::new(io::ErrorKind::InvalidInput, message))
         })
     }
@@ -159,7 +159,7 @@ impl LocalFramework {
         requests: mpsc::UnboundedReceiver<Request>,
     ) -> Result<(), String> {
         let is_service = service.is_some();
-        let attempt_dir = prepare::attempt_dir(&self.options.runs_dir, execution)?;
+        let attempt_dir = crate::attempt::attempt_dir(&self.options.runs_dir, execution)?;
         let (dir, logs_dir, exec) = (
             attempt_dir.clone(),
             self.options.logs_dir.clone(),
@@ -169,7 +169,7 @@ impl LocalFramework {
         let shape = spare::Shape::of(
             job.files
                 .iter()
-                .filter_map(|file| prepare::check_file_path(&file.path).ok()),
+                .filter_map(|file| crate::attempt::check_file_path(&file.path).ok()),
         );
         let spare = self.spares.take();
         tokio::task::spawn_blocking(move || {
@@ -239,7 +239,7 @@ impl LocalFramework {
     }
 
     /// Starts following one recovered execution according to what its folder says.
-    fn take_over(
+    async fn take_over(
         &self,
         execution: ExecutionId,
         attempt_dir: PathBuf,
@@ -258,11 +258,11 @@ impl LocalFramework {
             }
             recover::Found::Gone(message) => {
                 tracing::warn!(?execution, %message, "execution lost");
-                reporter.emit(EventKind::Lost { message });
+                reporter.emit(EventKind::Lost { message }).await;
             }
             recover::Found::NeverStarted(message) => {
                 tracing::warn!(?execution, %message, "execution never started");
-                reporter.emit(EventKind::NeverStarted { message });
+                reporter.emit(EventKind::NeverStarted { message }).await;
             }
             recover::Found::Live { pid, pidfd } => {
                 let (request_tx, request_rx) = mpsc::unbounded_channel();
@@ -381,7 +381,8 @@ impl Framework for LocalFramework {
                             .into(),
                     });
                 }
-                if let Err(message) = prepare::check_readiness_path(&service.readiness_path) {
+                if let Err(message) = crate::attempt::check_readiness_path(&service.readiness_path)
+                {
                     return Err(FrameworkError::StartFailed { execution, message });
                 }
                 let file = ServiceFile {
@@ -449,7 +450,7 @@ impl Framework for LocalFramework {
             }
             todo.into_iter()
                 .map(|execution| {
-                    let found = prepare::attempt_dir(&runs_dir, &execution).map(|dir| {
+                    let found = crate::attempt::attempt_dir(&runs_dir, &execution).map(|dir| {
                         let found = recover::inspect(&dir);
                         let service = recover::is_service(&dir);
                         (dir, (found, service))
@@ -470,7 +471,7 @@ impl Framework for LocalFramework {
                         recover::Found::Gone(_) => lost += 1,
                         recover::Found::NeverStarted(_) => never_started += 1,
                     }
-                    self.take_over(execution, dir, found);
+                    self.take_over(execution, dir, found).await;
                 }
                 Err(message) => {
                     lost += 1;
@@ -478,7 +479,7 @@ impl Framework for LocalFramework {
                         execution,
                         kind: EventKind::Lost { message },
                     };
-                    let _ = self.events.send(event);
+                    let _ = self.events.send(event).await;
                 }
             }
         }

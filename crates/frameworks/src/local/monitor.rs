@@ -9,15 +9,16 @@
 
 use super::procs;
 use super::protocol::{
-    describe, read_json, read_pid_file, ControlMessage, ExitFile, ServiceState, CHILD_PID_FILE,
-    EXIT_FILE, OUTPUTS_DIR, SERVICE_FILE, SUPERVISOR_ERR_FILE,
+    read_pid_file, ControlMessage, ExitFile, ServiceState, CHILD_PID_FILE, EXIT_FILE, OUTPUTS_DIR,
+    SERVICE_FILE, SUPERVISOR_ERR_FILE,
 };
 use super::standby::Replenish;
 use super::{Executions, Request};
+use crate::files::{describe, read_json};
+use crate::outputs::collect_outputs;
 use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
 use nix::sys::signal::Signal;
-use runplane_domain::{ExitOutcome, OutputFile, ReplicaStatus};
-use std::collections::BTreeMap;
+use runplane_domain::{ExitOutcome, ReplicaStatus};
 use std::fs::{self, File};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -25,8 +26,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tokio::sync::mpsc;
 
-/// The most of one output file handed back in [`ExitOutcome::outputs`]; `size` tells the rest.
-pub const OUTPUT_CAP: u64 = 4 << 20;
 /// How much of `supervisor.err` goes into a `Lost` message.
 const ERR_TAIL: u64 = 2000;
 /// How often a service's `service.json` is re-read without a hint (a hint can be dropped when
@@ -46,12 +45,12 @@ pub(crate) struct Reporter {
 }
 
 impl Reporter {
-    pub(crate) fn emit(&self, kind: EventKind) {
+    pub(crate) async fn emit(&self, kind: EventKind) {
         let event = FrameworkEvent {
             execution: self.execution.clone(),
             kind,
         };
-        if self.events.send(event).is_err() {
+        if self.events.send(event).await.is_err() {
             tracing::debug!(execution = ?self.execution, "event receiver gone; dropping event");
         }
     }
@@ -77,13 +76,13 @@ impl Reporter {
         match ending {
             Ending::Exited(outcome) => {
                 if !started && !self.service {
-                    self.emit(EventKind::Started);
+                    self.emit(EventKind::Started).await;
                 }
                 if let Some(end_offset) = unsent_offset {
-                    self.emit(EventKind::LogAppended { end_offset });
+                    self.emit(EventKind::LogAppended { end_offset }).await;
                 }
                 tracing::debug!(execution = ?self.execution, ?outcome.exit_code, ?outcome.signal, "execution exited");
-                self.emit(EventKind::Exited(outcome));
+                self.emit(EventKind::Exited(outcome)).await;
             }
             Ending::Lost(mut message) => {
                 // A supervisor that died without exit.json (killed, crashed) may have left the
@@ -106,7 +105,7 @@ impl Reporter {
                     }
                 }
                 tracing::warn!(execution = ?self.execution, %message, "execution lost");
-                self.emit(EventKind::Lost { message });
+                self.emit(EventKind::Lost { message }).await;
             }
         }
     }
@@ -135,7 +134,7 @@ impl ReplicaView {
         self.started |= state.started;
         if self.last.as_ref() != Some(&state.replicas) {
             self.last = Some(state.replicas.clone());
-            reporter.emit(EventKind::Replicas(state.replicas));
+            reporter.emit(EventKind::Replicas(state.replicas)).await;
         }
     }
 }
@@ -150,8 +149,8 @@ pub(crate) struct Follow {
 }
 
 impl Follow {
-    fn emit(&self, kind: EventKind) {
-        self.reporter.emit(kind)
+    async fn emit(&self, kind: EventKind) {
+        self.reporter.emit(kind).await
     }
 
     pub(crate) async fn run(mut self) {
@@ -199,7 +198,7 @@ impl Follow {
                             Ok(ControlMessage::Started { .. }) => {
                                 if !started {
                                     started = true;
-                                    self.emit(EventKind::Started);
+                                    self.emit(EventKind::Started).await;
                                 }
                             }
                             Ok(ControlMessage::Log { end_offset }) => {
@@ -221,7 +220,7 @@ impl Follow {
                         // A service's log is worth following while it comes up.
                         if let (true, Some(end_offset)) = (started || service, unsent_offset.take()) {
                             sent_offset = Some(end_offset);
-                            self.emit(EventKind::LogAppended { end_offset });
+                            self.emit(EventKind::LogAppended { end_offset }).await;
                         }
                     }
                     Some(request) = self.requests.recv() => {
@@ -353,56 +352,6 @@ fn read_ending(attempt_dir: &Path) -> Ending {
     })
 }
 
-/// The top-level regular files of the outputs folder, each read up to [`OUTPUT_CAP`]. Symlinks
-/// and folders are skipped: a job must not make the server read files outside its folder.
-pub(crate) fn collect_outputs(dir: &Path) -> BTreeMap<String, OutputFile> {
-    let mut outputs = BTreeMap::new();
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot list the outputs folder");
-            return outputs;
-        }
-    };
-    for entry in entries.flatten() {
-        let Ok(file_type) = entry.file_type() else {
-            continue;
-        };
-        if !file_type.is_file() {
-            continue;
-        }
-        let Ok(name) = entry.file_name().into_string() else {
-            tracing::warn!(file = ?entry.file_name(), "skipping an output whose name is not UTF-8");
-            continue;
-        };
-        match read_capped(&entry.path()) {
-            Ok(file) => {
-                outputs.insert(name, file);
-            }
-            Err(e) => {
-                tracing::warn!(file = %entry.path().display(), error = %e, "cannot read an output file")
-            }
-        }
-    }
-    outputs
-}
-
-fn read_capped(path: &Path) -> std::io::Result<OutputFile> {
-    use std::os::unix::fs::OpenOptionsExt;
-    // O_NOFOLLOW: the file was a regular file when listed; refuse it if swapped for a link.
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)?;
-    let size = file.metadata()?.len();
-    let mut contents = Vec::new();
-    file.take(OUTPUT_CAP).read_to_end(&mut contents)?;
-    Ok(OutputFile {
-        size: size.max(contents.len() as u64),
-        contents,
-    })
-}
-
 /// The end of `supervisor.err`, when it says anything.
 pub(crate) fn err_tail(path: &Path) -> Option<String> {
     use std::io::{Seek, SeekFrom};
@@ -419,30 +368,6 @@ pub(crate) fn err_tail(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn outputs_are_top_level_regular_files_capped() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::write(dir.path().join("small.json"), b"{}").unwrap();
-        fs::write(
-            dir.path().join("big.bin"),
-            vec![7u8; OUTPUT_CAP as usize + 10],
-        )
-        .unwrap();
-        fs::create_dir(dir.path().join("folder")).unwrap();
-        fs::write(dir.path().join("folder").join("inner"), b"x").unwrap();
-        std::os::unix::fs::symlink("/etc/hostname", dir.path().join("link")).unwrap();
-        let outputs = collect_outputs(dir.path());
-        assert_eq!(
-            outputs.keys().collect::<Vec<_>>(),
-            vec!["big.bin", "small.json"]
-        );
-        assert_eq!(outputs["small.json"].contents, b"{}");
-        assert!(!outputs["small.json"].is_truncated());
-        assert_eq!(outputs["big.bin"].contents.len() as u64, OUTPUT_CAP);
-        assert_eq!(outputs["big.bin"].size, OUTPUT_CAP + 10);
-        assert!(collect_outputs(&dir.path().join("missing")).is_empty());
-    }
 
     #[test]
     fn endings_come_from_exit_json() {

@@ -17,11 +17,12 @@ use super::monitor::{err_tail, kill_orphans, ReplicaView, Reporter};
 use super::prepare::live_supervisor;
 use super::procs;
 use super::protocol::{
-    read_json, read_pid_file, JobFile, CHILD_PID_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR,
-    SUPERVISOR_ERR_FILE, SUPERVISOR_PID_FILE, WORK_DIR,
+    read_pid_file, JobFile, CHILD_PID_FILE, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE,
+    SUPERVISOR_PID_FILE, WORK_DIR,
 };
 use super::watch::{LogWatcher, Watch};
 use super::Request;
+use crate::files::read_json;
 use crate::{EventKind, ExecutionId};
 use runplane_logstore::file::FileLogStore;
 use runplane_logstore::LogStore;
@@ -226,7 +227,7 @@ impl Reattached {
             signalable(&replicas)
         };
         if started {
-            self.reporter.emit(EventKind::Started);
+            self.reporter.emit(EventKind::Started).await;
         }
         let (mut stop_pending, mut scale_pending) = (false, false);
         let mut log = LogEnd::default();
@@ -256,7 +257,7 @@ impl Reattached {
             };
             if !started && now_started {
                 started = true;
-                self.reporter.emit(EventKind::Started);
+                self.reporter.emit(EventKind::Started).await;
             }
             if signalable(&replicas) {
                 if stop_pending {
@@ -271,7 +272,9 @@ impl Reattached {
             log.update(&self.logs, &execution).await;
             if started || service {
                 if let Some(end_offset) = log.unsent() {
-                    self.reporter.emit(EventKind::LogAppended { end_offset });
+                    self.reporter
+                        .emit(EventKind::LogAppended { end_offset })
+                        .await;
                 }
             }
             let tick = if stop_pending || scale_pending {

@@ -15,10 +15,12 @@ use super::capture::spawn_reader;
 use super::probe::spawn_prober;
 use super::procs;
 use super::protocol::{
-    describe, read_json, write_atomically, ControlMessage, DesiredFile, ExitFile, ServiceFile,
-    ServiceState, CHILD_PID_FILE, DESIRED_FILE, LISTEN_FD, SERVICE_FILE,
+    ControlMessage, DesiredFile, ExitFile, ServiceFile, ServiceState, CHILD_PID_FILE, DESIRED_FILE,
+    LISTEN_FD, SERVICE_FILE,
 };
 use super::supervise::{Supervisor, Wake, POLL};
+use crate::files::{describe, read_json, write_atomically};
+use crate::replica_policy::{ExitHistory, RestartBackoff};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::WaitStatus;
 use nix::unistd::Pid;
@@ -35,11 +37,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-/// The first restart delay of a replica; it doubles with each restart up to [`BACKOFF_CAP`].
-const BACKOFF_START: Duration = Duration::from_millis(250);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
-/// A replica that stayed ready this long before it exited starts over at [`BACKOFF_START`].
-const BACKOFF_RESET: Duration = Duration::from_secs(30);
+/// How soon SIGKILL is sent again to what survived the last one.
+const KILL_AGAIN: Duration = Duration::from_secs(10);
 /// How often the process group of a retiring replica is checked for survivors.
 const DRAIN_TICK: Duration = Duration::from_millis(20);
 /// How soon a socket that could not be bound for a new replica is tried again.
@@ -129,7 +128,7 @@ struct Replica {
     last_exit: Option<String>,
     /// How its processes ended, for the `not_ready` message.
     history: ExitHistory,
-    backoff: Duration,
+    backoff: RestartBackoff,
     restart_at: Option<Instant>,
     /// Being retired (scaled away or stopped): SIGKILL at this time if still alive.
     retiring: Option<Instant>,
@@ -139,41 +138,6 @@ struct Process {
     pid: Pid,
     /// Tells its readiness probe to give up.
     probe_cancel: Arc<AtomicBool>,
-}
-
-#[derive(Default)]
-struct ExitHistory {
-    count: u32,
-    /// "exited with code 1", "was killed by signal 9"...
-    last: Option<String>,
-    varied: bool,
-}
-
-impl ExitHistory {
-    fn record(&mut self, phrase: String) {
-        self.count += 1;
-        if self.last.as_ref().is_some_and(|last| *last != phrase) {
-            self.varied = true;
-        }
-        self.last = Some(phrase);
-    }
-
-    /// "it exited with code 1 twice", for people.
-    fn describe(&self) -> String {
-        match (&self.last, self.count) {
-            (None, _) | (_, 0) => "it kept running without answering".into(),
-            (Some(last), count) if !self.varied => format!("it {last} {}", times(count)),
-            (Some(last), count) => format!("it ended {}, last it {last}", times(count)),
-        }
-    }
-}
-
-fn times(count: u32) -> String {
-    match count {
-        1 => "once".into(),
-        2 => "twice".into(),
-        n => format!("{n} times"),
-    }
 }
 
 /// `(last_exit for ReplicaStatus, phrase for messages)`.
@@ -448,11 +412,7 @@ impl Service<'_> {
                 .system(&format!("replica {index} {phrase}"));
             return;
         }
-        if was_ready_for.is_some_and(|ready| ready >= BACKOFF_RESET) {
-            replica.backoff = BACKOFF_START;
-        }
-        let delay = replica.backoff;
-        replica.backoff = (replica.backoff * 2).min(BACKOFF_CAP);
+        let delay = replica.backoff.after_exit(was_ready_for);
         replica.restart_at = Some(Instant::now() + delay);
         replica.last_exit = Some(last_exit);
         replica.history.record(phrase.clone());
@@ -480,8 +440,7 @@ impl Service<'_> {
                 self.sink()
                     .system(&format!("replica {index} could not be restarted: {why}"));
                 if let Some(replica) = self.replicas.get_mut(&index) {
-                    let delay = replica.backoff;
-                    replica.backoff = (replica.backoff * 2).min(BACKOFF_CAP);
+                    let delay = replica.backoff.delay();
                     replica.restart_at = Some(Instant::now() + delay);
                     replica.last_exit = Some("start failed".into());
                     replica
@@ -628,8 +587,7 @@ impl Service<'_> {
                         self.sink()
                             .system(&format!("replica {index} could not be started: {why}"));
                         if let Some(replica) = self.replicas.get_mut(&index) {
-                            replica.restart_at = Some(now + replica.backoff);
-                            replica.backoff = (replica.backoff * 2).min(BACKOFF_CAP);
+                            replica.restart_at = Some(now + replica.backoff.delay());
                             replica.last_exit = Some("start failed".into());
                         }
                     }
@@ -685,7 +643,7 @@ impl Service<'_> {
         let mut killed = false;
         for replica in self.replicas.values_mut() {
             if replica.retiring.is_some_and(|at| at <= now) {
-                replica.retiring = Some(now + BACKOFF_CAP);
+                replica.retiring = Some(now + KILL_AGAIN);
                 if let Some(group) = replica.group {
                     let _ = killpg(group, Signal::SIGKILL);
                     killed = true;
@@ -696,7 +654,7 @@ impl Service<'_> {
             self.sink().system("grace period over: sending SIGKILL");
         }
         if self.stopping.is_some_and(|at| at <= now) {
-            self.stopping = Some(now + BACKOFF_CAP);
+            self.stopping = Some(now + KILL_AGAIN);
             self.kill_all(Signal::SIGKILL);
         }
     }
@@ -776,7 +734,7 @@ fn bind(index: u32) -> Result<Replica, String> {
         restarts: 0,
         last_exit: None,
         history: ExitHistory::default(),
-        backoff: BACKOFF_START,
+        backoff: RestartBackoff::default(),
         restart_at: None,
         retiring: None,
     })

@@ -30,8 +30,9 @@
 //! attempt folder. The entry naming `1/` was made durable with the spare, so the start syncs
 //! only the folders the rename changed.
 
-use super::protocol::{temporary_name, EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE};
 use super::protocol::{CHILD_PID_FILE, SUPERVISOR_PID_FILE, WORK_DIR};
+use super::protocol::{EXIT_FILE, JOB_FILE, OUTPUTS_DIR, SUPERVISOR_ERR_FILE};
+use crate::files::temporary_name;
 use std::collections::BTreeSet;
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io;

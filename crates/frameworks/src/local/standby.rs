@@ -24,7 +24,8 @@
 //! there) makes it durable, as a directly spawned supervisor always does, so that a later
 //! server finds the outcome even after a crash of the machine.
 
-use super::protocol::{describe, SUPERVISOR_ERR_FILE};
+use super::protocol::SUPERVISOR_ERR_FILE;
+use crate::files::describe;
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};

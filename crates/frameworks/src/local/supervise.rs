@@ -16,11 +16,9 @@
 
 use super::capture::{spawn_reader, ControlChannel, LogSink};
 use super::procs;
-use super::protocol::{
-    describe, make_durable, write_atomically, ControlMessage, ExitFile, JobFile, CHILD_PID_FILE,
-    EXIT_FILE, JOB_FILE,
-};
+use super::protocol::{ControlMessage, ExitFile, JobFile, CHILD_PID_FILE, EXIT_FILE, JOB_FILE};
 use super::standby::{await_assignment, recorded, ACK_PATIENCE, STANDBY_ARG};
+use crate::files::{describe, make_durable, write_atomically};
 use nix::sys::signal::{kill, killpg, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;

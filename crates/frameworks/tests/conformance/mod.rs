@@ -40,7 +40,6 @@ use runplane_logstore::{LogRecord, LogStore, Stream};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Every scenario, as `(name, test)` pairs for `run_suite`, instantiated for one platform.
 #[macro_export]
@@ -117,7 +116,7 @@ pub struct Harness<P: Platform> {
     pub runs: PathBuf,
     pub logs: FileLogStore,
     framework: Option<P::Framework>,
-    events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    events: runplane_frameworks::EventReceiver,
     /// The unique marker every job of this harness carries in its environment.
     pub marker: String,
 }
@@ -135,7 +134,8 @@ impl<P: Platform> Harness<P> {
         let tmp = tempfile::tempdir().map_err(|e| format!("tempdir: {e}"))?;
         let runs = tmp.path().join("runs");
         let logs_dir = tmp.path().join("logs");
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) =
+            runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
         let framework = P::framework(&runs, &logs_dir, tx).await?;
         Ok(Harness {
             _tmp: tmp,
@@ -162,7 +162,8 @@ impl<P: Platform> Harness<P> {
     /// event channel (events of the old one are gone with it).
     pub async fn up(&mut self) -> Result<(), String> {
         self.down();
-        let (tx, events) = mpsc::unbounded_channel();
+        let (tx, events) =
+            runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
         self.framework = Some(P::framework(&self.runs, self.logs.root(), tx).await?);
         self.events = events;
         Ok(())

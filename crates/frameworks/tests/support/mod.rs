@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// The framework under test starts `<this binary> supervise <attempt dir>`, exactly as the
 /// server starts `runplane supervise <attempt dir>`: this is that supervisor.
@@ -55,7 +54,7 @@ macro_rules! ensure {
 pub struct Harness {
     pub _tmp: tempfile::TempDir,
     pub framework: LocalFramework,
-    pub events: mpsc::UnboundedReceiver<FrameworkEvent>,
+    pub events: runplane_frameworks::EventReceiver,
     pub logs: FileLogStore,
     pub runs_dir: PathBuf,
 }
@@ -65,7 +64,8 @@ pub fn harness() -> Result<Harness, String> {
     let runs_dir = tmp.path().join("runs");
     let logs_dir = tmp.path().join("logs");
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let (tx, events) = mpsc::unbounded_channel();
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let options = LocalOptions {
         runs_dir: runs_dir.clone(),
         logs_dir: logs_dir.clone(),
@@ -82,11 +82,10 @@ pub fn harness() -> Result<Harness, String> {
 }
 
 /// Another framework instance on the same folders: a server started after the first one died.
-pub fn reopen(
-    h: &Harness,
-) -> Result<(LocalFramework, mpsc::UnboundedReceiver<FrameworkEvent>), String> {
+pub fn reopen(h: &Harness) -> Result<(LocalFramework, runplane_frameworks::EventReceiver), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let (tx, events) = mpsc::unbounded_channel();
+    let (tx, events) =
+        runplane_frameworks::events::channel(runplane_frameworks::events::DEFAULT_CAPACITY);
     let options = LocalOptions {
         runs_dir: h.runs_dir.clone(),
         logs_dir: h.logs.root().to_path_buf(),

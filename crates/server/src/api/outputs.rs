@@ -8,7 +8,7 @@ use super::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use runplane_frameworks::kubernetes::OutputsError;
+use runplane_frameworks::uploads::OutputsError;
 use runplane_frameworks::ExecutionId;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -36,7 +36,7 @@ async fn upload_outputs(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, Problem> {
-    let Some(kubernetes) = state.controller.kubernetes() else {
+    let Some(uploads) = state.controller.outputs_uploads() else {
         return Err(Problem::not_found(
             "this server does not run the kubernetes framework",
         ));
@@ -56,7 +56,7 @@ async fn upload_outputs(
         run_id: run,
         attempt,
     };
-    match kubernetes.accept_outputs(&execution, token, &body) {
+    match uploads.accept_outputs(&execution, token, &body) {
         Ok(()) => Ok(StatusCode::NO_CONTENT),
         Err(OutputsError::Forbidden) => Err(Problem::new(
             StatusCode::FORBIDDEN,

@@ -30,13 +30,14 @@ pub mod workflows;
 use crate::catalog::{Catalog, CatalogError};
 use bus::{BusEvent, EventBus};
 use runplane_domain::{Invalid, Run, RunState};
-use runplane_frameworks::{Framework, FrameworkEvent};
+use runplane_frameworks::uploads::OutputsUploads;
+use runplane_frameworks::Framework;
 use runplane_logstore::LogStore;
 use runplane_runtimes::Runtimes;
 use runplane_store::{Store, StoreError, TransitionRequest};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +107,9 @@ pub struct ControllerOptions {
     pub artifacts: crate::artifacts::ArtifactStore,
     /// This server among the replicas of its store (`replicas.rs`).
     pub replica: replicas::ReplicaOptions,
-    /// The kubernetes framework, when enabled: the outputs upload endpoint hands it uploads.
-    pub kubernetes: Option<Arc<runplane_frameworks::kubernetes::KubernetesFramework>>,
+    /// The framework whose jobs upload their outputs (`kubernetes`), when enabled: the
+    /// outputs upload endpoint hands it uploads.
+    pub outputs_uploads: Option<Arc<dyn OutputsUploads>>,
 }
 
 /// A cheap, cloneable handle on the controller.
@@ -147,7 +149,7 @@ impl Controller {
         runtimes: Runtimes,
         frameworks: Frameworks,
         logs: Arc<dyn LogStore>,
-        framework_events: mpsc::UnboundedReceiver<FrameworkEvent>,
+        framework_events: runplane_frameworks::EventReceiver,
         options: ControllerOptions,
     ) -> (Controller, Vec<JoinHandle<()>>) {
         let (deadlines, deadline_receiver) = deadlines::Deadlines::channel();
@@ -193,9 +195,9 @@ impl Controller {
         (controller, tasks)
     }
 
-    /// The kubernetes framework, when this server enables it.
-    pub fn kubernetes(&self) -> Option<&Arc<runplane_frameworks::kubernetes::KubernetesFramework>> {
-        self.inner.options.kubernetes.as_ref()
+    /// Where jobs' outputs uploads go, when an enabled framework takes them.
+    pub fn outputs_uploads(&self) -> Option<&Arc<dyn OutputsUploads>> {
+        self.inner.options.outputs_uploads.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {

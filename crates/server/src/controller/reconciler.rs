@@ -8,12 +8,8 @@ use super::Controller;
 use runplane_domain::{reason, ExitOutcome, Run, RunState};
 use runplane_frameworks::{EventKind, ExecutionId, FrameworkEvent};
 use runplane_store::{AttemptUpdate, StoreError, TransitionRequest};
-use tokio::sync::mpsc;
 
-pub(super) async fn run(
-    controller: Controller,
-    mut events: mpsc::UnboundedReceiver<FrameworkEvent>,
-) {
+pub(super) async fn run(controller: Controller, mut events: runplane_frameworks::EventReceiver) {
     while let Some(event) = events.recv().await {
         if let Err(error) = reconcile(&controller, event).await {
             tracing::error!(%error, "could not apply a framework event");

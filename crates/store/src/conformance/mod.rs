@@ -12,8 +12,10 @@
 //! ```
 //!
 //! The calling crate needs `tokio` (with the `macros` and `rt-multi-thread` features) among its
-//! dev-dependencies. The cases live in the library rather than under `cfg(test)` so that other
-//! crates can run them against their implementations.
+//! dev-dependencies. The cases live in the library, behind the feature `testing` (never enabled
+//! in a shipped binary), rather than under `cfg(test)` so that other crates can run them
+//! against their implementations: `runplane-store = { ..., features = ["testing"] }` among
+//! their dev-dependencies.
 //!
 //! Timestamps built here are truncated to microseconds, the finest precision every backend
 //! keeps, so that what is read back can be compared with `==` to what was written.

@@ -7,6 +7,7 @@ use super::{events, Write};
 use crate::{Put, StoreError};
 use chrono::{DateTime, Utc};
 use runplane_domain::{FunctionStatus, FunctionVersion, Metadata, Project, Task, TaskMetadata};
+use sqlx::AssertSqlSafe;
 use sqlx::PgConnection;
 
 #[derive(sqlx::FromRow)]
@@ -113,7 +114,7 @@ async fn function_where(
     binds: &[&str],
 ) -> PgResult<Vec<FunctionVersion>> {
     let sql = format!("SELECT {FUNCTION_COLUMNS} FROM function_versions f WHERE {condition}");
-    let mut query = sqlx::query_as::<_, FunctionRow>(&sql);
+    let mut query = sqlx::query_as::<_, FunctionRow>(AssertSqlSafe(&*sql));
     for value in binds {
         query = query.bind(*value);
     }
@@ -128,11 +129,11 @@ pub(super) async fn put_function_version(
     let meta = &version.metadata;
     // The unique (project, name, hash) decides which of concurrent identical puts creates the
     // version: the others wait for its commit, insert nothing and return its row.
-    let inserted = sqlx::query(&format!(
+    let inserted = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO function_versions ({FUNCTION_COLUMNS})
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (project, name, hash) DO NOTHING"
-    ))
+    )))
     .bind(&meta.project)
     .bind(&meta.name)
     .bind(&meta.version)
@@ -284,13 +285,13 @@ pub(super) async fn put_task(w: &mut Write, task: &Task) -> PgResult<Task> {
     let meta = &task.metadata;
     // On replace, `created` and `created_by` stay those of the first put: they describe the
     // task's creation, not its latest change.
-    let upserted = sqlx::query_as::<_, TaskRow>(&format!(
+    let upserted = sqlx::query_as::<_, TaskRow>(AssertSqlSafe(format!(
         "INSERT INTO tasks ({TASK_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
          ON CONFLICT (project, name) DO UPDATE SET
              kind = EXCLUDED.kind, spec = EXCLUDED.spec, labels = EXCLUDED.labels,
              updated = EXCLUDED.updated
          RETURNING {TASK_COLUMNS}"
-    ))
+    )))
     .bind(&meta.project)
     .bind(&meta.name)
     .bind(&task.kind)
@@ -317,9 +318,9 @@ pub(super) async fn get_task(
     project: &str,
     name: &str,
 ) -> PgResult<Option<Task>> {
-    let row = sqlx::query_as::<_, TaskRow>(&format!(
+    let row = sqlx::query_as::<_, TaskRow>(AssertSqlSafe(format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE project = $1 AND name = $2"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .fetch_optional(conn)
@@ -328,9 +329,9 @@ pub(super) async fn get_task(
 }
 
 pub(super) async fn list_tasks(conn: &mut PgConnection, project: &str) -> PgResult<Vec<Task>> {
-    let rows = sqlx::query_as::<_, TaskRow>(&format!(
+    let rows = sqlx::query_as::<_, TaskRow>(AssertSqlSafe(format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE project = $1 ORDER BY name"
-    ))
+    )))
     .bind(project)
     .fetch_all(conn)
     .await?;

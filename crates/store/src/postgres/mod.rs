@@ -39,14 +39,16 @@ mod replicas;
 mod runs;
 mod secrets;
 mod services;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod transition;
 mod triggers;
 mod workflows;
 
 use crate::{
-    ActiveCounts, FireBatch, IdempotencyKey, Put, RunPage, RunQuery, Store, StoreError,
-    StoreResult, StoredEvent, TransitionRequest,
+    ActiveCounts, ArtifactStore, CatalogStore, EventStore, FireBatch, IdempotencyKey, Put,
+    ReplicaStore, RunPage, RunQuery, RunStore, SecretStore, ServiceStore, StoreError, StoreResult,
+    StoredEvent, TransitionRequest, TriggerStore,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -357,7 +359,7 @@ impl Write {
 }
 
 #[async_trait]
-impl Store for PostgresStore {
+impl CatalogStore for PostgresStore {
     async fn ensure_project(&self, name: &str, created_by: &str) -> StoreResult<Project> {
         // Nearly always there already: a read spares a write transaction.
         if let Some(project) = self.get_project(name).await? {
@@ -453,7 +455,10 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl RunStore for PostgresStore {
     async fn create_run(
         &self,
         run: Run,
@@ -534,6 +539,25 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn set_workflow_status(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        status: &WorkflowStatus,
+    ) -> StoreResult<bool> {
+        self.write(
+            "set_workflow_status",
+            &(run_id, attempt, status),
+            |w, (run_id, attempt, status)| {
+                Box::pin(workflows::set_workflow_status(w, run_id, *attempt, status))
+            },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl EventStore for PostgresStore {
     async fn events_after(
         &self,
         after: u64,
@@ -551,115 +575,29 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn put_service(
-        &self,
-        project: &str,
-        name: &str,
-        run_id: &str,
-    ) -> StoreResult<ServiceRecord> {
-        self.write(
-            "put_service",
-            &(project, name, run_id),
-            |w, (project, name, run_id)| Box::pin(services::put_service(w, project, name, run_id)),
-        )
-        .await
-    }
-
-    async fn get_service(&self, project: &str, name: &str) -> StoreResult<Option<ServiceRecord>> {
-        self.single(&(project, name), |c, (project, name)| {
-            Box::pin(services::get_service(c, project, name))
-        })
-        .await
-    }
-
-    async fn list_services(&self, project: &str) -> StoreResult<Vec<ServiceRecord>> {
-        self.single(project, |c, project| {
-            Box::pin(services::list_services(c, Some(project)))
-        })
-        .await
-    }
-
-    async fn all_services(&self) -> StoreResult<Vec<ServiceRecord>> {
-        self.single(&(), |c, ()| Box::pin(services::list_services(c, None)))
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
+        self.single(name, |c, name| Box::pin(triggers::get_cursor(c, name)))
             .await
     }
 
-    async fn delete_service(&self, project: &str, name: &str, run_id: &str) -> StoreResult<bool> {
-        self.write(
-            "delete_service",
-            &(project, name, run_id),
-            |w, (project, name, run_id)| {
-                Box::pin(services::delete_service(w, project, name, run_id))
-            },
+    async fn set_cursor(&self, name: &str, position: u64) -> StoreResult<()> {
+        self.write("set_cursor", &(name, position), |w, (name, position)| {
+            Box::pin(triggers::set_cursor(w, name, *position))
+        })
+        .await
+    }
+
+    fn appends_elsewhere(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(
+            self.appends
+                .get_or_init(|| self.start_listener())
+                .subscribe(),
         )
-        .await
     }
+}
 
-    async fn set_service_status(
-        &self,
-        run_id: &str,
-        attempt: u32,
-        status: &ServiceStatus,
-    ) -> StoreResult<bool> {
-        self.write(
-            "set_service_status",
-            &(run_id, attempt, status),
-            |w, (run_id, attempt, status)| {
-                Box::pin(services::set_service_status(w, run_id, *attempt, status))
-            },
-        )
-        .await
-    }
-
-    async fn put_secret(
-        &self,
-        project: &str,
-        name: &str,
-        ciphertext: &[u8],
-        caller: &str,
-    ) -> StoreResult<SecretMeta> {
-        self.write(
-            "put_secret",
-            &(project, name, ciphertext, caller),
-            |w, (project, name, ciphertext, caller)| {
-                Box::pin(secrets::put_secret(w, project, name, ciphertext, caller))
-            },
-        )
-        .await
-    }
-
-    async fn get_secret(&self, project: &str, name: &str) -> StoreResult<Option<SecretMeta>> {
-        self.single(&(project, name), |c, (project, name)| {
-            Box::pin(secrets::get_secret(c, project, name))
-        })
-        .await
-    }
-
-    async fn get_secret_ciphertext(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> StoreResult<Option<Vec<u8>>> {
-        self.single(&(project, name), |c, (project, name)| {
-            Box::pin(secrets::get_secret_ciphertext(c, project, name))
-        })
-        .await
-    }
-
-    async fn list_secrets(&self, project: &str) -> StoreResult<Vec<SecretMeta>> {
-        self.single(project, |c, project| {
-            Box::pin(secrets::list_secrets(c, project))
-        })
-        .await
-    }
-
-    async fn delete_secret(&self, project: &str, name: &str) -> StoreResult<bool> {
-        self.write("delete_secret", &(project, name), |w, (project, name)| {
-            Box::pin(secrets::delete_secret(w, project, name))
-        })
-        .await
-    }
-
+#[async_trait]
+impl TriggerStore for PostgresStore {
     async fn put_trigger(
         &self,
         trigger: &Trigger,
@@ -734,35 +672,125 @@ impl Store for PostgresStore {
         )
         .await
     }
+}
 
-    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
-        self.single(name, |c, name| Box::pin(triggers::get_cursor(c, name)))
-            .await
+#[async_trait]
+impl ServiceStore for PostgresStore {
+    async fn put_service(
+        &self,
+        project: &str,
+        name: &str,
+        run_id: &str,
+    ) -> StoreResult<ServiceRecord> {
+        self.write(
+            "put_service",
+            &(project, name, run_id),
+            |w, (project, name, run_id)| Box::pin(services::put_service(w, project, name, run_id)),
+        )
+        .await
     }
 
-    async fn set_cursor(&self, name: &str, position: u64) -> StoreResult<()> {
-        self.write("set_cursor", &(name, position), |w, (name, position)| {
-            Box::pin(triggers::set_cursor(w, name, *position))
+    async fn get_service(&self, project: &str, name: &str) -> StoreResult<Option<ServiceRecord>> {
+        self.single(&(project, name), |c, (project, name)| {
+            Box::pin(services::get_service(c, project, name))
         })
         .await
     }
 
-    async fn set_workflow_status(
-        &self,
-        run_id: &str,
-        attempt: u32,
-        status: &WorkflowStatus,
-    ) -> StoreResult<bool> {
+    async fn list_services(&self, project: &str) -> StoreResult<Vec<ServiceRecord>> {
+        self.single(project, |c, project| {
+            Box::pin(services::list_services(c, Some(project)))
+        })
+        .await
+    }
+
+    async fn all_services(&self) -> StoreResult<Vec<ServiceRecord>> {
+        self.single(&(), |c, ()| Box::pin(services::list_services(c, None)))
+            .await
+    }
+
+    async fn delete_service(&self, project: &str, name: &str, run_id: &str) -> StoreResult<bool> {
         self.write(
-            "set_workflow_status",
-            &(run_id, attempt, status),
-            |w, (run_id, attempt, status)| {
-                Box::pin(workflows::set_workflow_status(w, run_id, *attempt, status))
+            "delete_service",
+            &(project, name, run_id),
+            |w, (project, name, run_id)| {
+                Box::pin(services::delete_service(w, project, name, run_id))
             },
         )
         .await
     }
 
+    async fn set_service_status(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        status: &ServiceStatus,
+    ) -> StoreResult<bool> {
+        self.write(
+            "set_service_status",
+            &(run_id, attempt, status),
+            |w, (run_id, attempt, status)| {
+                Box::pin(services::set_service_status(w, run_id, *attempt, status))
+            },
+        )
+        .await
+    }
+}
+
+#[async_trait]
+impl SecretStore for PostgresStore {
+    async fn put_secret(
+        &self,
+        project: &str,
+        name: &str,
+        ciphertext: &[u8],
+        caller: &str,
+    ) -> StoreResult<SecretMeta> {
+        self.write(
+            "put_secret",
+            &(project, name, ciphertext, caller),
+            |w, (project, name, ciphertext, caller)| {
+                Box::pin(secrets::put_secret(w, project, name, ciphertext, caller))
+            },
+        )
+        .await
+    }
+
+    async fn get_secret(&self, project: &str, name: &str) -> StoreResult<Option<SecretMeta>> {
+        self.single(&(project, name), |c, (project, name)| {
+            Box::pin(secrets::get_secret(c, project, name))
+        })
+        .await
+    }
+
+    async fn get_secret_ciphertext(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        self.single(&(project, name), |c, (project, name)| {
+            Box::pin(secrets::get_secret_ciphertext(c, project, name))
+        })
+        .await
+    }
+
+    async fn list_secrets(&self, project: &str) -> StoreResult<Vec<SecretMeta>> {
+        self.single(project, |c, project| {
+            Box::pin(secrets::list_secrets(c, project))
+        })
+        .await
+    }
+
+    async fn delete_secret(&self, project: &str, name: &str) -> StoreResult<bool> {
+        self.write("delete_secret", &(project, name), |w, (project, name)| {
+            Box::pin(secrets::delete_secret(w, project, name))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for PostgresStore {
     async fn put_artifact(
         &self,
         artifact: runplane_domain::Artifact,
@@ -840,17 +868,12 @@ impl Store for PostgresStore {
         })
         .await
     }
+}
 
+#[async_trait]
+impl ReplicaStore for PostgresStore {
     fn is_shared(&self) -> bool {
         true
-    }
-
-    fn appends_elsewhere(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(
-            self.appends
-                .get_or_init(|| self.start_listener())
-                .subscribe(),
-        )
     }
 
     async fn renew_replica_lease(&self, id: &str, lease_until: DateTime<Utc>) -> StoreResult<()> {

@@ -9,6 +9,7 @@ use super::{events, Write};
 use crate::{cursor, ActiveCounts, IdempotencyKey, Put, RunPage, RunQuery, StoreError};
 use chrono::{DateTime, Utc};
 use runplane_domain::{Attempt, Run, RunMetadata, RunState, RunStatus, Transition};
+use sqlx::AssertSqlSafe;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use std::collections::HashMap;
 
@@ -466,9 +467,9 @@ pub(super) async fn runs_in_states(
         return Ok(Vec::new());
     }
     let limit = if limit == 0 { DEFAULT_LIMIT } else { limit };
-    let rows = sqlx::query_as::<_, RunRow>(&format!(
+    let rows = sqlx::query_as::<_, RunRow>(AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM runs r WHERE r.state = ANY($1) ORDER BY r.id ASC LIMIT $2"
-    ))
+    )))
     .bind(state_names(states))
     .bind(i64::from(limit))
     .fetch_all(&mut *conn)
@@ -549,9 +550,9 @@ pub(super) async fn active_runs_where(
     condition: &str,
     values: &[String],
 ) -> PgResult<Vec<Run>> {
-    let rows = sqlx::query_as::<_, RunRow>(&format!(
+    let rows = sqlx::query_as::<_, RunRow>(AssertSqlSafe(format!(
         "SELECT {RUN_COLUMNS} FROM runs r WHERE {condition} AND r.state = ANY($2) ORDER BY r.id ASC"
-    ))
+    )))
     .bind(values)
     .bind(state_names(&OWNED_STATES))
     .fetch_all(&mut *conn)

@@ -6,6 +6,7 @@ use super::{events, Write};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use runplane_domain::SecretMeta;
+use sqlx::AssertSqlSafe;
 use sqlx::PgConnection;
 
 /// Every column but `value`: listings must not even read the ciphertext.
@@ -42,13 +43,13 @@ pub(super) async fn put_secret(
     let at = now();
     // A replaced value keeps `created` and `created_by`: they tell when and by whom the name
     // appeared; `updated` tells when the value last changed.
-    let upserted = sqlx::query_as::<_, SecretRow>(&format!(
+    let upserted = sqlx::query_as::<_, SecretRow>(AssertSqlSafe(format!(
         "INSERT INTO secrets (project, name, value, created, updated, created_by)
          VALUES ($1, $2, $3, $4, $4, $5)
          ON CONFLICT (project, name) DO UPDATE SET
              value = EXCLUDED.value, updated = EXCLUDED.updated
          RETURNING {META_COLUMNS}"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .bind(ciphertext)
@@ -86,9 +87,9 @@ pub(super) async fn get_secret(
     project: &str,
     name: &str,
 ) -> PgResult<Option<SecretMeta>> {
-    let row = sqlx::query_as::<_, SecretRow>(&format!(
+    let row = sqlx::query_as::<_, SecretRow>(AssertSqlSafe(format!(
         "SELECT {META_COLUMNS} FROM secrets WHERE project = $1 AND name = $2"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .fetch_optional(conn)
@@ -100,9 +101,9 @@ pub(super) async fn list_secrets(
     conn: &mut PgConnection,
     project: &str,
 ) -> PgResult<Vec<SecretMeta>> {
-    let rows = sqlx::query_as::<_, SecretRow>(&format!(
+    let rows = sqlx::query_as::<_, SecretRow>(AssertSqlSafe(format!(
         "SELECT {META_COLUMNS} FROM secrets WHERE project = $1 ORDER BY name"
-    ))
+    )))
     .bind(project)
     .fetch_all(conn)
     .await?;

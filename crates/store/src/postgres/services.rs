@@ -6,6 +6,7 @@ use super::{events, Write};
 use crate::StoreError;
 use chrono::{DateTime, Utc};
 use runplane_domain::{RunState, ServiceRecord, ServiceStatus};
+use sqlx::AssertSqlSafe;
 use sqlx::PgConnection;
 
 const SERVICE_COLUMNS: &str = "project, name, run_id, created, updated";
@@ -69,12 +70,12 @@ pub(super) async fn put_service(
 
     let at = now();
     // On a takeover only `run_id` and `updated` change: `created` is when the name appeared.
-    let upserted = sqlx::query_as::<_, ServiceRow>(&format!(
+    let upserted = sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
         "INSERT INTO services ({SERVICE_COLUMNS}) VALUES ($1, $2, $3, $4, $4)
          ON CONFLICT (project, name) DO UPDATE SET
              run_id = EXCLUDED.run_id, updated = EXCLUDED.updated
          RETURNING {SERVICE_COLUMNS}"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .bind(run_id)
@@ -97,9 +98,9 @@ pub(super) async fn get_service(
     project: &str,
     name: &str,
 ) -> PgResult<Option<ServiceRecord>> {
-    let row = sqlx::query_as::<_, ServiceRow>(&format!(
+    let row = sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
         "SELECT {SERVICE_COLUMNS} FROM services WHERE project = $1 AND name = $2"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .fetch_optional(conn)
@@ -114,17 +115,17 @@ pub(super) async fn list_services(
 ) -> PgResult<Vec<ServiceRecord>> {
     let rows = match project {
         Some(project) => {
-            sqlx::query_as::<_, ServiceRow>(&format!(
+            sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
                 "SELECT {SERVICE_COLUMNS} FROM services WHERE project = $1 ORDER BY name"
-            ))
+            )))
             .bind(project)
             .fetch_all(conn)
             .await?
         }
         None => {
-            sqlx::query_as::<_, ServiceRow>(&format!(
+            sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
                 "SELECT {SERVICE_COLUMNS} FROM services ORDER BY project, name"
-            ))
+            )))
             .fetch_all(conn)
             .await?
         }

@@ -7,6 +7,7 @@
 //! database cannot be made must fail (never be skipped), saying what to do about it.
 
 use super::{PostgresOptions, PostgresStore};
+use sqlx::AssertSqlSafe;
 use sqlx::{Connection, PgConnection};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -60,7 +61,7 @@ pub async fn fresh_database() -> String {
         std::process::id(),
         &uuid::Uuid::now_v7().simple().to_string()[20..]
     );
-    sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+    sqlx::query(AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
         .execute(&mut admin)
         .await
         .unwrap_or_else(|e| panic!("cannot create the test database {name} on {server}: {e}"));
@@ -103,9 +104,11 @@ async fn drop_leftovers(admin: &mut PgConnection, server: &str) {
             && pid != std::process::id()
             && !std::path::Path::new(&format!("/proc/{pid}")).exists();
         if too_old || orphan {
-            let dropped = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                .execute(&mut *admin)
-                .await;
+            let dropped = sqlx::query(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+            )))
+            .execute(&mut *admin)
+            .await;
             if let Err(e) = dropped {
                 tracing::debug!(database = %name, error = %e, "cannot drop an old test database");
             }

@@ -8,6 +8,7 @@ use super::{events, runs, Write};
 use crate::{FireBatch, StoreError};
 use chrono::{DateTime, Utc};
 use runplane_domain::trigger::{Fire, Trigger, TriggerMetadata, TriggerStatus};
+use sqlx::AssertSqlSafe;
 use sqlx::PgConnection;
 
 #[derive(sqlx::FromRow)]
@@ -110,12 +111,13 @@ pub(super) async fn get_trigger(
     project: &str,
     name: &str,
 ) -> PgResult<Option<Trigger>> {
-    let row: Option<TriggerRow> =
-        sqlx::query_as(&format!("{SELECT} WHERE t.project = $1 AND t.name = $2"))
-            .bind(project)
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<TriggerRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "{SELECT} WHERE t.project = $1 AND t.name = $2"
+    )))
+    .bind(project)
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await?;
     row.map(TriggerRow::into_trigger).transpose()
 }
 
@@ -125,15 +127,19 @@ pub(super) async fn list_triggers(
 ) -> PgResult<Vec<Trigger>> {
     let rows: Vec<TriggerRow> = match project {
         Some(project) => {
-            sqlx::query_as(&format!("{SELECT} WHERE t.project = $1 ORDER BY t.name"))
-                .bind(project)
-                .fetch_all(&mut *conn)
-                .await?
+            sqlx::query_as(AssertSqlSafe(format!(
+                "{SELECT} WHERE t.project = $1 ORDER BY t.name"
+            )))
+            .bind(project)
+            .fetch_all(&mut *conn)
+            .await?
         }
         None => {
-            sqlx::query_as(&format!("{SELECT} ORDER BY t.project, t.name"))
-                .fetch_all(&mut *conn)
-                .await?
+            sqlx::query_as(AssertSqlSafe(format!(
+                "{SELECT} ORDER BY t.project, t.name"
+            )))
+            .fetch_all(&mut *conn)
+            .await?
         }
     };
     rows.into_iter().map(TriggerRow::into_trigger).collect()

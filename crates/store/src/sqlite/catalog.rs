@@ -6,6 +6,7 @@ use super::codec::{
 use super::events;
 use crate::{Put, StoreError, StoreResult};
 use runplane_domain::{FunctionStatus, FunctionVersion, Metadata, Project, Task, TaskMetadata};
+use sqlx::AssertSqlSafe;
 use sqlx::SqliteConnection;
 
 #[derive(sqlx::FromRow)]
@@ -115,7 +116,7 @@ async fn function_where(
     binds: &[&str],
 ) -> StoreResult<Vec<FunctionVersion>> {
     let sql = format!("SELECT {FUNCTION_COLUMNS} FROM function_versions f WHERE {condition}");
-    let mut query = sqlx::query_as::<_, FunctionRow>(&sql);
+    let mut query = sqlx::query_as::<_, FunctionRow>(AssertSqlSafe(&*sql));
     for value in binds {
         query = query.bind(*value);
     }
@@ -147,9 +148,9 @@ pub(super) async fn put_function_version(
             created: false,
         });
     }
-    let inserted = sqlx::query(&format!(
+    let inserted = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO function_versions ({FUNCTION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    ))
+    )))
     .bind(&meta.project)
     .bind(&meta.name)
     .bind(&meta.version)
@@ -287,12 +288,12 @@ pub(super) async fn put_task(conn: &mut SqliteConnection, task: Task) -> StoreRe
     let meta = &task.metadata;
     // On replace, `created` and `created_by` stay those of the first put: they describe the
     // task's creation, not its latest change.
-    let upserted = sqlx::query(&format!(
+    let upserted = sqlx::query(AssertSqlSafe(format!(
         "INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT (project, name) DO UPDATE SET
              kind = excluded.kind, spec = excluded.spec, labels = excluded.labels,
              updated = excluded.updated"
-    ))
+    )))
     .bind(&meta.project)
     .bind(&meta.name)
     .bind(&task.kind)
@@ -322,9 +323,9 @@ pub(super) async fn get_task(
     project: &str,
     name: &str,
 ) -> StoreResult<Option<Task>> {
-    sqlx::query_as::<_, TaskRow>(&format!(
+    sqlx::query_as::<_, TaskRow>(AssertSqlSafe(format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE project = ? AND name = ?"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .fetch_optional(conn)
@@ -338,9 +339,9 @@ pub(super) async fn list_tasks(
     conn: &mut SqliteConnection,
     project: &str,
 ) -> StoreResult<Vec<Task>> {
-    sqlx::query_as::<_, TaskRow>(&format!(
+    sqlx::query_as::<_, TaskRow>(AssertSqlSafe(format!(
         "SELECT {TASK_COLUMNS} FROM tasks WHERE project = ? ORDER BY name"
-    ))
+    )))
     .bind(project)
     .fetch_all(conn)
     .await

@@ -78,10 +78,7 @@ pub(super) fn run_changed_row(
 /// Appends to `query` the statement inserting the events of a run's initial transitions
 /// (CREATED, and BUILT/READY when it is created already built): one row each, ids in the
 /// rows' order. Nothing when it has none.
-pub(super) fn push_run_created<'q>(
-    query: &mut QueryBuilder<'q, Sqlite>,
-    run: &'q Run,
-) -> StoreResult<()> {
+pub(super) fn push_run_created(query: &mut QueryBuilder<Sqlite>, run: &Run) -> StoreResult<()> {
     let transitions = &run.status.transitions;
     if transitions.is_empty() {
         return Ok(());

@@ -23,8 +23,9 @@ mod triggers;
 mod workflows;
 
 use crate::{
-    ActiveCounts, FireBatch, IdempotencyKey, Put, RunPage, RunQuery, Store, StoreError,
-    StoreResult, StoredEvent, TransitionRequest,
+    ActiveCounts, ArtifactStore, CatalogStore, EventStore, FireBatch, IdempotencyKey, Put,
+    ReplicaStore, RunPage, RunQuery, RunStore, SecretStore, ServiceStore, StoreError, StoreResult,
+    StoredEvent, TransitionRequest, TriggerStore,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -104,7 +105,7 @@ impl SqliteStore {
 }
 
 #[async_trait]
-impl Store for SqliteStore {
+impl CatalogStore for SqliteStore {
     async fn ensure_project(&self, name: &str, created_by: &str) -> StoreResult<Project> {
         // Nearly always there already: a read spares a write transaction (and its fsync).
         if let Some(project) = self.get_project(name).await? {
@@ -190,7 +191,10 @@ impl Store for SqliteStore {
         tx.commit().await.map_err(db)?;
         Ok(deleted)
     }
+}
 
+#[async_trait]
+impl RunStore for SqliteStore {
     async fn create_run(
         &self,
         run: Run,
@@ -267,6 +271,21 @@ impl Store for SqliteStore {
         Ok(deleted)
     }
 
+    async fn set_workflow_status(
+        &self,
+        run_id: &str,
+        attempt: u32,
+        status: &WorkflowStatus,
+    ) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let changed = workflows::set_workflow_status(&mut tx, run_id, attempt, status).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(changed)
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
     async fn events_after(
         &self,
         after: u64,
@@ -277,91 +296,26 @@ impl Store for SqliteStore {
         events::events_after(&mut conn, after, project, limit).await
     }
 
-    async fn put_service(
-        &self,
-        project: &str,
-        name: &str,
-        run_id: &str,
-    ) -> StoreResult<ServiceRecord> {
+    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        triggers::get_cursor(&mut conn, name).await
+    }
+
+    async fn set_cursor(&self, name: &str, position: u64) -> StoreResult<()> {
         let mut tx = self.write().await?;
-        let record = services::put_service(&mut tx, project, name, run_id).await?;
+        triggers::set_cursor(&mut tx, name, position).await?;
         tx.commit().await.map_err(db)?;
-        Ok(record)
+        Ok(())
     }
 
-    async fn get_service(&self, project: &str, name: &str) -> StoreResult<Option<ServiceRecord>> {
+    async fn latest_event_id(&self) -> StoreResult<u64> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        services::get_service(&mut conn, project, name).await
+        events::latest_event_id(&mut conn).await
     }
+}
 
-    async fn list_services(&self, project: &str) -> StoreResult<Vec<ServiceRecord>> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        services::list_services(&mut conn, Some(project)).await
-    }
-
-    async fn all_services(&self) -> StoreResult<Vec<ServiceRecord>> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        services::list_services(&mut conn, None).await
-    }
-
-    async fn delete_service(&self, project: &str, name: &str, run_id: &str) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
-        let deleted = services::delete_service(&mut tx, project, name, run_id).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(deleted)
-    }
-
-    async fn put_secret(
-        &self,
-        project: &str,
-        name: &str,
-        ciphertext: &[u8],
-        caller: &str,
-    ) -> StoreResult<SecretMeta> {
-        let mut tx = self.write().await?;
-        let meta = secrets::put_secret(&mut tx, project, name, ciphertext, caller).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(meta)
-    }
-
-    async fn get_secret(&self, project: &str, name: &str) -> StoreResult<Option<SecretMeta>> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        secrets::get_secret(&mut conn, project, name).await
-    }
-
-    async fn get_secret_ciphertext(
-        &self,
-        project: &str,
-        name: &str,
-    ) -> StoreResult<Option<Vec<u8>>> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        secrets::get_secret_ciphertext(&mut conn, project, name).await
-    }
-
-    async fn list_secrets(&self, project: &str) -> StoreResult<Vec<SecretMeta>> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        secrets::list_secrets(&mut conn, project).await
-    }
-
-    async fn delete_secret(&self, project: &str, name: &str) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
-        let deleted = secrets::delete_secret(&mut tx, project, name).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(deleted)
-    }
-
-    async fn set_service_status(
-        &self,
-        run_id: &str,
-        attempt: u32,
-        status: &ServiceStatus,
-    ) -> StoreResult<bool> {
-        let mut tx = self.write().await?;
-        let changed = services::set_service_status(&mut tx, run_id, attempt, status).await?;
-        tx.commit().await.map_err(db)?;
-        Ok(changed)
-    }
-
+#[async_trait]
+impl TriggerStore for SqliteStore {
     async fn put_trigger(
         &self,
         trigger: &Trigger,
@@ -423,37 +377,101 @@ impl Store for SqliteStore {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         triggers::list_fires(&mut conn, project, trigger, limit).await
     }
+}
 
-    async fn get_cursor(&self, name: &str) -> StoreResult<Option<u64>> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        triggers::get_cursor(&mut conn, name).await
-    }
-
-    async fn set_cursor(&self, name: &str, position: u64) -> StoreResult<()> {
+#[async_trait]
+impl ServiceStore for SqliteStore {
+    async fn put_service(
+        &self,
+        project: &str,
+        name: &str,
+        run_id: &str,
+    ) -> StoreResult<ServiceRecord> {
         let mut tx = self.write().await?;
-        triggers::set_cursor(&mut tx, name, position).await?;
+        let record = services::put_service(&mut tx, project, name, run_id).await?;
         tx.commit().await.map_err(db)?;
-        Ok(())
+        Ok(record)
     }
 
-    async fn set_workflow_status(
+    async fn get_service(&self, project: &str, name: &str) -> StoreResult<Option<ServiceRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        services::get_service(&mut conn, project, name).await
+    }
+
+    async fn list_services(&self, project: &str) -> StoreResult<Vec<ServiceRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        services::list_services(&mut conn, Some(project)).await
+    }
+
+    async fn all_services(&self) -> StoreResult<Vec<ServiceRecord>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        services::list_services(&mut conn, None).await
+    }
+
+    async fn delete_service(&self, project: &str, name: &str, run_id: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = services::delete_service(&mut tx, project, name, run_id).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+
+    async fn set_service_status(
         &self,
         run_id: &str,
         attempt: u32,
-        status: &WorkflowStatus,
+        status: &ServiceStatus,
     ) -> StoreResult<bool> {
         let mut tx = self.write().await?;
-        let changed = workflows::set_workflow_status(&mut tx, run_id, attempt, status).await?;
+        let changed = services::set_service_status(&mut tx, run_id, attempt, status).await?;
         tx.commit().await.map_err(db)?;
         Ok(changed)
     }
+}
 
-    async fn latest_event_id(&self) -> StoreResult<u64> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        events::latest_event_id(&mut conn).await
+#[async_trait]
+impl SecretStore for SqliteStore {
+    async fn put_secret(
+        &self,
+        project: &str,
+        name: &str,
+        ciphertext: &[u8],
+        caller: &str,
+    ) -> StoreResult<SecretMeta> {
+        let mut tx = self.write().await?;
+        let meta = secrets::put_secret(&mut tx, project, name, ciphertext, caller).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(meta)
     }
 
-    // artifacts
+    async fn get_secret(&self, project: &str, name: &str) -> StoreResult<Option<SecretMeta>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        secrets::get_secret(&mut conn, project, name).await
+    }
+
+    async fn get_secret_ciphertext(
+        &self,
+        project: &str,
+        name: &str,
+    ) -> StoreResult<Option<Vec<u8>>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        secrets::get_secret_ciphertext(&mut conn, project, name).await
+    }
+
+    async fn list_secrets(&self, project: &str) -> StoreResult<Vec<SecretMeta>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        secrets::list_secrets(&mut conn, project).await
+    }
+
+    async fn delete_secret(&self, project: &str, name: &str) -> StoreResult<bool> {
+        let mut tx = self.write().await?;
+        let deleted = secrets::delete_secret(&mut tx, project, name).await?;
+        tx.commit().await.map_err(db)?;
+        Ok(deleted)
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for SqliteStore {
     async fn put_artifact(
         &self,
         artifact: runplane_domain::Artifact,
@@ -519,7 +537,10 @@ impl Store for SqliteStore {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         artifacts::artifact_consumers(&mut conn, key).await
     }
+}
 
+#[async_trait]
+impl ReplicaStore for SqliteStore {
     async fn renew_replica_lease(&self, id: &str, lease_until: DateTime<Utc>) -> StoreResult<()> {
         let mut tx = self.write().await?;
         replicas::renew_lease(&mut tx, id, &lease_until).await?;

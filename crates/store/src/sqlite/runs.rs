@@ -197,7 +197,7 @@ pub(super) async fn run_state(
 }
 
 /// Appends the statement reading run `id`, for batches that end with it.
-pub(super) fn push_select_run<'q>(query: &mut QueryBuilder<'q, Sqlite>, id: &'q str) {
+pub(super) fn push_select_run(query: &mut QueryBuilder<Sqlite>, id: &str) {
     query
         .push(format!("SELECT {RUN_COLUMNS} FROM runs r WHERE r.id = "))
         .push_bind(id);
@@ -213,7 +213,7 @@ fn assemble(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
     rows.into_iter().map(RunRow::into_run).collect()
 }
 
-fn push_states(query: &mut QueryBuilder<'_, Sqlite>, states: &[RunState]) {
+fn push_states(query: &mut QueryBuilder<Sqlite>, states: &[RunState]) {
     let mut list = query.separated(", ");
     for state in states {
         list.push_bind(state.as_str());

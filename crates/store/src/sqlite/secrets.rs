@@ -5,6 +5,7 @@ use super::codec::{db, is_foreign_key_violation, now, parse_ts, ts};
 use super::events;
 use crate::{StoreError, StoreResult};
 use runplane_domain::SecretMeta;
+use sqlx::AssertSqlSafe;
 use sqlx::SqliteConnection;
 
 /// Every column but `value`: listings must not even read the ciphertext.
@@ -41,13 +42,13 @@ pub(super) async fn put_secret(
     let at = now();
     // A replaced value keeps `created` and `created_by`: they tell when and by whom the name
     // appeared; `updated` tells when the value last changed.
-    let upserted = sqlx::query_as::<_, SecretRow>(&format!(
+    let upserted = sqlx::query_as::<_, SecretRow>(AssertSqlSafe(format!(
         "INSERT INTO secrets (project, name, value, created, updated, created_by)
          VALUES (?, ?, ?, ?, ?, ?)
          ON CONFLICT (project, name) DO UPDATE SET
              value = excluded.value, updated = excluded.updated
          RETURNING {META_COLUMNS}"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .bind(ciphertext)
@@ -85,9 +86,9 @@ pub(super) async fn get_secret(
     project: &str,
     name: &str,
 ) -> StoreResult<Option<SecretMeta>> {
-    sqlx::query_as::<_, SecretRow>(&format!(
+    sqlx::query_as::<_, SecretRow>(AssertSqlSafe(format!(
         "SELECT {META_COLUMNS} FROM secrets WHERE project = ? AND name = ?"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .fetch_optional(conn)
@@ -101,9 +102,9 @@ pub(super) async fn list_secrets(
     conn: &mut SqliteConnection,
     project: &str,
 ) -> StoreResult<Vec<SecretMeta>> {
-    sqlx::query_as::<_, SecretRow>(&format!(
+    sqlx::query_as::<_, SecretRow>(AssertSqlSafe(format!(
         "SELECT {META_COLUMNS} FROM secrets WHERE project = ? ORDER BY name"
-    ))
+    )))
     .bind(project)
     .fetch_all(conn)
     .await

@@ -6,6 +6,7 @@ use super::events;
 use crate::{StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use runplane_domain::{RunState, ServiceRecord, ServiceStatus};
+use sqlx::AssertSqlSafe;
 use sqlx::SqliteConnection;
 
 const SERVICE_COLUMNS: &str = "project, name, run_id, created, updated";
@@ -71,12 +72,12 @@ pub(super) async fn put_service(
 
     let at = now();
     // On a takeover only `run_id` and `updated` change: `created` is when the name appeared.
-    let upserted = sqlx::query_as::<_, ServiceRow>(&format!(
+    let upserted = sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
         "INSERT INTO services ({SERVICE_COLUMNS}) VALUES (?, ?, ?, ?, ?)
          ON CONFLICT (project, name) DO UPDATE SET
              run_id = excluded.run_id, updated = excluded.updated
          RETURNING {SERVICE_COLUMNS}"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .bind(run_id)
@@ -100,9 +101,9 @@ pub(super) async fn get_service(
     project: &str,
     name: &str,
 ) -> StoreResult<Option<ServiceRecord>> {
-    sqlx::query_as::<_, ServiceRow>(&format!(
+    sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
         "SELECT {SERVICE_COLUMNS} FROM services WHERE project = ? AND name = ?"
-    ))
+    )))
     .bind(project)
     .bind(name)
     .fetch_optional(conn)
@@ -119,17 +120,17 @@ pub(super) async fn list_services(
 ) -> StoreResult<Vec<ServiceRecord>> {
     let rows = match project {
         Some(project) => {
-            sqlx::query_as::<_, ServiceRow>(&format!(
+            sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
                 "SELECT {SERVICE_COLUMNS} FROM services WHERE project = ? ORDER BY name"
-            ))
+            )))
             .bind(project)
             .fetch_all(conn)
             .await
         }
         None => {
-            sqlx::query_as::<_, ServiceRow>(&format!(
+            sqlx::query_as::<_, ServiceRow>(AssertSqlSafe(format!(
                 "SELECT {SERVICE_COLUMNS} FROM services ORDER BY project, name"
-            ))
+            )))
             .fetch_all(conn)
             .await
         }

@@ -6,6 +6,7 @@ use super::{events, runs};
 use crate::{FireBatch, StoreError, StoreResult};
 use chrono::{DateTime, Utc};
 use runplane_domain::trigger::{Fire, Trigger, TriggerMetadata, TriggerStatus};
+use sqlx::AssertSqlSafe;
 use sqlx::SqliteConnection;
 
 #[derive(sqlx::FromRow)]
@@ -106,13 +107,14 @@ pub(super) async fn get_trigger(
     project: &str,
     name: &str,
 ) -> StoreResult<Option<Trigger>> {
-    let row: Option<TriggerRow> =
-        sqlx::query_as(&format!("{SELECT} WHERE t.project = ? AND t.name = ?"))
-            .bind(project)
-            .bind(name)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?;
+    let row: Option<TriggerRow> = sqlx::query_as(AssertSqlSafe(format!(
+        "{SELECT} WHERE t.project = ? AND t.name = ?"
+    )))
+    .bind(project)
+    .bind(name)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(db)?;
     row.map(TriggerRow::into_trigger).transpose()
 }
 
@@ -122,15 +124,19 @@ pub(super) async fn list_triggers(
 ) -> StoreResult<Vec<Trigger>> {
     let rows: Vec<TriggerRow> = match project {
         Some(project) => {
-            sqlx::query_as(&format!("{SELECT} WHERE t.project = ? ORDER BY t.name"))
-                .bind(project)
-                .fetch_all(&mut *conn)
-                .await
+            sqlx::query_as(AssertSqlSafe(format!(
+                "{SELECT} WHERE t.project = ? ORDER BY t.name"
+            )))
+            .bind(project)
+            .fetch_all(&mut *conn)
+            .await
         }
         None => {
-            sqlx::query_as(&format!("{SELECT} ORDER BY t.project, t.name"))
-                .fetch_all(&mut *conn)
-                .await
+            sqlx::query_as(AssertSqlSafe(format!(
+                "{SELECT} ORDER BY t.project, t.name"
+            )))
+            .fetch_all(&mut *conn)
+            .await
         }
     }
     .map_err(db)?;

@@ -2,7 +2,7 @@
 //! engine's builder receives (the Containerfile at its root, the `context` files, the
 //! `context_dirs` copied whole with their symlinks kept as links).
 
-use crate::local::prepare::check_file_path;
+use crate::attempt::check_file_path;
 use runplane_domain::Build;
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -1,7 +1,7 @@
 //! The build's log: the builder's output as stdout line records, runplane's own notes (the
 //! builder's error, the push) as `system` lines, all under the attempt's log cap.
 
-use crate::local::capture::split_records;
+use crate::log_records::split_records;
 use chrono::Utc;
 use runplane_logstore::file::FileLogWriter;
 use runplane_logstore::{LogWriter, Stream};

@@ -13,7 +13,7 @@ impl Runner {
         let image = self.build.image.clone();
         let (repo, tag) = context::split_reference(&image);
         self.log.system(&format!("pushing {image}"))?;
-        self.report_log();
+        self.report_log().await;
         let pusher = pusher(&self.docker, &image);
         let options = PushImageOptions {
             tag: Some(tag.to_string()),
@@ -27,7 +27,7 @@ impl Runner {
                     if let Some(status) = info.status {
                         digest = digest.or_else(|| pushed_digest(&status));
                         self.log.system(&status)?;
-                        self.report_log();
+                        self.report_log().await;
                     }
                 }
                 Err(DockerError::DockerStreamError { error }) => {

@@ -2,8 +2,8 @@
 //! started again, taken over, followed and probed; all of them removed.
 
 use super::run::{Replica, ServiceRun};
+use crate::copied_log::CopiedLog;
 use crate::engine::container::{self, ReplicaPort, DEFAULT_SERVICE_PORT};
-use crate::engine::copied::CopiedLog;
 use crate::engine::probe;
 use crate::engine::replica::{Report, Watch};
 use crate::engine::{is_gone, message};

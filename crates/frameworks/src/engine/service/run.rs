@@ -2,12 +2,13 @@
 //! followers and probes report, restarts with a backoff, scaling, stopping, readiness.
 
 use super::{Command, ServiceFile, SERVICE_FILE};
-use crate::engine::follow::split_code;
 use crate::engine::is_gone;
 use crate::engine::replica::Report;
 use crate::engine::service_log::ServiceLog;
-use crate::local::protocol::{describe, write_atomically};
-use crate::{EventKind, EventSender, ExecutionId, FrameworkEvent};
+use crate::exit_code::split_code;
+use crate::files::{describe, write_atomically};
+use crate::replica_policy::{ExitHistory, RestartBackoff};
+use crate::{EventKind, EventSender, ExecutionId};
 use bollard::query_parameters::StopContainerOptions;
 use bollard::Docker;
 use runplane_domain::{reason, ExitOutcome, Failure, ReplicaStatus, Service};
@@ -19,12 +20,6 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinSet};
 use tokio::time::Instant;
-
-/// The first restart delay of a replica; it doubles with each restart up to [`BACKOFF_CAP`].
-const BACKOFF_START: Duration = Duration::from_millis(250);
-const BACKOFF_CAP: Duration = Duration::from_secs(10);
-/// A replica that stayed ready this long before it exited starts over at [`BACKOFF_START`].
-const BACKOFF_RESET: Duration = Duration::from_secs(30);
 
 pub(super) struct Replica {
     pub(super) index: u32,
@@ -42,8 +37,8 @@ pub(super) struct Replica {
     pub(super) restarts: u32,
     pub(super) last_exit: Option<String>,
     /// How its runs ended, for the `not_ready` message.
-    pub(super) exits: Vec<String>,
-    pub(super) backoff: Duration,
+    pub(super) history: ExitHistory,
+    pub(super) backoff: RestartBackoff,
     pub(super) restart_at: Option<Instant>,
     /// Being stopped and removed (scaled away, or the service stops).
     pub(super) retiring: bool,
@@ -65,8 +60,8 @@ impl Replica {
             ever_ready: false,
             restarts: 0,
             last_exit: None,
-            exits: Vec::new(),
-            backoff: BACKOFF_START,
+            history: ExitHistory::default(),
+            backoff: RestartBackoff::default(),
             restart_at: None,
             retiring: false,
             removed: false,
@@ -131,11 +126,8 @@ impl ServiceRun {
         &self.file.service
     }
 
-    fn emit(&self, kind: EventKind) {
-        let _ = self.events.send(FrameworkEvent {
-            execution: self.execution.clone(),
-            kind,
-        });
+    async fn emit(&self, kind: EventKind) {
+        self.events.emit(&self.execution, kind).await;
     }
 
     pub(super) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
@@ -151,19 +143,20 @@ impl ServiceRun {
         // Nothing of the service writes to its log after `Exited`.
         self.tasks.shutdown().await;
         self.replicas.clear();
-        self.publish();
-        self.log.sync();
+        self.publish().await;
+        self.log.sync().await;
         self.emit(EventKind::Exited(ExitOutcome {
             failure,
             ..Default::default()
-        }));
+        }))
+        .await;
     }
 
     /// The main loop, until stopped (every replica gone) or failed.
     async fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) -> End {
         if self.started {
             // Recovered after it had started once: say so again.
-            self.emit(EventKind::Started);
+            self.emit(EventKind::Started).await;
         }
         loop {
             let now = Instant::now();
@@ -173,17 +166,17 @@ impl ServiceRun {
             if !self.stopping {
                 self.restart_due(now).await;
                 self.reconcile(now).await;
-                self.check_started();
+                self.check_started().await;
                 if !self.started && now >= self.ready_deadline {
                     return End::Failed(self.not_ready());
                 }
             }
-            self.publish();
+            self.publish().await;
             let wake = self.next_wake(now);
             tokio::select! {
                 command = commands.recv() => match command {
                     Some(Command::Scale(replicas)) if !self.stopping => self.rescale(replicas),
-                    Some(Command::Stop) if !self.stopping => self.stop(),
+                    Some(Command::Stop) if !self.stopping => self.stop().await,
                     Some(_) => {}
                     None => return End::Detached,
                 },
@@ -305,14 +298,10 @@ impl ServiceRun {
             });
             return;
         }
-        if was_ready_for.is_some_and(|ready| ready >= BACKOFF_RESET) {
-            replica.backoff = BACKOFF_START;
-        }
-        let delay = replica.backoff;
-        replica.backoff = (replica.backoff * 2).min(BACKOFF_CAP);
+        let delay = replica.backoff.after_exit(was_ready_for);
         replica.restart_at = Some(Instant::now() + delay);
         replica.last_exit = Some(last_exit);
-        replica.exits.push(phrase.clone());
+        replica.history.record(phrase.clone());
         let restart = replica.restarts + 1;
         self.log.system(&format!(
             "replica {index} {phrase}; restarting in {}s (restart {restart})",
@@ -336,11 +325,12 @@ impl ServiceRun {
                 self.log
                     .system(&format!("replica {index} could not be restarted: {why}"));
                 if let Some(replica) = self.replicas.get_mut(&index) {
-                    let delay = replica.backoff;
-                    replica.backoff = (replica.backoff * 2).min(BACKOFF_CAP);
+                    let delay = replica.backoff.delay();
                     replica.restart_at = Some(Instant::now() + delay);
                     replica.last_exit = Some("start failed".into());
-                    replica.exits.push(format!("could not be started ({why})"));
+                    replica
+                        .history
+                        .record(format!("could not be started ({why})"));
                 }
             }
         }
@@ -356,7 +346,7 @@ impl ServiceRun {
             .collect();
         // Highest first: with a long grace, the lower ones are still serving meanwhile.
         for index in retire.into_iter().rev() {
-            self.retire(index, "is scaled away");
+            self.retire(index, "is scaled away").await;
         }
         for index in 0..self.desired {
             if self.replicas.contains_key(&index) {
@@ -370,17 +360,18 @@ impl ServiceRun {
                     .replicas
                     .entry(index)
                     .or_insert_with(|| Replica::new(index));
-                replica.restart_at = Some(now + replica.backoff);
-                replica.backoff = (replica.backoff * 2).min(BACKOFF_CAP);
+                replica.restart_at = Some(now + replica.backoff.delay());
                 replica.last_exit = Some("start failed".into());
-                replica.exits.push(format!("could not be started ({why})"));
+                replica
+                    .history
+                    .record(format!("could not be started ({why})"));
             }
         }
     }
 
     /// Takes replica `index` out of the list of ready ones, then stops its container (SIGTERM,
     /// SIGKILL after the grace period) and removes it.
-    fn retire(&mut self, index: u32, why: &str) {
+    async fn retire(&mut self, index: u32, why: &str) {
         let grace = self.service().replica.stop_grace_seconds;
         let Some(replica) = self.replicas.get_mut(&index) else {
             return;
@@ -397,7 +388,7 @@ impl ServiceRun {
             replica.running = false;
         }
         // Readers of the list stop sending it traffic before it is asked to stop.
-        self.publish();
+        self.publish().await;
         self.log.system(&format!(
             "replica {index} {why}: stopping it (SIGTERM, SIGKILL after {grace}s)"
         ));
@@ -446,16 +437,16 @@ impl ServiceRun {
         self.persist();
     }
 
-    fn stop(&mut self) {
+    async fn stop(&mut self) {
         self.stopping = true;
         self.log.system("stop requested: stopping every replica");
         let indexes: Vec<u32> = self.replicas.keys().rev().copied().collect();
         for index in indexes {
-            self.retire(index, "is stopping with the service");
+            self.retire(index, "is stopping with the service").await;
         }
     }
 
-    fn check_started(&mut self) {
+    async fn check_started(&mut self) {
         if self.started {
             return;
         }
@@ -471,8 +462,8 @@ impl ServiceRun {
         self.file.started = true;
         self.persist();
         // The list that says they are ready goes first.
-        self.publish();
-        self.emit(EventKind::Started);
+        self.publish().await;
+        self.emit(EventKind::Started).await;
         self.log.system(&format!(
             "service started: {} replica(s) ready",
             self.replicas.len()
@@ -488,7 +479,7 @@ impl ServiceRun {
                 let history = self
                     .replicas
                     .get(&index)
-                    .map(|r| describe_exits(&r.exits))
+                    .map(|r| r.history.describe())
                     .unwrap_or_else(|| "it never started".into());
                 format!("replica {index} did not answer GET {path} within {timeout}s ({history})")
             })
@@ -502,14 +493,14 @@ impl ServiceRun {
     }
 
     /// Sends `Replicas` when the list changed since the last time.
-    pub(super) fn publish(&mut self) {
+    pub(super) async fn publish(&mut self) {
         let http = self.service().http;
         let list: Vec<ReplicaStatus> = self.replicas.values().map(|r| r.status(http)).collect();
         if self.published.as_ref() == Some(&list) {
             return;
         }
         self.published = Some(list.clone());
-        self.emit(EventKind::Replicas(list));
+        self.emit(EventKind::Replicas(list)).await;
     }
 
     pub(super) fn persist(&self) {
@@ -524,44 +515,5 @@ impl ServiceRun {
         if let Err(e) = write_atomically(&self.dir, SERVICE_FILE, &json, 0o600) {
             tracing::warn!("cannot write {SERVICE_FILE}: {}", describe(&e));
         }
-    }
-}
-
-/// "it exited with code 1 twice", for people.
-fn describe_exits(exits: &[String]) -> String {
-    match exits.last() {
-        None => "it kept running without answering".into(),
-        Some(last) if exits.iter().all(|e| e == last) => {
-            format!("it {last} {}", times(exits.len()))
-        }
-        Some(last) => format!("it ended {}, last it {last}", times(exits.len())),
-    }
-}
-
-fn times(count: usize) -> String {
-    match count {
-        1 => "once".into(),
-        2 => "twice".into(),
-        n => format!("{n} times"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exit_histories_read_as_sentences() {
-        assert_eq!(describe_exits(&[]), "it kept running without answering");
-        let once = vec!["exited with code 1".to_string()];
-        assert_eq!(describe_exits(&once), "it exited with code 1 once");
-        let mixed = vec![
-            "exited with code 1".to_string(),
-            "was killed by signal 9".to_string(),
-        ];
-        assert_eq!(
-            describe_exits(&mixed),
-            "it ended twice, last it was killed by signal 9"
-        );
     }
 }
