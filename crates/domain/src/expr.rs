@@ -230,7 +230,7 @@ fn evaluate(source: &str, context: &Value) -> Result<Value, String> {
         .compile_expression(source)
         .map_err(|error| describe(&error))?;
     let value = expression
-        .eval(minijinja::Value::from_serialize(context))
+        .eval(minijinja::value::Serde(context))
         .map_err(|error| describe(&error))?;
     if value.is_undefined() {
         return Err("is undefined".to_string());

@@ -9,6 +9,7 @@ use crate::invalid::{Invalid, Problems};
 use crate::{names::validate_name, Labels, RunRequest, RunState};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
+use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -132,6 +133,17 @@ pub struct Fire {
     pub error: Option<String>,
 }
 
+/// The cron dialect of `spec.schedule`: 5 fields, or 6 with seconds first; no year field;
+/// day of month OR day of week; `5/5` read as `5-59/5` (croner's `sloppy_ranges`), as schedules
+/// written for croner 2 were.
+fn cron_parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .sloppy_ranges(true)
+        .build()
+}
+
 /// A parsed schedule: cron pattern + time zone.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -144,7 +156,7 @@ impl Schedule {
     /// `spec.schedule` / `spec.timezone`.
     pub fn parse(schedule: &str, timezone: Option<&str>) -> Result<Schedule, Invalid> {
         let mut problems = Problems::new();
-        let cron = match Cron::new(schedule).with_seconds_optional().parse() {
+        let cron = match cron_parser().parse(schedule) {
             Ok(cron) => Some(cron),
             Err(e) => {
                 problems.add("spec.schedule", format!("invalid cron expression: {e}"));
@@ -429,6 +441,68 @@ mod tests {
             s.next_after(utc(2026, 3, 27, 9, 0, 0)),
             Some(utc(2026, 3, 28, 8, 0, 0))
         );
+    }
+
+    #[test]
+    fn dialect_is_five_or_six_fields_with_sloppy_steps() {
+        // `5/5` is `5-59/5`, as croner 2 read it.
+        let s = Schedule::parse("5/5 * * * *", None).unwrap();
+        assert_next_ticks(
+            &s,
+            &[
+                (utc(2026, 1, 1, 0, 0, 0), utc(2026, 1, 1, 0, 5, 0)),
+                (utc(2026, 1, 1, 0, 55, 0), utc(2026, 1, 1, 1, 5, 0)),
+            ],
+        );
+        // No year field.
+        assert!(Schedule::parse("0 30 23 * * FRI 2026", None).is_err());
+    }
+
+    #[test]
+    fn hourly_fires_through_both_copies_of_a_repeated_hour() {
+        // Rome goes from 03:00 CEST back to 02:00 CET on 2026-10-25 (01:00 UTC).
+        let s = Schedule::parse("@hourly", Some("Europe/Rome")).unwrap();
+        assert_next_ticks(
+            &s,
+            &[
+                (utc(2026, 10, 25, 0, 0, 0), utc(2026, 10, 25, 1, 0, 0)),
+                (utc(2026, 10, 25, 1, 0, 0), utc(2026, 10, 25, 2, 0, 0)),
+            ],
+        );
+    }
+
+    /// Each `(after, next)`: the first tick after `after` is `next`.
+    fn assert_next_ticks(s: &Schedule, expected: &[(DateTime<Utc>, DateTime<Utc>)]) {
+        for &(after, next) in expected {
+            assert_eq!(s.next_after(after), Some(next), "after {after}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Around the 2026 DST changes of zones shifting by an hour, half an hour, or at odd
+        /// offsets, the next tick is always later than the instant asked about (croner 2 could
+        /// answer with an earlier instant inside a repeated hour).
+        #[test]
+        fn the_next_tick_is_strictly_later_around_dst_changes(
+            change in proptest::sample::select(vec![
+                utc(2026, 3, 29, 1, 0, 0), utc(2026, 10, 25, 1, 0, 0), // Europe
+                utc(2026, 3, 8, 7, 0, 0), utc(2026, 11, 1, 6, 0, 0), // New York
+                utc(2026, 4, 4, 15, 0, 0), utc(2026, 10, 3, 15, 30, 0), // Lord Howe
+                utc(2026, 4, 4, 14, 0, 0), utc(2026, 9, 26, 14, 0, 0), // Chatham
+            ]),
+            offset in -3 * 3600i64..3 * 3600,
+            pattern in proptest::sample::select(vec![
+                "* * * * *", "*/45 * * * * *", "@hourly", "30 2 * * *", "15 2,3 * * *", "5/5 * * * *",
+            ]),
+            zone in proptest::sample::select(vec![
+                "Europe/Rome", "America/New_York", "Australia/Lord_Howe", "Pacific/Chatham",
+            ]),
+        ) {
+            let s = Schedule::parse(pattern, Some(zone)).unwrap();
+            let after = change + chrono::Duration::seconds(offset);
+            let next = s.next_after(after).expect("a next tick");
+            proptest::prop_assert!(next > after, "{pattern} in {zone}: {next} after {after}");
+        }
     }
 
     #[test]
