@@ -197,14 +197,6 @@ impl Script {
         .await
     }
 
-    /// The calls received and not taken yet, without waiting.
-    pub fn received(&mut self) -> Vec<Call> {
-        while let Ok(call) = self.calls.try_recv() {
-            self.pending.push_back(call);
-        }
-        self.pending.iter().cloned().collect()
-    }
-
     /// Sends one event about `execution`, as the framework would.
     pub async fn send(&self, execution: &ExecutionId, kind: EventKind) {
         let event = FrameworkEvent {

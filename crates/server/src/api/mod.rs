@@ -104,20 +104,19 @@ fn describe_every_response(document: &mut serde_json::Value) {
     let Some(paths) = document["paths"].as_object_mut() else {
         return;
     };
-    let operations = paths
+    // A path item holds operations, and may hold other fields (`parameters`, `summary`): only
+    // objects with `responses` are looked at, and nothing is indexed that may not be there.
+    let responses = paths
         .values_mut()
         .filter_map(serde_json::Value::as_object_mut)
-        .flat_map(|item| item.values_mut());
-    for operation in operations {
-        let Some(responses) = operation["responses"].as_object_mut() else {
-            continue;
-        };
-        for response in responses.values_mut() {
-            if let Some(fields) = response.as_object_mut() {
-                if !fields.contains_key("description") && !fields.contains_key("$ref") {
-                    fields.shift_insert(0, "description".into(), "".into());
-                }
-            }
+        .flat_map(|item| item.values_mut())
+        .filter_map(|operation| operation.get_mut("responses"))
+        .filter_map(serde_json::Value::as_object_mut)
+        .flat_map(|responses| responses.values_mut())
+        .filter_map(serde_json::Value::as_object_mut);
+    for fields in responses {
+        if !fields.contains_key("description") && !fields.contains_key("$ref") {
+            fields.shift_insert(0, "description".into(), "".into());
         }
     }
 }
@@ -144,6 +143,25 @@ pub fn router(controller: Controller) -> Router {
 
 #[cfg(test)]
 mod tests {
+    /// Fields of a path item that are not operations are left alone, without a panic.
+    #[test]
+    fn only_operations_responses_get_a_description() {
+        let mut document = serde_json::json!({"paths": {"/x": {
+            "parameters": [{"name": "p"}],
+            "summary": "s",
+            "get": {"responses": {"200": {}, "404": {"$ref": "#/r"}}},
+        }}});
+        super::describe_every_response(&mut document);
+        assert_eq!(
+            document["paths"]["/x"],
+            serde_json::json!({
+                "parameters": [{"name": "p"}],
+                "summary": "s",
+                "get": {"responses": {"200": {"description": ""}, "404": {"$ref": "#/r"}}},
+            })
+        );
+    }
+
     /// The OpenAPI document builds and lists the API; `OPENAPI_DUMP=<file>` writes it out
     /// (to compare documents across dependency upgrades).
     #[test]
